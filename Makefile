@@ -1,0 +1,20 @@
+# The README's two commands: `make demo` and `make test`. Both set everything up first.
+# torch==2.13.0 is installed before veil so that pip keeps the CPU build on machines without a GPU
+# (and gets the normal build on a user's GPU machine) instead of resolving a newer CUDA release.
+PYTHON ?= python3
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: setup demo test bench
+setup:
+	$(PYTHON) -m pip install -q "torch==2.13.0"
+	$(PYTHON) -m pip install -q -e ".[dev]"
+
+demo: setup
+	$(PYTHON) -m veil.cli.main demo --overwrite
+
+test: setup
+	$(PYTHON) -m pytest -q
+
+bench: setup
+	$(PYTHON) -m veil.cli.main bench --methods esd --concepts circle,square --out bench/results/shapes

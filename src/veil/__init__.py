@@ -1,0 +1,32 @@
+"""veil: hide and erase concepts in text-to-image diffusion models.
+
+The public API::
+
+    pipe = veil.load_pipeline("shapes")                    # or a local SD folder / hub id
+    method = veil.get_method("esd")(concepts=["circle"])    # any registered method
+    cost = veil.train(method, pipe)                         # the one training loop
+    veil.Artifact.from_method(method, pipe, cost).save("erased/")
+    veil.load_artifact("erased/").attach(pipe)              # the concept is gone; .detach(pipe) restores
+"""
+
+__version__ = "0.1.0"
+
+from .artifact import Artifact, load_artifact  # noqa: E402
+from .errors import TrainingDiverged, VeilError  # noqa: E402
+from .models import DEFAULT_MODEL, load_pipeline, model_fingerprint  # noqa: E402
+from .registry import get_method, list_methods, register_method  # noqa: E402
+from .training.loop import train  # noqa: E402
+
+__all__ = [
+    "Artifact",
+    "DEFAULT_MODEL",
+    "TrainingDiverged",
+    "VeilError",
+    "get_method",
+    "list_methods",
+    "load_artifact",
+    "load_pipeline",
+    "model_fingerprint",
+    "register_method",
+    "train",
+]

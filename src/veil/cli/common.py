@@ -1,0 +1,83 @@
+"""Flags and helpers several subcommands share."""
+
+import os
+
+DEFAULT_MODEL = "shapes"
+
+
+def add_model_flags(parser):
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="'shapes' (bundled, default), 'tiny', a local diffusers folder, or a hub id.")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def resolve_device(name):
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def load_model(args):
+    from .. import load_pipeline
+
+    return load_pipeline(args.model, device=resolve_device(args.device))
+
+
+def add_output_flags(parser, what="folder"):
+    parser.add_argument("--out", required=True, help=f"Output {what}; refused if it exists unless --overwrite.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
+
+
+def check_output(path, overwrite):
+    from .._io import refuse_existing
+
+    refuse_existing(path, overwrite)
+
+
+def parse_value(text):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def method_config(method_cls, concepts, config_file=None, settings=(), **overrides):
+    """Build a method config from a YAML file, ``--set key=value`` pairs and explicit flags."""
+    import dataclasses
+
+    import yaml
+
+    from ..errors import VeilError
+
+    values = {}
+    if config_file:
+        try:
+            with open(config_file) as handle:
+                loaded = yaml.safe_load(handle) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise VeilError(f"Could not read the config file {config_file!r} ({error}).") from None
+        if not isinstance(loaded, dict):
+            raise VeilError(f"The config file {config_file!r} must hold a mapping of field: value.")
+        values.update(loaded.get("config", loaded))
+    for item in settings:
+        if "=" not in item:
+            raise VeilError(f"--set takes field=value, got {item!r}.")
+        key, value = item.split("=", 1)
+        values[key.strip()] = parse_value(value)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if concepts:
+        values["concepts"] = list(concepts)
+    fields = {f.name for f in dataclasses.fields(method_cls.config_class)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise VeilError(
+            f"The {method_cls.name} method has no setting {unknown[0]!r}; its settings are {', '.join(sorted(fields))}."
+        )
+    try:
+        return method_cls.config_class(**values)
+    except TypeError as error:
+        raise VeilError(f"Bad {method_cls.name} settings: {error}.") from None
+
+
+def work_dir_for(out):
+    return os.path.abspath(out).rstrip(os.sep) + ".work"

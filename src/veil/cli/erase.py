@@ -1,0 +1,71 @@
+"""``veil erase``: train (or fit, or configure) a method on a concept and write its artifact."""
+
+from .common import add_model_flags, add_output_flags
+
+
+def register(sub):
+    parser = sub.add_parser("erase", help="Erase a concept with a registered method and write an artifact.")
+    parser.add_argument("--method", default="esd", help="Registered method name (see `veil ls methods`).")
+    parser.add_argument("--concept", action="append", required=True, help="Concept to erase; repeat for several.")
+    add_model_flags(parser)
+    add_output_flags(parser)
+    parser.add_argument("--steps", type=int, help="Training steps (the method's max_train_steps).")
+    parser.add_argument("--lr", type=float, help="Learning rate.")
+    parser.add_argument("--seed", type=int, help="Random seed.")
+    parser.add_argument("--config", help="YAML file of method settings.")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="One method setting; repeatable.")
+    parser.add_argument("--resume", action="store_true", help="Continue an interrupted run from its last checkpoint.")
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="Steps between checkpoints.")
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    parser.set_defaults(run=run)
+
+
+def run_method(args, method_cls, concepts):
+    """Shared by erase and hide: build config, train or fit, save the artifact. Returns (artifact, pipe)."""
+    import shutil
+
+    from ..artifact import Artifact
+    from ..errors import VeilError
+    from ..training.loop import train
+    from .common import check_output, load_model, method_config, work_dir_for
+
+    config = method_config(
+        method_cls, concepts, args.config, args.set,
+        max_train_steps=args.steps, learning_rate=args.lr, seed=args.seed,
+    )
+    check_output(args.out, args.overwrite)
+    if args.checkpoint_every is not None and args.checkpoint_every <= 0:
+        raise VeilError(f"--checkpoint-every must be greater than 0, got {args.checkpoint_every}.")
+    method = method_cls(config)
+    pipe = load_model(args)
+    work_dir = work_dir_for(args.out)
+    if method.kind == "trained":
+        cost = train(
+            method, pipe, work_dir=work_dir, checkpoint_every=args.checkpoint_every,
+            resume=args.resume, mixed_precision=args.mixed_precision,
+        )
+    else:
+        cost = method.fit(pipe) if method.kind == "closed_form" else {}
+        method.attach(pipe)
+    cost = {k: v for k, v in (cost or {}).items() if k != "losses"} | {"final_loss": _final_loss(cost)}
+    artifact = Artifact.from_method(method, pipe, cost)
+    artifact.save(args.out, overwrite=args.overwrite)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return artifact, pipe, method
+
+
+def _final_loss(cost):
+    losses = (cost or {}).get("losses") or []
+    return losses[-1] if losses else None
+
+
+def run(args):
+    from ..registry import get_method
+
+    method_cls = get_method(args.method)
+    artifact, _, _ = run_method(args, method_cls, args.concept)
+    cost = artifact.manifest["cost"]
+    print(
+        f"Erased {', '.join(artifact.concepts)} with {artifact.method_name} in {cost.get('seconds', 0):.1f} s "
+        f"({cost.get('steps', 0)} steps, peak {cost.get('peak_mem_mb', 0):.0f} MB); artifact written to {args.out}"
+    )

@@ -1,0 +1,93 @@
+"""``veil generate``: images for prompts, original and with an artifact side by side, as a labelled grid."""
+
+from .common import add_model_flags, add_output_flags
+
+
+def register(sub):
+    parser = sub.add_parser("generate", help="Generate a labelled image grid, with and without an artifact.")
+    parser.add_argument("--prompt", action="append", help="Prompt; repeat for several. Default: the artifact's concepts.")
+    parser.add_argument("--artifact", help="Artifact folder: adds a row with it attached under each original row.")
+    parser.add_argument("--key", help="KPOP key file: adds an 'unlocked' row.")
+    parser.add_argument("--seeds", default="0,1,2,3", help="Comma-separated seeds, one column each.")
+    parser.add_argument("--num-inference-steps", type=int, default=25)
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    add_model_flags(parser)
+    add_output_flags(parser, what="PNG file")
+    parser.set_defaults(run=run)
+
+
+def parse_seeds(text):
+    from ..errors import VeilError
+
+    try:
+        seeds = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise VeilError(f"--seeds takes comma-separated integers, got {text!r}.") from None
+    if not seeds:
+        raise VeilError("--seeds is empty; give at least one seed, e.g. --seeds 0,1,2,3.")
+    return seeds
+
+
+def comparison_rows(pipe, prompts, seeds, artifact=None, key=None, num_inference_steps=25, guidance_scale=3.0):
+    """Rows of images and labels: original, then with the artifact, then unlocked with the key."""
+    from ..evaluation.sampling import generate
+
+    def images_for(prompt):
+        return generate(pipe, [prompt] * len(seeds), seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+
+    variants = [("original", None)]
+    if artifact is not None:
+        variants.append((artifact.method_name, "attach"))
+        if key is not None:
+            variants.append(("unlocked", "key"))
+    rows, labels = [], []
+    for prompt in prompts:
+        for name, mode in variants:
+            if mode is None:
+                rows.append(images_for(prompt))
+            else:
+                method = artifact.attach(pipe)
+                try:
+                    if mode == "key":
+                        with method.unlocked(pipe, key):
+                            rows.append(images_for(prompt))
+                    else:
+                        rows.append(images_for(prompt))
+                finally:
+                    artifact.detach(pipe)
+            labels.append(f"{name}: {prompt}")
+    return rows, labels
+
+
+def run(args):
+    from ..artifact import load_artifact
+    from ..errors import VeilError
+    from ..evaluation.grid import labelled_grid, save_png
+    from ..evaluation.sampling import warn_if_truncated
+    from .common import check_output, load_model
+
+    seeds = parse_seeds(args.seeds)
+    if args.num_inference_steps <= 0:
+        raise VeilError(f"--num-inference-steps must be greater than 0, got {args.num_inference_steps}.")
+    check_output(args.out, args.overwrite)
+    artifact = load_artifact(args.artifact) if args.artifact else None
+    key = None
+    if args.key:
+        if artifact is None:
+            raise VeilError("--key unlocks an artifact; pass the artifact with --artifact as well.")
+        from ..keys import load_key_for
+
+        key = load_key_for(args.key, artifact)
+    prompts = args.prompt or ([f"a {c}" for c in artifact.concepts] if artifact else None)
+    if not prompts:
+        raise VeilError("Nothing to draw; give a prompt with --prompt, e.g. --prompt \"a red circle\".")
+    if any(not p.strip() for p in prompts):
+        raise VeilError("A --prompt is empty; give some text to draw.")
+    pipe = load_model(args)
+    if artifact is not None:
+        artifact.check_base(pipe)
+    warn_if_truncated(pipe, prompts)
+    rows, labels = comparison_rows(pipe, prompts, seeds, artifact, key, args.num_inference_steps, args.guidance_scale)
+    grid = labelled_grid(rows, labels, [f"seed {s}" for s in seeds])
+    save_png(grid, args.out, overwrite=args.overwrite)
+    print(f"Wrote a {len(rows)}×{len(seeds)} grid to {args.out}")

@@ -1,0 +1,42 @@
+"""Entry point: ``veil <command> ...``. Bad input prints one sentence and exits non-zero."""
+
+import argparse
+import importlib
+import os
+import sys
+
+COMMANDS = ("erase", "generate", "export", "demo", "env", "ls")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="veil", description="Hide and erase concepts in text-to-image diffusion models."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        # Each module registers its flags; heavy imports happen only inside run(), so --help is instant.
+        importlib.import_module(f"veil.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv=None):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from ..errors import VeilError
+
+    try:
+        return args.run(args) or 0
+    except VeilError as error:
+        print(f"veil {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"veil {args.command}: interrupted; finished outputs are intact, and training resumes with --resume.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

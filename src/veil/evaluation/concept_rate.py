@@ -1,0 +1,50 @@
+"""The shapes world's concept rate: the share of images whose classifier label equals what the
+prompt names, per concept (METHODS.md §4 analogue of a detector-based erasure metric)."""
+
+from collections import defaultdict
+
+KINDS = ("shape", "colour", "background")
+
+
+def score_rows(rows, labels):
+    """Per-row correctness: ``rows`` name concepts (empty where none), ``labels`` come from the classifier.
+
+    Returns a list of dicts ``{kind: True/False/None}`` (None where the prompt names nothing).
+    """
+    scored = []
+    for i, row in enumerate(rows):
+        scored.append({k: (labels[k][i] == row[k]) if row.get(k) else None for k in KINDS})
+    return scored
+
+
+def concept_rates(rows, labels):
+    """``{concept: rate}`` over the rows naming each concept, plus ``{kind: accuracy}``."""
+    hits, counts = defaultdict(int), defaultdict(int)
+    kind_hits, kind_counts = defaultdict(int), defaultdict(int)
+    for row, correct in zip(rows, score_rows(rows, labels)):
+        for kind in KINDS:
+            if correct[kind] is None:
+                continue
+            concept = row[kind]
+            counts[concept] += 1
+            hits[concept] += int(correct[kind])
+            kind_counts[kind] += 1
+            kind_hits[kind] += int(correct[kind])
+    rates = {c: hits[c] / counts[c] for c in counts}
+    kinds = {k: kind_hits[k] / kind_counts[k] for k in kind_counts}
+    return {"rates": rates, "kinds": kinds, "counts": dict(counts)}
+
+
+def evaluate_prompts(pipe, rows, classify, *, num_inference_steps=25, guidance_scale=3.0, batch_size=64, progress=False):
+    """Generate one image per row and score it. ``classify(images) -> {kind: [label, ...]}`` is passed in."""
+    from .sampling import generate
+
+    images = generate(
+        pipe, [r["prompt"] for r in rows], [r["seed"] for r in rows],
+        num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, batch_size=batch_size, progress=progress,
+    )
+    labels = classify(images)
+    result = concept_rates(rows, labels)
+    result["images"] = images
+    result["labels"] = labels
+    return result

@@ -1,0 +1,131 @@
+"""The method contract every concept hiding / erasure method implements.
+
+The training loop, the artifact and the command line know only this contract (DESIGN.md):
+``attach`` / ``detach`` / ``disabled`` / ``trainable_parameters`` / ``make_batch`` / ``loss`` /
+``fit`` / ``state_dict`` / ``load_state_dict``.
+"""
+
+import contextlib
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from ..errors import VeilError
+
+
+def check_positive(config, *names):
+    """Raise a one-sentence error for the first field in ``names`` that is not > 0."""
+    for name in names:
+        value = getattr(config, name)
+        if value is None or value <= 0:
+            raise VeilError(f"{name.replace('_', ' ')} must be greater than 0, got {value!r}.")
+
+
+def check_choice(config, name, choices):
+    value = getattr(config, name)
+    if value not in choices:
+        raise VeilError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}.")
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method shares. Subclasses add their own, each with help text."""
+
+    concepts: typing.List[str] = field(
+        default_factory=list, metadata={"help": "What to hide or erase: words or phrases, one per concept."}
+    )
+    seed: int = field(default=0, metadata={"help": "Random seed for everything the method draws."})
+
+    def __post_init__(self):
+        if isinstance(self.concepts, str):
+            self.concepts = [self.concepts]
+        self.concepts = [str(c).strip() for c in self.concepts]
+        if not self.concepts or any(not c for c in self.concepts):
+            raise VeilError("The concept is empty; give the word or phrase to erase, e.g. --concept circle.")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise VeilError(
+                f"{cls.__name__} has no field {unknown[0]!r}; the fields are {', '.join(sorted(known))}."
+            )
+        return cls(**values)
+
+    @classmethod
+    def help(cls):
+        """``{field name: help text}`` — the source of CLI flags and config-file docs."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+class Method:
+    """Base class of a method. Subclasses are registered with ``@register_method(name)``.
+
+    Kinds: ``"trained"`` methods supply ``make_batch`` and ``loss`` for the shared training loop;
+    ``"closed_form"`` methods implement ``fit``; ``"inference"`` methods only hook the sampler.
+    """
+
+    name = None
+    kind = "trained"
+    config_class = MethodConfig
+
+    def __init__(self, config=None, **kwargs):
+        if config is None:
+            config = self.config_class(**kwargs)
+        elif kwargs:
+            raise TypeError("Pass either a config or keyword arguments, not both.")
+        self.config = config
+        self.attached_to = None
+
+    # installation -------------------------------------------------------------------------------
+    def attach(self, pipe):
+        """Install into ``pipe``; idempotent; the identity until trained."""
+        raise NotImplementedError
+
+    def detach(self, pipe):
+        """Remove from ``pipe``; its outputs are bit-for-bit the original again."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def disabled(self, pipe):
+        """Inside the block ``pipe`` behaves as the original (the frozen teacher)."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    # training -------------------------------------------------------------------------------------
+    def trainable_parameters(self):
+        return []
+
+    def optimizer_groups(self):
+        """``{phase: [param group dicts]}``; the loop makes one optimizer per phase and steps them in order."""
+        return {"main": [{"params": self.trainable_parameters(), "lr": self.config.learning_rate}]}
+
+    def make_batch(self, pipe, generator):
+        """Draw one training batch (no grad); all randomness from ``generator``."""
+        raise NotImplementedError
+
+    def loss(self, pipe, batch, phase="main"):
+        raise NotImplementedError
+
+    def fit(self, pipe):
+        """Closed-form methods compute their weights here."""
+        raise NotImplementedError(f"{type(self).__name__} is trained with veil's training loop, not fit().")
+
+    def after_step(self, phase):
+        """Called after each optimizer step (clamps, projections)."""
+
+    # persistence ------------------------------------------------------------------------------------
+    def state_dict(self):
+        """Tensors the artifact stores, keys prefixed by component (``unet.``, ``dumo.<concept>.``)."""
+        return {}
+
+    def load_state_dict(self, state_dict):
+        raise NotImplementedError
+
+    def extra_manifest(self):
+        """Extra JSON-serialisable fields for the artifact manifest (e.g. key fingerprints)."""
+        return {}

@@ -1,0 +1,4 @@
+from .config import ESDConfig
+from .method import ESD
+
+__all__ = ["ESD", "ESDConfig"]

@@ -1,0 +1,99 @@
+"""ESD: Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023)."""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from ...registry import register_method
+from ...training.sampling import (
+    encode_prompts,
+    negative_guidance_target,
+    sample_partial_trajectory,
+    training_timesteps,
+)
+from ..base import Method
+from ..weights import UNetWeightEdit, select_unet_parameters
+from .config import ESDConfig
+
+
+@register_method("esd")
+class ESD(Method):
+    """Erased Stable Diffusion (Gandikota et al., ICCV 2023, arXiv 2303.07345).
+
+    Fine-tunes a subset of the UNet (``train_method``) so that its noise prediction for the concept
+    equals the negative-guidance target computed by the frozen original; the text encoder and VAE
+    stay frozen. The frozen original is the same UNet with the edit ``disabled()``.
+    """
+
+    config_class = ESDConfig
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.edit = UNetWeightEdit()
+        self._embeds = None
+
+    def attach(self, pipe):
+        if self.attached_to is pipe:
+            return
+        if not self.edit.edited:
+            self.edit.init_from(pipe.unet, select_unet_parameters(pipe.unet, self.config.train_method))
+        self.edit.attach(pipe.unet)
+        self.attached_to = pipe
+
+    def detach(self, pipe):
+        if self.attached_to is not pipe:
+            return
+        self.edit.detach()
+        self.attached_to = None
+
+    @contextlib.contextmanager
+    def disabled(self, pipe):
+        with self.edit.disabled():
+            yield
+
+    def trainable_parameters(self):
+        return self.edit.parameters()
+
+    def _concept_embeds(self, pipe):
+        if self._embeds is None:
+            self._embeds = (encode_prompts(pipe, self.config.concepts), encode_prompts(pipe, [""]))
+        return self._embeds
+
+    @torch.no_grad()
+    def make_batch(self, pipe, generator):
+        config = self.config
+        cond_all, uncond = self._concept_embeds(pipe)
+        index = int(torch.randint(len(config.concepts), (1,), generator=generator))
+        cond = cond_all[index : index + 1]
+        t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
+        latents = sample_partial_trajectory(
+            pipe, cond, uncond, t_encs,
+            num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
+        )
+        timesteps = training_timesteps(
+            t_encs, config.ddim_steps, generator,
+            pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
+        ).to(pipe.device)
+        batch = latents.shape[0]
+        cond, uncond = cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)
+        with self.disabled(pipe):
+            noise_uncond = pipe.unet(latents, timesteps, encoder_hidden_states=uncond).sample
+            noise_cond = pipe.unet(latents, timesteps, encoder_hidden_states=cond).sample
+        target = negative_guidance_target(noise_uncond, noise_cond, config.negative_guidance)
+        return {"latents": latents, "timesteps": timesteps, "cond": cond, "target": target}
+
+    def loss(self, pipe, batch, phase="main"):
+        noise_pred = pipe.unet(batch["latents"], batch["timesteps"], encoder_hidden_states=batch["cond"]).sample
+        return F.mse_loss(noise_pred.float(), batch["target"].float())
+
+    def state_dict(self):
+        return self.edit.state_dict()
+
+    def load_state_dict(self, state_dict):
+        was = self.attached_to
+        if was is not None:
+            self.detach(was)
+        self.edit.load(state_dict)
+        if was is not None:
+            self.attach(was)

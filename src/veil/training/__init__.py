@@ -1,0 +1,1 @@
+"""The shared training loop and the sampling helpers it and the methods use."""

@@ -1,0 +1,189 @@
+"""The one training loop. Each method supplies ``make_batch`` and ``loss``; the loop owns the
+optimizers, progress bar, checkpoints, resume, the NaN guard and the cost record.
+
+A run interrupted at any point and continued with ``resume=True`` reaches the same weights as an
+uninterrupted run with the same seed: checkpoints hold the method's tensors, every optimizer's
+state, the random generator's state and the step.
+"""
+
+import math
+import os
+import re
+import resource
+import shutil
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .._io import atomic_dir
+from ..errors import TrainingDiverged, VeilError
+
+_CHECKPOINT = re.compile(r"^step-(\d+)$")
+
+
+def peak_memory_mb(device):
+    """Peak memory of this run: CUDA's allocator peak on a GPU, else the process's peak RSS."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def latest_checkpoint(work_dir):
+    folder = os.path.join(work_dir, "checkpoints")
+    if not os.path.isdir(folder):
+        return None
+    steps = [int(m.group(1)) for m in map(_CHECKPOINT.match, os.listdir(folder)) if m]
+    return os.path.join(folder, f"step-{max(steps):06d}") if steps else None
+
+
+def _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seconds, keep=2):
+    folder = os.path.join(work_dir, "checkpoints")
+    path = os.path.join(folder, f"step-{step:06d}")
+    with atomic_dir(path, overwrite=True) as tmp:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in method.state_dict().items()}
+        save_file(tensors, os.path.join(tmp, "method.safetensors"))
+        torch.save(
+            {
+                "step": step,
+                "config": method.config.to_dict(),
+                "optimizers": {phase: opt.state_dict() for phase, opt in optimizers.items()},
+                "generator": generator.get_state(),
+                "losses": losses,
+                "seconds": seconds,
+            },
+            os.path.join(tmp, "state.pt"),
+        )
+    old = sorted(m.group(0) for m in map(_CHECKPOINT.match, os.listdir(folder)) if m)[:-keep]
+    for name in old:
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+    return path
+
+
+def _load_checkpoint(path, method):
+    try:
+        state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
+        tensors = load_file(os.path.join(path, "method.safetensors"))
+    except Exception as error:  # noqa: BLE001 - any unreadable checkpoint means the same to the user
+        raise VeilError(f"The checkpoint {path!r} is unreadable ({error}); delete it to resume from the one before.") from None
+    if state["config"] != method.config.to_dict():
+        raise VeilError(
+            f"The checkpoint {path!r} was made with other settings; resume with the same options, or start afresh without --resume."
+        )
+    method.load_state_dict(tensors)
+    return state
+
+
+def _freeze(pipe):
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(False)
+
+
+def train(
+    method,
+    pipe,
+    *,
+    work_dir=None,
+    checkpoint_every=50,
+    resume=False,
+    mixed_precision="no",
+    max_grad_norm=None,
+    progress=True,
+    stop_after=None,
+):
+    """Train ``method`` on ``pipe`` for ``method.config.max_train_steps`` steps.
+
+    Args:
+        method: a registered method of kind ``"trained"``; attached to ``pipe`` here.
+        work_dir: where checkpoints go (``work_dir/checkpoints/step-N``); ``None`` for none.
+        checkpoint_every: steps between checkpoints.
+        resume: continue from the latest checkpoint in ``work_dir``.
+        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (through accelerate).
+        max_grad_norm: clip gradients to this norm when set.
+        stop_after: stop after this many steps in total (simulates an interruption; tests).
+
+    Returns:
+        `dict`: the cost record ``{"steps", "seconds", "peak_mem_mb", "device", "losses"}``.
+
+    Raises:
+        TrainingDiverged: the loss became NaN or infinite; the last good checkpoint is kept.
+    """
+    from accelerate import Accelerator
+
+    config = method.config
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=pipe.device.type == "cpu")
+    _freeze(pipe)
+    method.attach(pipe)
+    generator = torch.Generator("cpu").manual_seed(int(config.seed))
+    step, losses, seconds_before = 0, [], 0.0
+    state = None
+    if resume:
+        if work_dir is None:
+            raise VeilError("Resuming needs the work directory of the interrupted run.")
+        path = latest_checkpoint(work_dir)
+        if path is None:
+            raise VeilError(f"There is no checkpoint in {work_dir!r} to resume from; run without --resume.")
+        state = _load_checkpoint(path, method)
+        step, losses, seconds_before = state["step"], list(state["losses"]), float(state["seconds"])
+        generator.set_state(state["generator"])
+    groups = method.optimizer_groups()
+    optimizer_class = getattr(method, "optimizer_class", torch.optim.Adam)
+    optimizers = {}
+    for phase, param_groups in groups.items():
+        for group in param_groups:
+            for param in group["params"]:
+                param.requires_grad_(True)
+        optimizers[phase] = accelerator.prepare(optimizer_class(param_groups))
+    if state is not None:
+        for phase, optimizer in optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][phase])
+
+    total = int(config.max_train_steps)
+    end = total if stop_after is None else min(total, int(stop_after))
+    last_checkpoint = latest_checkpoint(work_dir) if work_dir else None
+    start_time = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc=f"{method.name} {', '.join(config.concepts)}", disable=not progress, dynamic_ncols=True)
+    try:
+        while step < end:
+            batch = method.make_batch(pipe, generator)
+            step_losses = {}
+            for phase, optimizer in optimizers.items():
+                optimizer.zero_grad(set_to_none=True)
+                with accelerator.autocast():
+                    loss = method.loss(pipe, batch, phase)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    kept = f"the last good checkpoint is {last_checkpoint!r}" if last_checkpoint else "no checkpoint was written yet"
+                    raise TrainingDiverged(
+                        f"The {phase} loss became {value} at step {step + 1}; {kept} — lower the learning rate "
+                        "and start again (or --resume from that checkpoint)."
+                    )
+                accelerator.backward(loss)
+                if max_grad_norm:
+                    params = [p for g in groups[phase] for p in g["params"]]
+                    accelerator.clip_grad_norm_(params, max_grad_norm)
+                optimizer.step()
+                method.after_step(phase)
+                step_losses[phase] = value
+            step += 1
+            losses.append(step_losses)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in step_losses.items()})
+            if work_dir and checkpoint_every and step % checkpoint_every == 0 and step < total:
+                seconds = seconds_before + time.perf_counter() - start_time
+                last_checkpoint = _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seconds)
+    finally:
+        bar.close()
+        for param_groups in groups.values():
+            for group in param_groups:
+                for param in group["params"]:
+                    param.requires_grad_(False)
+    return {
+        "steps": step,
+        "seconds": round(seconds_before + time.perf_counter() - start_time, 3),
+        "peak_mem_mb": round(peak_memory_mb(pipe.device), 1),
+        "device": str(pipe.device),
+        "losses": losses,
+    }

@@ -1,0 +1,32 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def tiny_pipe():
+    from veil.models import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.veil_model_name = "tiny"
+    return pipe
+
+
+def render(pipe, prompt="a circle", seed=0, steps=3):
+    """A deterministic small generation as a tensor, for bit-for-bit comparisons."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return pipe(prompt, num_inference_steps=steps, guidance_scale=3.0, generator=generator, output_type="pt").images
+
+
+@pytest.fixture
+def trained_esd(tiny_pipe):
+    import veil
+
+    method = veil.get_method("esd")(concepts=["circle"], max_train_steps=4, learning_rate=1e-3, ddim_steps=10)
+    cost = veil.train(method, tiny_pipe, progress=False)
+    return method, cost

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+import veil
+from veil.methods.esd import ESD
+from veil.methods.weights import select_unet_parameters
+from veil.training.sampling import encode_prompts, sample_partial_trajectory, training_timesteps
+
+
+def test_variants_select_the_published_parameter_sets(tiny_pipe):
+    unet = tiny_pipe.unet
+    xattn = select_unet_parameters(unet, "xattn")
+    noxattn = select_unet_parameters(unet, "noxattn")
+    assert xattn and all("attn2" in n for n in xattn)
+    assert all("attn1" in n for n in select_unet_parameters(unet, "selfattn"))
+    assert not set(xattn) & set(noxattn)
+    assert not any(n.startswith(("time_embedding", "conv_out")) for n in noxattn)
+    assert len(select_unet_parameters(unet, "full")) == len(list(unet.parameters()))
+    with pytest.raises(veil.VeilError):
+        ESD(concepts=["circle"], train_method="everything")
+
+
+def test_one_trajectory_serves_several_t_enc(tiny_pipe):
+    cond = encode_prompts(tiny_pipe, ["circle"])
+    uncond = encode_prompts(tiny_pipe, [""])
+    together = sample_partial_trajectory(tiny_pipe, cond, uncond, [7, 2, 4], num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+    for row, t_enc in zip(together, [7, 2, 4]):
+        alone = sample_partial_trajectory(tiny_pipe, cond, uncond, [t_enc], num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(row, alone[0])
+
+
+def test_timestep_mappings():
+    generator = torch.Generator().manual_seed(0)
+    esd = training_timesteps([0, 49], 50, generator)
+    assert 0 <= esd[0] < 20 and 980 <= esd[1] < 1000
+    aligned = training_timesteps([0, 49], 50, generator, mapping="aligned")
+    assert 980 <= aligned[0] < 1000 and 0 <= aligned[1] < 20
+
+
+def _noise_shift(pipe, method, prompt, latents, timesteps):
+    embeds = encode_prompts(pipe, [prompt]).expand(latents.shape[0], -1, -1)
+    with torch.no_grad():
+        after = pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample
+        with method.disabled(pipe):
+            before = pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample
+    return (after - before).pow(2).mean().item()
+
+
+def test_esd_moves_the_concept_towards_the_negative_guidance_target(tiny_pipe):
+    method = ESD(concepts=["a red circle"], max_train_steps=60, learning_rate=1e-3, ddim_steps=10, samples_per_trajectory=4)
+    cost = veil.train(method, tiny_pipe, progress=False)
+    losses = [step["main"] for step in cost["losses"]]
+    first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
+    assert last < 0.5 * first, (first, last)
+
+    generator = torch.Generator().manual_seed(1)
+    latents = torch.randn(8, 4, 8, 8, generator=generator)
+    timesteps = torch.randint(0, 1000, (8,), generator=generator)
+    concept = _noise_shift(tiny_pipe, method, "a red circle", latents, timesteps)
+    unrelated = _noise_shift(tiny_pipe, method, "the quick brown fox jumps over the lazy dog", latents, timesteps)
+    assert concept > 2 * unrelated, (concept, unrelated)
