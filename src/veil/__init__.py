@@ -15,7 +15,7 @@ from .artifact import Artifact, load_artifact  # noqa: E402
 from .errors import TrainingDiverged, VeilError  # noqa: E402
 from .models import DEFAULT_MODEL, load_pipeline, model_fingerprint  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
-from .training.loop import train  # noqa: E402
+from .training.loop import fit_method, train  # noqa: E402
 
 __all__ = [
     "Artifact",
@@ -28,5 +28,6 @@ __all__ = [
     "load_pipeline",
     "model_fingerprint",
     "register_method",
+    "fit_method",
     "train",
 ]

@@ -31,7 +31,7 @@ def run(args):
     from ..registry import get_method
     from ..shapes.classifier import classify
     from ..shapes.data import SHAPES, canonical_prompt, canonical_prompts
-    from ..training.loop import train
+    from ..training.loop import fit_method
     from .common import load_model
 
     if args.concept not in SHAPES:
@@ -44,7 +44,7 @@ def run(args):
         pipe = load_model(args)
         method = method_cls(method_cls.config_class(concepts=[args.concept], **settings))
         print(f"[1/3] {method_cls.name} on {args.concept!r} ({settings.get('max_train_steps', 'default')} steps)")
-        cost = train(method, pipe) if method.kind == "trained" else (method.fit(pipe) or {})
+        cost = fit_method(method, pipe)
         cost = {k: v for k, v in cost.items() if k != "losses"}
         Artifact.from_method(method, pipe, cost).save(os.path.join(tmp, "artifact"))
 

@@ -26,7 +26,7 @@ def run_method(args, method_cls, concepts):
 
     from ..artifact import Artifact
     from ..errors import VeilError
-    from ..training.loop import train
+    from ..training.loop import fit_method
     from .common import check_output, load_model, method_config, work_dir_for
 
     config = method_config(
@@ -39,14 +39,10 @@ def run_method(args, method_cls, concepts):
     method = method_cls(config)
     pipe = load_model(args)
     work_dir = work_dir_for(args.out)
-    if method.kind == "trained":
-        cost = train(
-            method, pipe, work_dir=work_dir, checkpoint_every=args.checkpoint_every,
-            resume=args.resume, mixed_precision=args.mixed_precision,
-        )
-    else:
-        cost = method.fit(pipe) if method.kind == "closed_form" else {}
-        method.attach(pipe)
+    cost = fit_method(
+        method, pipe, work_dir=work_dir, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, mixed_precision=args.mixed_precision,
+    )
     cost = {k: v for k, v in (cost or {}).items() if k != "losses"} | {"final_loss": _final_loss(cost)}
     artifact = Artifact.from_method(method, pipe, cost)
     artifact.save(args.out, overwrite=args.overwrite)

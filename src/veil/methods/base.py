@@ -118,6 +118,13 @@ class Method:
     def after_step(self, phase):
         """Called after each optimizer step (clamps, projections)."""
 
+    def stages(self):
+        """Training stages run one after another by :func:`veil.training.loop.fit_method` (DuMo: EPR, then TLMO)."""
+        return ["main"]
+
+    def set_stage(self, stage):
+        """Switch what ``trainable_parameters`` / ``loss`` / ``config.max_train_steps`` refer to."""
+
     # persistence ------------------------------------------------------------------------------------
     def state_dict(self):
         """Tensors the artifact stores, keys prefixed by component (``unet.``, ``dumo.<concept>.``)."""

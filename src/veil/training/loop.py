@@ -187,3 +187,40 @@ def train(
         "device": str(pipe.device),
         "losses": losses,
     }
+
+
+def fit_method(method, pipe, *, work_dir=None, resume=False, progress=True, **train_kwargs):
+    """Make ``method`` ready to save, whatever its kind: every training stage through :func:`train`,
+    ``fit()`` for closed-form methods, nothing for inference-time ones. Returns the cost record."""
+    if method.kind == "closed_form":
+        start = time.perf_counter()
+        extra = method.fit(pipe) or {}
+        method.attach(pipe)
+        return {"steps": 0, "seconds": round(time.perf_counter() - start, 3),
+                "peak_mem_mb": round(peak_memory_mb(pipe.device), 1), "device": str(pipe.device), **extra}
+    if method.kind != "trained":
+        method.attach(pipe)
+        return {"steps": 0, "seconds": 0.0, "peak_mem_mb": round(peak_memory_mb(pipe.device), 1), "device": str(pipe.device)}
+    stages = method.stages()
+    total = {"steps": 0, "seconds": 0.0, "losses": [], "stages": {}}
+    for stage in stages:
+        method.set_stage(stage)
+        stage_dir = work_dir if (work_dir is None or len(stages) == 1) else os.path.join(work_dir, stage)
+        stage_resume = resume and stage_dir is not None and latest_checkpoint(stage_dir) is not None
+        if resume and not stage_resume and stage_dir is not None and os.path.isfile(os.path.join(stage_dir, "done.safetensors")):
+            method.load_state_dict(load_file(os.path.join(stage_dir, "done.safetensors")))
+            continue  # this stage finished before the interruption
+        cost = train(method, pipe, work_dir=stage_dir, resume=stage_resume, progress=progress, **train_kwargs)
+        if stage_dir is not None and len(stages) > 1:
+            os.makedirs(stage_dir, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()},
+                      os.path.join(stage_dir, "done.safetensors"))
+        total["steps"] += cost["steps"]
+        total["seconds"] += cost["seconds"]
+        total["losses"] += cost["losses"]
+        total["stages"][stage] = {"steps": cost["steps"], "seconds": cost["seconds"]}
+        total["peak_mem_mb"], total["device"] = cost["peak_mem_mb"], cost["device"]
+    if len(stages) == 1:
+        total.pop("stages")
+    total["seconds"] = round(total["seconds"], 3)
+    return total
