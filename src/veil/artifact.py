@@ -49,6 +49,7 @@ class Artifact:
     def __init__(self, manifest, tensors):
         self.manifest = manifest
         self.tensors = tensors
+        self.extra_files = {}
         self._method = None
 
     # construction ---------------------------------------------------------------------------------
@@ -72,6 +73,7 @@ class Artifact:
         manifest.update(method.extra_manifest())
         artifact = cls(manifest, tensors)
         artifact._method = method
+        artifact.extra_files = dict(method.extra_files())
         return artifact
 
     @property
@@ -97,6 +99,9 @@ class Artifact:
             weights = os.path.join(tmp, WEIGHTS_NAME)
             with open(weights, "wb") as handle:
                 handle.write(safetensors_bytes(self.tensors, metadata=header))
+            for name, data in self.extra_files.items():
+                with open(os.path.join(tmp, os.path.basename(name)), "wb") as handle:
+                    handle.write(data)
             manifest = dict(self.manifest, weights_sha256=_sha256_file(weights))
             with open(os.path.join(tmp, MANIFEST_NAME), "w") as handle:
                 json.dump(manifest, handle, indent=2)

@@ -133,6 +133,10 @@ class Method:
     def load_state_dict(self, state_dict):
         raise NotImplementedError
 
+    def extra_files(self):
+        """``{file name: bytes}`` written beside the artifact's weights (e.g. DuMo's ``time_scale.npy``)."""
+        return {}
+
     def extra_manifest(self):
         """Extra JSON-serialisable fields for the artifact manifest (e.g. key fingerprints)."""
         return {}
