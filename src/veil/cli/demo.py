@@ -14,9 +14,6 @@ def register(sub):
     parser.set_defaults(run=run)
 
 
-# Settings that erase a shapes concept in a few minutes on two CPU cores (measured: README).
-SHAPES_PRESETS = {"esd": {"max_train_steps": 150, "learning_rate": 1e-4}}
-
 
 def run(args):
     import json
@@ -28,6 +25,7 @@ def run(args):
     from ..errors import VeilError
     from ..evaluation.concept_rate import evaluate_prompts
     from ..evaluation.grid import labelled_grid
+    from ..methods.presets import preset_for
     from ..registry import get_method
     from ..shapes.classifier import classify
     from ..shapes.data import SHAPES, canonical_prompt, canonical_prompts
@@ -37,7 +35,7 @@ def run(args):
     if args.concept not in SHAPES:
         raise VeilError(f"The demo erases a shape; {args.concept!r} is not one of {', '.join(SHAPES)}.")
     method_cls = get_method(args.method)
-    settings = dict(SHAPES_PRESETS.get(method_cls.name, {}))
+    settings = preset_for(method_cls.name, args.model)
     if args.steps is not None:
         settings["max_train_steps"] = args.steps
     with atomic_dir(args.out, overwrite=args.overwrite) as tmp:

@@ -1,0 +1,188 @@
+"""``veil bench``: every method × concept on one model with one protocol → a table and JSON.
+
+For each method and concept: fit on the concept, then measure on the shapes world the target's
+concept rate before and after on canonical prompts, on training synonyms and on held-out
+paraphrases; every other concept's rate as a share of its base; with keys, the rate with the right
+key, another concept's key and a random key of matched norm; and the cost (seconds, peak memory,
+artifact size).
+"""
+
+import os
+import time
+
+from ._io import atomic_file, write_json
+from .artifact import WEIGHTS_NAME, Artifact
+from .evaluation.concept_rate import evaluate_prompts
+from .evaluation.grid import labelled_grid
+from .evaluation.shapes_tasks import rows_naming, task_rows
+from .methods.presets import preset_for
+from .registry import get_method
+from .training.loop import fit_method
+
+SETS = ("canonical", "synonyms", "paraphrase")
+
+
+def _evaluate(pipe, rows, classify, settings):
+    if not rows:
+        return {"rates": {}, "kinds": {}, "counts": {}, "images": [], "labels": {}}
+    return evaluate_prompts(pipe, rows, classify, **settings)
+
+
+def _share(after, base, concepts):
+    shares = {c: after["rates"][c] / base["rates"][c] for c in concepts if base["rates"].get(c)}
+    return shares
+
+
+def run_bench(
+    pipe,
+    methods,
+    concepts,
+    out_dir,
+    *,
+    classify,
+    seeds=(0, 1),
+    num_inference_steps=20,
+    guidance_scale=3.0,
+    overrides=None,
+    progress=True,
+    log=print,
+):
+    """Run the bench; writes ``bench.json``, ``bench.md``, ``grid.png`` and the artifacts under ``out_dir``.
+
+    Args:
+        pipe: the base pipeline (left as it was).
+        methods, concepts: names; every method is fitted on every concept, one at a time.
+        classify: the concept classifier, ``images -> {kind: [label, ...]}`` (shapes world: bundled CNN).
+        overrides: ``{method: {field: value}}`` on top of the model's preset.
+    """
+    from .shapes.data import CONCEPT_KIND
+
+    settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "progress": progress}
+    model_name = getattr(pipe, "veil_model_name", "custom")
+    rows_by_set = {
+        "canonical": task_rows("shapes_concepts", seeds),
+        "synonyms": task_rows("shapes_synonyms", seeds),
+        "paraphrase": task_rows("shapes_paraphrase"),
+    }
+    log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(SETS)}")
+    base = {name: _evaluate(pipe, rows, classify, settings) for name, rows in rows_by_set.items()}
+    results = []
+    grid_rows, grid_labels = [], []
+    for method_name in methods:
+        method_cls = get_method(method_name)
+        for concept in concepts:
+            kind = CONCEPT_KIND[concept]
+            config = preset_for(method_cls.name, model_name)
+            config.update((overrides or {}).get(method_cls.name, {}))
+            method = method_cls(method_cls.config_class(concepts=[concept], **config))
+            log(f"{method_cls.name} × {concept}: fitting")
+            start = time.perf_counter()
+            cost = fit_method(method, pipe, progress=progress)
+            seconds = cost.get("seconds") or round(time.perf_counter() - start, 3)
+            artifact_dir = os.path.join(out_dir, "artifacts", f"{method_cls.name}-{concept.replace(' ', '_')}")
+            artifact = Artifact.from_method(method, pipe, {k: v for k, v in cost.items() if k != "losses"})
+            artifact.save(artifact_dir, overwrite=True)
+            artifact_mb = os.path.getsize(os.path.join(artifact_dir, WEIGHTS_NAME)) / 2**20
+
+            log(f"{method_cls.name} × {concept}: evaluating")
+            after = {
+                "canonical": _evaluate(pipe, rows_by_set["canonical"], classify, settings),
+                "synonyms": _evaluate(pipe, rows_naming(rows_by_set["synonyms"], concept), classify, settings),
+                "paraphrase": _evaluate(pipe, rows_naming(rows_by_set["paraphrase"], concept), classify, settings),
+            }
+            others = [c for c, k in CONCEPT_KIND.items() if c != concept]
+            same_kind = [c for c in others if CONCEPT_KIND[c] == kind]
+            shares = _share(after["canonical"], base["canonical"], others)
+            row = {
+                "method": method_cls.name,
+                "concept": concept,
+                "base_target_rate": base["canonical"]["rates"].get(concept),
+                "target_rate": after["canonical"]["rates"].get(concept),
+                "base_synonym_rate": base["synonyms"]["rates"].get(concept),
+                "synonym_rate": after["synonyms"]["rates"].get(concept),
+                "base_paraphrase_rate": base["paraphrase"]["rates"].get(concept),
+                "paraphrase_rate": after["paraphrase"]["rates"].get(concept),
+                "nontarget_share": _mean([shares[c] for c in same_kind if c in shares]),
+                "nontarget_min_share": min((shares[c] for c in same_kind if c in shares), default=None),
+                "other_kinds_share": _mean([shares[c] for c in others if c not in same_kind and c in shares]),
+                "nontarget_shares": {c: round(v, 4) for c, v in shares.items()},
+                "seconds": seconds,
+                "peak_mem_mb": cost.get("peak_mem_mb"),
+                "artifact_mb": round(artifact_mb, 3),
+                "config": method.config.to_dict(),
+            }
+            row.update(_key_rows(method, pipe, concept, rows_naming(rows_by_set["canonical"], concept), classify, settings))
+            results.append(row)
+            log(_summary(row))
+
+            sample = [i for i, r in enumerate(rows_by_set["canonical"]) if r["shape"] == concept or r["colour"] == concept][:6]
+            grid_rows.append([base["canonical"]["images"][i] for i in sample])
+            grid_labels.append(f"original: {concept}")
+            grid_rows.append([after["canonical"]["images"][i] for i in sample])
+            grid_labels.append(f"{method_cls.name}: {concept}")
+            method.detach(pipe)
+
+    report = {
+        "model": model_name,
+        "seeds": list(seeds),
+        "num_inference_steps": num_inference_steps,
+        "guidance_scale": guidance_scale,
+        "base": {name: {"rates": base[name]["rates"], "kinds": base[name]["kinds"]} for name in SETS},
+        "rows": results,
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    write_json(os.path.join(out_dir, "bench.json"), report)
+    with atomic_file(os.path.join(out_dir, "bench.md"), mode="w") as handle:
+        handle.write(markdown_table(report))
+    if grid_rows:
+        labelled_grid(grid_rows, grid_labels).save(os.path.join(out_dir, "grid.png"))
+    return report
+
+
+def _key_rows(method, pipe, concept, rows, classify, settings):
+    """Rates with the right key, another concept's key and a random key of matched norm (keyed methods)."""
+    if not hasattr(method, "bench_keys"):
+        return {}
+    out = {}
+    for label, key in method.bench_keys(concept).items():
+        with method.unlocked(pipe, key):
+            out[f"target_rate_{label}"] = _evaluate(pipe, rows, classify, settings)["rates"].get(concept)
+    return out
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _fmt(value):
+    return "—" if value is None else f"{100 * value:.1f} %"
+
+
+def _summary(row):
+    return (f"  {row['method']} {row['concept']}: target {_fmt(row['base_target_rate'])} -> {_fmt(row['target_rate'])}, "
+            f"synonyms {_fmt(row['synonym_rate'])}, paraphrase {_fmt(row['paraphrase_rate'])}, "
+            f"non-target {_fmt(row['nontarget_share'])} of base, {row['seconds']:.0f} s")
+
+
+def markdown_table(report):
+    """The bench table in markdown."""
+    keyed = any("target_rate_with_key" in r for r in report["rows"])
+    head = ["method", "concept", "target before", "target after", "synonyms (before → after)",
+            "paraphrase (before → after)", "other same-kind (share of base)", "min same-kind share",
+            "other kinds (share)"]
+    if keyed:
+        head += ["with key", "wrong key", "random key"]
+    head += ["seconds", "peak MB", "artifact MB"]
+    lines = [f"Model `{report['model']}`, seeds {report['seeds']}, DDIM {report['num_inference_steps']} steps, "
+             f"guidance {report['guidance_scale']}.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["rows"]:
+        cells = [r["method"], r["concept"], _fmt(r["base_target_rate"]), _fmt(r["target_rate"]),
+                 f"{_fmt(r['base_synonym_rate'])} → {_fmt(r['synonym_rate'])}",
+                 f"{_fmt(r['base_paraphrase_rate'])} → {_fmt(r['paraphrase_rate'])}",
+                 _fmt(r["nontarget_share"]), _fmt(r["nontarget_min_share"]), _fmt(r["other_kinds_share"])]
+        if keyed:
+            cells += [_fmt(r.get("target_rate_with_key")), _fmt(r.get("target_rate_wrong_key")), _fmt(r.get("target_rate_random_key"))]
+        cells += [f"{r['seconds']:.0f}", f"{r['peak_mem_mb'] or 0:.0f}", f"{r['artifact_mb']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,46 @@
+"""``veil bench``: methods × concepts on one model, one protocol → bench.json, bench.md, grid.png."""
+
+from .common import add_model_flags
+
+
+def register(sub):
+    parser = sub.add_parser("bench", help="Fit every method on every concept and measure them with one protocol.")
+    parser.add_argument("--methods", default="esd", help="Comma-separated method names.")
+    parser.add_argument("--concepts", default="circle,square", help="Comma-separated shapes-world concepts.")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--num-inference-steps", type=int, default=20)
+    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="Override a preset; repeatable.")
+    parser.add_argument("--out", default="bench/results/shapes", help="Output folder (replaced).")
+    add_model_flags(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    from ..bench import run_bench
+    from ..errors import VeilError
+    from ..registry import get_method
+    from ..shapes.classifier import classify
+    from ..shapes.data import CONCEPT_KIND
+    from .common import load_model, parse_value
+    from .generate import parse_seeds
+
+    methods = [get_method(m.strip()).name for m in args.methods.split(",") if m.strip()]
+    concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
+    for concept in concepts:
+        if concept not in CONCEPT_KIND:
+            raise VeilError(f"{concept!r} is not a shapes-world concept; use one of {', '.join(CONCEPT_KIND)}.")
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        method, _, field = name.partition(".")
+        if not field or not _:
+            raise VeilError(f"--set takes METHOD.FIELD=VALUE, got {item!r}.")
+        overrides.setdefault(get_method(method).name, {})[field] = parse_value(value)
+    pipe = load_model(args)
+    report = run_bench(pipe, methods, concepts, args.out, classify=classify, seeds=parse_seeds(args.seeds),
+                       num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, overrides=overrides)
+    from ..bench import markdown_table
+
+    print(markdown_table(report))
+    print(f"bench written to {args.out}")
