@@ -8,10 +8,9 @@ memory. Swapping ``param.data`` copies nothing, so switching costs no time.
 
 import contextlib
 
-import torch
-
 from ..errors import VeilError
 from ..models import model_fingerprint
+from .base import Method
 
 PREFIX = "unet."
 
@@ -108,3 +107,50 @@ class UNetWeightEdit:
             return []
         params = dict(self.unet.named_parameters())
         return [params[name] for name in self.edited]
+
+
+class WeightEditMethod(Method):
+    """A method whose whole effect is an edit of some UNet weights (ESD, UCE).
+
+    Subclasses name the edited parameters in ``edited_parameter_names(unet)``; attach, detach,
+    ``disabled()`` and persistence come from here.
+    """
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.edit = UNetWeightEdit()
+
+    def edited_parameter_names(self, unet):
+        raise NotImplementedError
+
+    def attach(self, pipe):
+        if self.attached_to is pipe:
+            return
+        if not self.edit.edited:  # untrained / unfitted: the identity edit
+            self.edit.init_from(pipe.unet, self.edited_parameter_names(pipe.unet))
+        self.edit.attach(pipe.unet)
+        self.attached_to = pipe
+
+    def detach(self, pipe):
+        if self.attached_to is pipe:
+            self.edit.detach()
+            self.attached_to = None
+
+    @contextlib.contextmanager
+    def disabled(self, pipe):
+        with self.edit.disabled():
+            yield
+
+    def trainable_parameters(self):
+        return self.edit.parameters()
+
+    def state_dict(self):
+        return self.edit.state_dict()
+
+    def load_state_dict(self, state_dict):
+        pipe = self.attached_to
+        if pipe is not None:
+            self.detach(pipe)
+        self.edit.load(state_dict)
+        if pipe is not None:
+            self.attach(pipe)

@@ -1,7 +1,5 @@
 """ESD: Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023)."""
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
@@ -12,13 +10,12 @@ from ...training.sampling import (
     sample_partial_trajectory,
     training_timesteps,
 )
-from ..base import Method
-from ..weights import UNetWeightEdit, select_unet_parameters
+from ..weights import WeightEditMethod, select_unet_parameters
 from .config import ESDConfig
 
 
 @register_method("esd")
-class ESD(Method):
+class ESD(WeightEditMethod):
     """Erased Stable Diffusion (Gandikota et al., ICCV 2023, arXiv 2303.07345).
 
     Fine-tunes a subset of the UNet (``train_method``) so that its noise prediction for the concept
@@ -30,30 +27,10 @@ class ESD(Method):
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        self.edit = UNetWeightEdit()
         self._embeds = None
 
-    def attach(self, pipe):
-        if self.attached_to is pipe:
-            return
-        if not self.edit.edited:
-            self.edit.init_from(pipe.unet, select_unet_parameters(pipe.unet, self.config.train_method))
-        self.edit.attach(pipe.unet)
-        self.attached_to = pipe
-
-    def detach(self, pipe):
-        if self.attached_to is not pipe:
-            return
-        self.edit.detach()
-        self.attached_to = None
-
-    @contextlib.contextmanager
-    def disabled(self, pipe):
-        with self.edit.disabled():
-            yield
-
-    def trainable_parameters(self):
-        return self.edit.parameters()
+    def edited_parameter_names(self, unet):
+        return select_unet_parameters(unet, self.config.train_method)
 
     def _concept_embeds(self, pipe):
         if self._embeds is None:
@@ -86,14 +63,3 @@ class ESD(Method):
     def loss(self, pipe, batch, phase="main"):
         noise_pred = pipe.unet(batch["latents"], batch["timesteps"], encoder_hidden_states=batch["cond"]).sample
         return F.mse_loss(noise_pred.float(), batch["target"].float())
-
-    def state_dict(self):
-        return self.edit.state_dict()
-
-    def load_state_dict(self, state_dict):
-        was = self.attached_to
-        if was is not None:
-            self.detach(was)
-        self.edit.load(state_dict)
-        if was is not None:
-            self.attach(was)

@@ -1,13 +1,10 @@
 """UCE: Unified Concept Editing in Diffusion Models (Gandikota et al., WACV 2024)."""
 
-import contextlib
-
 import torch
 
 from ...registry import register_method
 from ...training.sampling import encode_prompts
-from ..base import Method
-from ..weights import UNetWeightEdit
+from ..weights import WeightEditMethod
 from .config import UCEConfig
 
 
@@ -33,7 +30,7 @@ def uce_closed_form(weight, erase, guide, preserve, erase_scale=1.0, preserve_sc
 
 
 @register_method("uce")
-class UCE(Method):
+class UCE(WeightEditMethod):
     """Unified Concept Editing (Gandikota et al., WACV 2024, arXiv 2308.14761).
 
     A closed-form edit of every cross-attention ``to_k``/``to_v`` so that the concept's token states
@@ -43,9 +40,9 @@ class UCE(Method):
     kind = "closed_form"
     config_class = UCEConfig
 
-    def __init__(self, config=None, **kwargs):
-        super().__init__(config, **kwargs)
-        self.edit = UNetWeightEdit()
+    def edited_parameter_names(self, unet):
+        projections = ("to_k", "to_v") if self.config.edit_keys else ("to_v",)
+        return [n for n, _ in unet.named_parameters() if any(f"attn2.{p}.weight" in n for p in projections)]
 
     def _states(self, pipe, prompts):
         """Token states used by the edit: every position after [CLS]/<bos> (words, end token, padding)."""
@@ -62,44 +59,10 @@ class UCE(Method):
         guide = self._states(pipe, [config.guide] * len(config.concepts))
         preserve = self._states(pipe, config.preserve_concepts)
         edited = {}
-        for name, module in pipe.unet.named_modules():
-            if not name.endswith("attn2"):
-                continue
-            projections = ("to_k", "to_v") if config.edit_keys else ("to_v",)
-            for projection in projections:
-                weight = getattr(module, projection).weight
-                edited[f"{name}.{projection}.weight"] = uce_closed_form(
-                    weight, erase, guide, preserve, config.erase_scale, config.preserve_scale, config.regularization
-                )
+        params = dict(pipe.unet.named_parameters())
+        for name in self.edited_parameter_names(pipe.unet):
+            edited[name] = uce_closed_form(
+                params[name], erase, guide, preserve, config.erase_scale, config.preserve_scale, config.regularization
+            )
         self.edit.edited = dict(sorted(edited.items()))
         return {"edited_tensors": len(edited)}
-
-    def attach(self, pipe):
-        if self.attached_to is pipe:
-            return
-        if not self.edit.edited:  # unfitted: the identity edit
-            names = [n for n, _ in pipe.unet.named_parameters() if "attn2.to_k.weight" in n or "attn2.to_v.weight" in n]
-            self.edit.init_from(pipe.unet, names)
-        self.edit.attach(pipe.unet)
-        self.attached_to = pipe
-
-    def detach(self, pipe):
-        if self.attached_to is pipe:
-            self.edit.detach()
-            self.attached_to = None
-
-    @contextlib.contextmanager
-    def disabled(self, pipe):
-        with self.edit.disabled():
-            yield
-
-    def state_dict(self):
-        return self.edit.state_dict()
-
-    def load_state_dict(self, state_dict):
-        was = self.attached_to
-        if was is not None:
-            self.detach(was)
-        self.edit.load(state_dict)
-        if was is not None:
-            self.attach(was)
