@@ -4,6 +4,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import tempfile  # noqa: E402
+
+# Runs recorded by `veil eval` go to a throwaway database, never the user's.
+os.environ.setdefault("VEIL_RUNS_DB", os.path.join(tempfile.mkdtemp(prefix="veil-test-"), "runs.sqlite"))
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 

@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 from .artifact import Artifact, load_artifact  # noqa: E402
 from .errors import TrainingDiverged, VeilError  # noqa: E402
+from .keys import Key, load_key_for, random_key_like, save_key  # noqa: E402
 from .models import DEFAULT_MODEL, load_pipeline, model_fingerprint  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
 from .training.loop import fit_method, train  # noqa: E402
@@ -20,14 +21,18 @@ from .training.loop import fit_method, train  # noqa: E402
 __all__ = [
     "Artifact",
     "DEFAULT_MODEL",
+    "Key",
     "TrainingDiverged",
     "VeilError",
     "get_method",
     "list_methods",
     "load_artifact",
+    "load_key_for",
     "load_pipeline",
     "model_fingerprint",
+    "random_key_like",
     "register_method",
+    "save_key",
     "fit_method",
     "train",
 ]

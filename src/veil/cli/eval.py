@@ -1,92 +1,82 @@
-"""``veil eval``: generate a task's prompts (optionally with an artifact and key) and score them."""
+"""``veil eval``: generate a task's prompts (original, with an artifact, unlocked with its key) and score them."""
 
 from .common import add_model_flags, add_output_flags
 
 
 def register(sub):
-    parser = sub.add_parser("eval", help="Evaluate a model (and artifact) on a task: per-concept rates, per-image CSV.")
-    parser.add_argument("--task", default="shapes_concepts", help="shapes_concepts, shapes_synonyms or shapes_paraphrase.")
-    parser.add_argument("--prompts", help="CSV with columns prompt, seed, shape, colour, background (replaces the task's prompts).")
-    parser.add_argument("--artifact", help="Artifact folder to attach.")
-    parser.add_argument("--key", help="KPOP key file: evaluate unlocked.")
-    parser.add_argument("--seeds", default="0,1", help="Seeds for the shapes_concepts / shapes_synonyms prompt sets.")
-    parser.add_argument("--num-inference-steps", type=int, default=25)
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser = sub.add_parser("eval", help="Evaluate a model (and artifact) on a task: results.json, per-image CSV, runs database.")
+    parser.add_argument("--task", default="shapes_concepts",
+                        help="A task name (veil ls tasks: shapes_concepts, shapes_paraphrase, i2p_nudity, imagenette, artists, "
+                             "cartoons, coco_quality) or a task YAML file.")
+    parser.add_argument("--prompts", help="Local copy of the task's prompt CSV (third-party tasks need it; for shapes tasks it replaces the built-in prompts).")
+    parser.add_argument("--artifact", help="Artifact folder: adds the 'erased' variant.")
+    parser.add_argument("--key", help="KPOP key file for the artifact: adds the 'unlocked' variant.")
+    parser.add_argument("--passphrase-file", help="File holding the key's passphrase (or set VEIL_KEY_PASSPHRASE).")
+    parser.add_argument("--seeds", help="Seeds for the built-in shapes prompt sets (default 0,1).")
+    parser.add_argument("--num-inference-steps", type=int, help="Denoising steps (default: the task's).")
+    parser.add_argument("--guidance-scale", type=float, help="Guidance scale for every row (default: each row's own, else the task's).")
+    parser.add_argument("--batch-size", type=int, help="Images per pipeline call (default: the task's).")
+    parser.add_argument("--limit", type=int, help="Only the first N prompt rows (quick runs).")
+    parser.add_argument("--targets", help="Comma-separated erased concepts (default: the artifact's concepts).")
+    parser.add_argument("--variants", help="Comma-separated subset of original,erased,unlocked (default: all that apply).")
+    parser.add_argument("--scorer", action="append", default=[], metavar="NAME=PATH",
+                        help="Local weights of a scorer: classifier=, nudenet=, clip=, lpips=, inception=. Repeatable.")
+    parser.add_argument("--reference", help="Folder of real images for FID (default: the original model's images).")
+    parser.add_argument("--rescore", action="store_true", help="Score an existing evaluation folder's images again (generating only what is missing).")
     add_model_flags(parser)
     add_output_flags(parser)
     parser.set_defaults(run=run)
 
 
-def run(args):
-    import contextlib
-    import csv
-    import io
-    import os
+def parse_scorers(items):
+    from ..errors import VeilError
 
-    from .._io import atomic_dir
+    scorers = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise VeilError(f"--scorer takes NAME=PATH, got {item!r}.")
+        scorers[name.strip()] = path.strip()
+    return scorers
+
+
+def run(args):
     from ..artifact import load_artifact
     from ..errors import VeilError
-    from ..evaluation.concept_rate import evaluate_prompts, score_rows
-    from ..evaluation.grid import labelled_grid
-    from ..evaluation.shapes_tasks import load_prompt_csv, task_rows
-    from ..shapes.classifier import classify
-    from .common import check_output, load_model
+    from ..evaluation.generate import shard
+    from ..evaluation.harness import evaluate
+    from .common import resolve_device
     from .generate import parse_seeds
 
-    check_output(args.out, args.overwrite)
-    rows = load_prompt_csv(args.prompts) if args.prompts else task_rows(args.task, parse_seeds(args.seeds))
+    seeds = parse_seeds(args.seeds) if args.seeds else None
     artifact = load_artifact(args.artifact) if args.artifact else None
+    if artifact is not None:
+        artifact.path = args.artifact
     key = None
     if args.key:
         if artifact is None:
             raise VeilError("--key unlocks an artifact; pass the artifact with --artifact as well.")
-        from ..keys import load_key_for
+        from ..keys import load_key_for, resolve_passphrase
 
-        key = load_key_for(args.key, artifact)
-    pipe = load_model(args)
-    context = contextlib.nullcontext()
-    if artifact is not None:
-        method = artifact.attach(pipe)
-        if key is not None:
-            context = method.unlocked(pipe, key)
-    with context:
-        result = evaluate_prompts(pipe, rows, classify, num_inference_steps=args.num_inference_steps,
-                                  guidance_scale=args.guidance_scale, progress=True)
-    if artifact is not None:
-        artifact.detach(pipe)
+        key = load_key_for(args.key, artifact, passphrase=resolve_passphrase(args.passphrase_file))
+    _, num_processes = shard()
+    if args.device == "auto" and num_processes > 1:  # under accelerate launch: this process's own device
+        from accelerate import PartialState
 
-    summary = {
-        "task": "custom" if args.prompts else args.task,
-        "prompts": args.prompts,
-        "model": args.model,
-        "artifact": args.artifact,
-        "unlocked": key is not None,
-        "num_inference_steps": args.num_inference_steps,
-        "guidance_scale": args.guidance_scale,
-        "images": len(rows),
-        "rates": result["rates"],
-        "kinds": result["kinds"],
-        "counts": result["counts"],
-    }
-    with atomic_dir(args.out, overwrite=args.overwrite) as tmp:
-        import json
-
-        with open(os.path.join(tmp, "results.json"), "w") as handle:
-            json.dump(summary, handle, indent=2)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["prompt", "seed", "shape", "colour", "background", "pred_shape", "pred_colour", "pred_background", "correct"])
-        for i, (row, correct) in enumerate(zip(rows, score_rows(rows, result["labels"]))):
-            named = [v for v in correct.values() if v is not None]
-            writer.writerow([row["prompt"], row["seed"], row["shape"] or "", row["colour"] or "", row["background"] or "",
-                             result["labels"]["shape"][i], result["labels"]["colour"][i], result["labels"]["background"][i],
-                             int(all(named)) if named else ""])
-        with open(os.path.join(tmp, "images.csv"), "w") as handle:
-            handle.write(buffer.getvalue())
-        first = result["images"][:48]
-        labelled_grid([first[i : i + 8] for i in range(0, len(first), 8)], [""] * ((len(first) + 7) // 8), label_width=8).save(
-            os.path.join(tmp, "samples.png"))
-    print(f"{summary['task']}: {len(rows)} images; " + ", ".join(f"{k} {v:.1%}" for k, v in result["kinds"].items()))
-    for concept, rate in sorted(result["rates"].items()):
-        print(f"  {concept:<10} {rate:6.1%}  (n={result['counts'][concept]})")
-    print(f"results in {args.out}")
+        args.device = str(PartialState().device)
+    args.device = resolve_device(args.device)
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()] if args.targets else None
+    results = evaluate(
+        args.task, args.out, pipe=None, model=args.model, device=args.device, artifact=artifact, key=key,
+        prompts=args.prompts, seeds=seeds, limit=args.limit, targets=targets, scorers=parse_scorers(args.scorer),
+        reference=args.reference, variants=args.variants, num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale, batch_size=args.batch_size, overwrite=args.overwrite, rescore=args.rescore,
+    )
+    if results is None:  # a non-main process of a sharded run: the main process scores and reports
+        return 0
+    for variant, by_metric in results["metrics"].items():
+        rates = (by_metric.get("concept_rate") or {}).get("rates")
+        if rates:
+            counts = by_metric["concept_rate"]["counts"]
+            print(f"  {variant}: " + ", ".join(f"{c} {r:.0%} (n={counts[c]})" for c, r in sorted(rates.items())))
+    print(f"results in {args.out} (run {results.get('run_id')})")

@@ -8,6 +8,7 @@ def register(sub):
     parser.add_argument("--prompt", action="append", help="Prompt; repeat for several. Default: the artifact's concepts.")
     parser.add_argument("--artifact", help="Artifact folder: adds a row with it attached under each original row.")
     parser.add_argument("--key", help="KPOP key file: adds an 'unlocked' row.")
+    parser.add_argument("--passphrase-file", help="File holding the key's passphrase (or set VEIL_KEY_PASSPHRASE).")
     parser.add_argument("--seeds", default="0,1,2,3", help="Comma-separated seeds, one column each.")
     parser.add_argument("--num-inference-steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
@@ -75,9 +76,9 @@ def run(args):
     if args.key:
         if artifact is None:
             raise VeilError("--key unlocks an artifact; pass the artifact with --artifact as well.")
-        from ..keys import load_key_for
+        from ..keys import load_key_for, resolve_passphrase
 
-        key = load_key_for(args.key, artifact)
+        key = load_key_for(args.key, artifact, passphrase=resolve_passphrase(args.passphrase_file))
     prompts = args.prompt or ([f"a {c}" for c in artifact.concepts] if artifact else None)
     if not prompts:
         raise VeilError("Nothing to draw; give a prompt with --prompt, e.g. --prompt \"a red circle\".")

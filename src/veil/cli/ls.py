@@ -2,14 +2,22 @@
 
 
 def register(sub):
-    parser = sub.add_parser("ls", help="List registered methods (and, later, tasks).")
-    parser.add_argument("what", choices=("methods",), nargs="?", default="methods")
+    parser = sub.add_parser("ls", help="List registered methods or evaluation tasks.")
+    parser.add_argument("what", choices=("methods", "tasks"), nargs="?", default="methods")
     parser.add_argument("-v", "--verbose", action="store_true", help="Also list each method's settings with help text.")
     parser.set_defaults(run=run)
 
 
 def run(args):
     from ..registry import get_method, list_methods
+
+    if args.what == "tasks":
+        from ..evaluation.tasks import list_tasks, load_task
+
+        for name in list_tasks():
+            task = load_task(name)
+            print(f"{name:<18} v{task.version}  {task.description.strip().splitlines()[0] if task.description else ''}")
+        return
 
     for name in list_methods():
         cls = get_method(name)

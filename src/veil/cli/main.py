@@ -5,7 +5,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("erase", "generate", "eval", "bench", "export", "demo", "env", "ls")
+COMMANDS = ("erase", "hide", "generate", "eval", "bench", "report", "runs", "compare", "export", "demo", "env", "ls")
 
 
 def build_parser():

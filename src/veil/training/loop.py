@@ -42,7 +42,10 @@ def _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seco
     folder = os.path.join(work_dir, "checkpoints")
     path = os.path.join(folder, f"step-{step:06d}")
     with atomic_dir(path, overwrite=True) as tmp:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in method.state_dict().items()}
+        # Checkpoints hold everything needed to resume, a KPOP key included (the work folder is
+        # removed once the artifact is saved); the artifact itself holds only ``state_dict()``.
+        state = getattr(method, "checkpoint_state_dict", method.state_dict)()
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
         save_file(tensors, os.path.join(tmp, "method.safetensors"))
         torch.save(
             {

@@ -1,0 +1,56 @@
+"""``veil hide``: hide concepts behind a secret key (KPOP); writes the public artifact and the key apart."""
+
+from .common import add_model_flags, add_output_flags
+
+
+def register(sub):
+    parser = sub.add_parser(
+        "hide", help="Hide concepts behind a secret key (KPOP): a public artifact, and a key file that brings them back."
+    )
+    parser.add_argument("--concept", action="append", required=True, help="Concept to hide; repeat for several (one key each).")
+    add_model_flags(parser)
+    add_output_flags(parser, what="folder for the public artifact")
+    parser.add_argument("--key-out", required=True, help="Key file to write (e.g. circle.veilkey); keep it secret, apart from --out.")
+    parser.add_argument(
+        "--passphrase-file",
+        help="File holding a passphrase that encrypts the key (or set VEIL_KEY_PASSPHRASE); without either the key is not encrypted.",
+    )
+    parser.add_argument("--preset", choices=("paper", "tuned"), help="paper (default) or tuned (adds the retain-concept term).")
+    parser.add_argument("--steps", type=int, help="Training steps (max_train_steps).")
+    parser.add_argument("--lr", type=float, help="Learning rate of the UNet.")
+    parser.add_argument("--seed", type=int, help="Random seed.")
+    parser.add_argument("--config", help="YAML file of KPOP settings.")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="One KPOP setting; repeatable.")
+    parser.add_argument("--resume", action="store_true", help="Continue an interrupted run from its last checkpoint.")
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="Steps between checkpoints.")
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    import os
+
+    from .._io import refuse_existing
+    from ..errors import VeilError
+    from ..keys import resolve_passphrase, save_key
+    from ..methods.kpop import KPOP
+    from .erase import run_method
+
+    # Everything that can be refused is refused before minutes of training.
+    out, key_out = os.path.abspath(args.out), os.path.abspath(args.key_out)
+    if key_out == out or key_out.startswith(out.rstrip(os.sep) + os.sep):
+        raise VeilError("--key-out is inside --out, so the key would ship with the public artifact; write the key elsewhere.")
+    refuse_existing(args.key_out, args.overwrite)
+    passphrase = resolve_passphrase(args.passphrase_file)
+    if args.preset:
+        args.set = [f"preset={args.preset}"] + list(args.set)
+
+    artifact, _, method = run_method(args, KPOP, args.concept)
+    save_key(method.key, args.key_out, artifact=artifact, passphrase=passphrase, overwrite=args.overwrite)
+    cost = artifact.manifest["cost"]
+    lock = "encrypted with the passphrase" if passphrase else "NOT encrypted (give --passphrase-file to encrypt it)"
+    print(
+        f"Hid {', '.join(artifact.concepts)} in {cost.get('seconds', 0):.1f} s ({cost.get('steps', 0)} steps, "
+        f"peak {cost.get('peak_mem_mb', 0):.0f} MB); public artifact written to {args.out}; key written to "
+        f"{args.key_out}, {lock} — keep it secret."
+    )

@@ -1,0 +1,131 @@
+"""DuMo configuration."""
+
+import typing
+from dataclasses import dataclass, field
+
+from ...errors import VeilError
+from ..base import MethodConfig, check_choice, check_positive
+
+_EVERYDAY = (
+    "a photo of a dog in a park", "a cat sleeping on a sofa", "a bowl of fruit on a wooden table",
+    "a city street at night", "a mountain lake at sunrise", "a portrait of an old man",
+    "a red sports car on a highway", "a cup of coffee and a book", "a beach with palm trees",
+    "a bicycle leaning against a wall", "a forest path in autumn", "a plate of pasta",
+    "a child flying a kite", "a lighthouse by the sea", "a bird on a branch", "a snowy village",
+    "a vase of sunflowers", "an astronaut in space", "a wooden cabin in the woods", "a sailing boat",
+    "a horse in a field", "a bowl of ramen", "a modern kitchen", "a train crossing a bridge",
+)
+_SHAPES = ("circle", "square", "triangle", "star", "cross")
+_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
+_BACKGROUNDS = ("plain", "striped", "dotted", "checkered")
+# Simple object/colour prompts serve both a general model and the bundled shapes world; prompts
+# naming the erased concept are dropped from the pool when the batch is drawn.
+_SIMPLE = tuple(
+    f"a {colour} {shape} on a {_BACKGROUNDS[(i + j) % len(_BACKGROUNDS)]} background"
+    for i, shape in enumerate(_SHAPES)
+    for j, colour in enumerate(_COLOURS)
+)
+DEFAULT_ANCHOR_PROMPTS = list(_EVERYDAY + _SIMPLE)
+
+# Concepts for which the prompt gate defaults to off: the paper runs nudity ungated, since unsafe
+# content appears for prompts that never name it.
+UNGATED_CONCEPTS = ("nudity", "nude", "naked", "nsfw", "sexual", "porn")
+
+STAGES = ("epr", "tlmo")
+
+
+@dataclass
+class DuMoConfig(MethodConfig):
+    """DuMo: EPR (a trained copy of the UNet encoder feeding its skip connections) then TLMO (a learned
+    time × layer scale table). Stage-1 defaults follow METHODS.md §2: AdamW at 1e-5 for 1000 steps."""
+
+    max_train_steps: int = field(default=1000, metadata={"help": "Stage 1 (EPR): optimizer steps."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Stage 1 (EPR): AdamW learning rate."})
+    adam_weight_decay: float = field(default=1e-2, metadata={"help": "Stage 1 (EPR): AdamW weight decay."})
+    tlmo_max_train_steps: int = field(
+        default=300, metadata={"help": "Stage 2 (TLMO): optimizer steps; 0 skips the stage (the table stays at ones)."}
+    )
+    tlmo_learning_rate: float = field(default=1e-2, metadata={"help": "Stage 2 (TLMO): AdamW learning rate of the scale table."})
+    preserve_weight: float = field(
+        default=1.0, metadata={"help": "Stage 2: lambda, weight of the anchor-preservation loss against the erase loss."}
+    )
+    anchor_prompts: typing.List[str] = field(
+        default_factory=lambda: list(DEFAULT_ANCHOR_PROMPTS),
+        metadata={"help": "Stage 2: pool of diverse prompts whose outputs must not change; prompts naming the "
+                  "concept are left out."},
+    )
+    negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the empty prompt to push."})
+    start_guidance: float = field(
+        default=3.0, metadata={"help": "Classifier-free guidance of the partial DDIM trajectories."}
+    )
+    ddim_steps: int = field(default=50, metadata={"help": "N: DDIM steps of the sampling schedule."})
+    samples_per_trajectory: int = field(
+        default=4, metadata={"help": "Training samples (distinct t_enc) taken from one DDIM trajectory."}
+    )
+    timestep_mapping: str = field(
+        default="esd",
+        metadata={"help": "esd: t ~ U[1000·t_enc/N, 1000·(t_enc+1)/N) as published; aligned: t from the "
+                  "interval of the latent's own noise level."},
+    )
+    gate: typing.Optional[bool] = field(
+        default=None,
+        metadata={"help": "Scale each prompt's residuals by its similarity to the concept (SPM's facilitated "
+                  "transport). None: on, except for nudity-like concepts."},
+    )
+    facilitate: float = field(default=1.0, metadata={"help": "Gate factor: g = facilitate · max(cosine, token overlap)."})
+    gate_threshold: float = field(
+        default=0.7,
+        metadata={"help": "Prompts whose gate is below this skip the eraser entirely (no EPR forward, output "
+                  "unchanged); 0 never skips. The cosine of flattened text states is high for any two prompts "
+                  "of one template (shapes world, concept 'circle': other shapes' captions 0.57-0.64, the "
+                  "empty prompt 0.66), so the threshold sits above that; naming the concept gives 1."},
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "Recompute EPR activations in the backward pass to save memory."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice(self, "timestep_mapping", ("esd", "aligned"))
+        check_positive(self, "max_train_steps", "learning_rate", "tlmo_learning_rate", "ddim_steps",
+                       "samples_per_trajectory", "facilitate")
+        for name in ("tlmo_max_train_steps", "preserve_weight", "adam_weight_decay", "gate_threshold"):
+            if getattr(self, name) < 0:
+                raise VeilError(f"{name} must be 0 or more, got {getattr(self, name)!r}.")
+        if isinstance(self.anchor_prompts, str):
+            self.anchor_prompts = [self.anchor_prompts]
+        self.anchor_prompts = [str(p).strip() for p in self.anchor_prompts if str(p).strip()]
+        if self.tlmo_max_train_steps and not self.anchor_prompts:
+            raise VeilError("anchor_prompts is empty; give prompts to preserve, or set tlmo_max_train_steps=0.")
+        if self.samples_per_trajectory > self.ddim_steps:
+            self.samples_per_trajectory = self.ddim_steps
+
+    @property
+    def gate_enabled(self):
+        """The effective gate setting (``gate=None`` resolved from the concepts)."""
+        if self.gate is not None:
+            return bool(self.gate)
+        return not any(word in concept.lower() for concept in self.concepts for word in UNGATED_CONCEPTS)
+
+
+class StageConfig:
+    """The config as the training loop sees it during one stage: ``max_train_steps`` and
+    ``learning_rate`` are the stage's own, everything else (``to_dict`` included) is the full config,
+    so checkpoints and the artifact manifest always record the whole run's settings."""
+
+    def __init__(self, config, stage):
+        if stage not in STAGES:
+            raise VeilError(f"DuMo has no stage {stage!r}; its stages are {', '.join(STAGES)}.")
+        self._config = config
+        self.stage = stage
+
+    @property
+    def max_train_steps(self):
+        return self._config.tlmo_max_train_steps if self.stage == "tlmo" else self._config.max_train_steps
+
+    @property
+    def learning_rate(self):
+        return self._config.tlmo_learning_rate if self.stage == "tlmo" else self._config.learning_rate
+
+    def __getattr__(self, name):
+        return getattr(self._config, name)

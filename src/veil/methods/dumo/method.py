@@ -1,0 +1,433 @@
+"""DuMo: Dual Encoder Modulation Network for Precise Concept Erasure (Han et al., AAAI 2025)."""
+
+import collections
+import contextlib
+import io
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...errors import VeilError
+from ...models import model_fingerprint
+from ...registry import register_method
+from ...training.sampling import (
+    encode_prompts,
+    negative_guidance_target,
+    sample_partial_trajectory,
+    training_timesteps,
+)
+from ..base import Method
+from .config import STAGES, DuMoConfig, StageConfig
+from .model import DuMoEPR
+
+PREFIX = "dumo."
+TIME_ROWS = 20  # TLMO rows: one per 50 of SD's 1000 training timesteps
+_SIGNATURE_POINTS = 8  # exact values that index captured text states (see `_remember_tokens`)
+
+
+@register_method("dumo")
+class DuMo(Method):
+    """DuMo (Han, Chen, Gong, Wei, Chen, Jiang, AAAI 2025, arXiv 2501.01125).
+
+    Per concept, EPR — a trainable copy of the UNet's encoder and mid block with zero-initialised 1×1
+    output convolutions — adds residuals to the frozen UNet's skip connections; TLMO scales residual
+    ``i`` at timestep ``t`` by a learned ``S[t // 50, i]``. Stage 1 trains EPR on ESD's
+    negative-guidance loss (``S`` fixed at ones); stage 2 freezes EPR and learns ``S`` on erase +
+    lambda·preserve. The UNet, text encoder and VAE are never trained.
+
+    Example:
+        >>> method = veil.get_method("dumo")(concepts=["circle"])
+        >>> veil.fit_method(method, pipe)          # stage 1 (EPR), then stage 2 (TLMO)
+        >>> veil.Artifact.from_method(method, pipe).save("erased/")
+    """
+
+    config_class = DuMoConfig
+    optimizer_class = torch.optim.AdamW
+
+    def __init__(self, config=None, **kwargs):
+        self._stage = "epr"
+        super().__init__(config, **kwargs)
+        self.eprs = {}  # concept -> DuMoEPR
+        self.time_scales = {}  # concept -> Parameter (TIME_ROWS, num_slots), float32
+        self._pending = {}  # concept -> tensors loaded before the EPR could be built
+        self._handles = []
+        self._bypass = 0
+        self._training_concept = None  # while training: only this concept's EPR, ungated
+        self._concept_gate_info = {}
+        self._captured = collections.OrderedDict()  # signature -> [(text states, token ids)]
+        self._embeds = {}
+        self._num_train_timesteps = 1000
+        self._special_ids = frozenset()
+        self.stats = {"epr_forward_calls": 0, "epr_skipped": 0}
+
+    # the loop reads `config.max_train_steps` / `config.learning_rate` of the current stage ----------
+    @property
+    def config(self):
+        return self._config if self._stage == "epr" else StageConfig(self._config, self._stage)
+
+    @config.setter
+    def config(self, value):
+        self._config = value
+
+    def stages(self):
+        return list(STAGES) if self._config.tlmo_max_train_steps > 0 else ["epr"]
+
+    def set_stage(self, stage):
+        StageConfig(self._config, stage)  # validates the name
+        self._stage = stage
+
+    # installation ---------------------------------------------------------------------------------
+    def attach(self, pipe):
+        if self.attached_to is pipe:
+            return
+        if self.attached_to is not None:
+            raise VeilError("This DuMo method is already attached to another pipeline; detach it first.")
+        model_fingerprint(pipe.unet)  # cache the base fingerprint while the pipeline is untouched
+        self._build(pipe.unet)
+        self._num_train_timesteps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
+        tokenizer = getattr(pipe, "tokenizer", None)
+        self._special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()))
+        self._concept_gate_info = {c: self._gate_info(pipe, c) for c in self._config.concepts}
+        # No public door passes residuals through a pipeline call (`pipe(...)` forwards no UNet kwargs),
+        # so a forward pre-hook adds them to every UNet call's `down_block_additional_residuals` and
+        # `mid_block_additional_residual`; removing the hook restores the original exactly.
+        self._handles = [pipe.unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True)]
+        if self._config.gate_enabled and pipe.text_encoder is not None:
+            # The gate's token overlap needs the prompt's tokens, which the UNet never sees: remember the
+            # text encoder's input ids next to its output, and find them again from the UNet's context.
+            self._handles.append(pipe.text_encoder.register_forward_hook(self._remember_tokens, with_kwargs=True))
+        self.attached_to = pipe
+
+    def detach(self, pipe):
+        if self.attached_to is not pipe:
+            return
+        for handle in self._handles:
+            handle.remove()
+        self._handles, self._captured = [], collections.OrderedDict()
+        self.attached_to = None
+
+    @contextlib.contextmanager
+    def disabled(self, pipe):
+        self._bypass += 1
+        try:
+            yield
+        finally:
+            self._bypass -= 1
+
+    @contextlib.contextmanager
+    def _training_view(self, concept):
+        """Only ``concept``'s EPR, gate off: each concept's eraser is trained on its own."""
+        previous, self._training_concept = self._training_concept, concept
+        try:
+            yield
+        finally:
+            self._training_concept = previous
+
+    def _build(self, unet):
+        for concept in self._config.concepts:
+            if concept in self.eprs:
+                continue
+            pending = dict(self._pending.get(concept) or {})
+            epr = DuMoEPR.from_unet(unet, load_weights_from_unet=not pending)
+            scale = pending.pop("time_scale", None)
+            scale = torch.ones(TIME_ROWS, epr.num_slots) if scale is None else scale
+            if pending:
+                _load_strict(epr, pending, concept)
+            if tuple(scale.shape) != (TIME_ROWS, epr.num_slots):
+                raise VeilError(
+                    f"The time-scale table of {concept!r} has shape {tuple(scale.shape)}, but this UNet needs "
+                    f"({TIME_ROWS}, {epr.num_slots}); was it made for another model?"
+                )
+            epr.requires_grad_(False)
+            if self._config.gradient_checkpointing:
+                epr.enable_gradient_checkpointing()
+            self._pending.pop(concept, None)
+            self.eprs[concept] = epr
+            self.time_scales[concept] = torch.nn.Parameter(scale.to(unet.device, torch.float32), requires_grad=False)
+
+    # training -------------------------------------------------------------------------------------------
+    def trainable_parameters(self):
+        if self._stage == "tlmo":
+            return [self.time_scales[c] for c in self._config.concepts if c in self.time_scales]
+        return [p for c in self._config.concepts if c in self.eprs for p in self.eprs[c].parameters()]
+
+    def optimizer_groups(self):
+        if self._stage == "tlmo":  # no weight decay: it would pull the scales towards zero
+            return {"tlmo": [{"params": self.trainable_parameters(), "lr": self._config.tlmo_learning_rate, "weight_decay": 0.0}]}
+        return {"epr": [{"params": self.trainable_parameters(), "lr": self._config.learning_rate,
+                         "weight_decay": self._config.adam_weight_decay}]}
+
+    def after_step(self, phase):
+        if phase == "tlmo":
+            with torch.no_grad():
+                for scale in self.time_scales.values():
+                    scale.clamp_(min=0.0)
+
+    def _prompt_embeds(self, pipe, prompts):
+        key = tuple(prompts)
+        if key not in self._embeds:
+            with self.disabled(pipe):
+                self._embeds[key] = encode_prompts(pipe, list(prompts))
+        return self._embeds[key]
+
+    def anchor_pool(self, concept):
+        """The anchor prompts used for ``concept``: the configured pool minus prompts naming it."""
+        words = set(re.findall(r"\w+", concept.lower()))
+        pool = [p for p in self._config.anchor_prompts if not words & set(re.findall(r"\w+", p.lower()))]
+        if not pool:
+            raise VeilError(f"Every anchor prompt names {concept!r}; add anchor_prompts that do not.")
+        return pool
+
+    @torch.no_grad()
+    def make_batch(self, pipe, generator):
+        config = self._config
+        concept = config.concepts[int(torch.randint(len(config.concepts), (1,), generator=generator))]
+        cond, uncond = self._prompt_embeds(pipe, [concept]), self._prompt_embeds(pipe, [""])
+        t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
+        with self._training_view(concept):
+            latents = sample_partial_trajectory(
+                pipe, cond, uncond, t_encs,
+                num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
+            )
+        timesteps = training_timesteps(
+            t_encs, config.ddim_steps, generator, self._num_train_timesteps, config.timestep_mapping
+        ).to(pipe.device)
+        batch = latents.shape[0]
+        cond = cond.expand(batch, -1, -1)
+        with self.disabled(pipe):
+            noise_uncond, noise_cond = pipe.unet(
+                torch.cat([latents, latents]), torch.cat([timesteps, timesteps]),
+                encoder_hidden_states=torch.cat([uncond.expand(batch, -1, -1), cond]),
+            ).sample.chunk(2)
+        target = negative_guidance_target(noise_uncond, noise_cond, config.negative_guidance)
+        out = {"concept": concept, "latents": latents, "timesteps": timesteps, "cond": cond, "target": target}
+        if self._stage == "tlmo":
+            # Preservation at the same x_t as the erase term (METHODS.md §2), one anchor per sample.
+            pool = self.anchor_pool(concept)
+            picks = torch.randint(len(pool), (batch,), generator=generator).tolist()
+            anchors = torch.cat([self._prompt_embeds(pipe, [pool[i]]) for i in picks])
+            with self.disabled(pipe):
+                out["anchor_target"] = pipe.unet(latents, timesteps, encoder_hidden_states=anchors).sample
+            out["anchors"] = anchors
+        return out
+
+    def loss(self, pipe, batch, phase="epr"):
+        latents, timesteps = batch["latents"], batch["timesteps"]
+        with self._training_view(batch["concept"]):
+            if phase != "tlmo":
+                noise_pred = pipe.unet(latents, timesteps, encoder_hidden_states=batch["cond"]).sample
+                return F.mse_loss(noise_pred.float(), batch["target"].float())
+            # One UNet call for the concept and its anchors.
+            noise_pred, anchor_pred = pipe.unet(
+                torch.cat([latents, latents]), torch.cat([timesteps, timesteps]),
+                encoder_hidden_states=torch.cat([batch["cond"], batch["anchors"]]),
+            ).sample.chunk(2)
+        erase = F.mse_loss(noise_pred.float(), batch["target"].float())
+        preserve = F.mse_loss(anchor_pred.float(), batch["anchor_target"].float())
+        return erase + self._config.preserve_weight * preserve
+
+    # the residuals -------------------------------------------------------------------------------------
+    def _unet_pre_hook(self, module, args, kwargs):
+        if self._bypass or not self.eprs:
+            return None
+        sample = args[0] if len(args) > 0 else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        context = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
+        if context is None:
+            return None
+        residuals = self.residuals(sample, timestep, context, kwargs.get("cross_attention_kwargs"))
+        if residuals is None:
+            return None
+        down, mid = residuals
+        given_down, given_mid = kwargs.get("down_block_additional_residuals"), kwargs.get("mid_block_additional_residual")
+        if given_down is not None and given_mid is None:
+            raise VeilError(
+                "DuMo cannot share down_block_additional_residuals with a T2I-Adapter; pass the adapter's "
+                "residuals as down_intrablock_additional_residuals."
+            )
+        if given_down is not None:  # e.g. a ControlNet: residuals add up
+            down = [a + b for a, b in zip(given_down, down)]
+            mid = given_mid + mid
+        return args, dict(kwargs, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
+
+    def residuals(self, sample, timestep, encoder_hidden_states, cross_attention_kwargs=None):
+        """The summed, scaled and gated residuals of every concept's EPR for one UNet call, or ``None``
+        when every EPR was skipped (the UNet then runs exactly as the original)."""
+        batch = sample.shape[0]
+        timesteps = timestep if torch.is_tensor(timestep) else torch.tensor([timestep])
+        timesteps = timesteps.to(sample.device).reshape(-1).expand(batch)
+        bucket = max(1, self._num_train_timesteps // TIME_ROWS)
+        rows = (timesteps.float() // bucket).long().clamp(0, TIME_ROWS - 1)  # (batch,)
+        gates = None if self._training_concept is not None else self.gates(sample, encoder_hidden_states)
+        total_down, total_mid = None, None
+        for concept in self._config.concepts:
+            if self._training_concept is not None and concept != self._training_concept:
+                continue
+            epr, scale = self.eprs[concept], self.time_scales[concept]
+            if scale.device != sample.device:
+                epr.to(sample.device)
+                scale.data = scale.data.to(sample.device)
+            factors = scale[rows]  # (batch, slots)
+            index = None
+            if gates is not None:
+                gate = gates[concept]
+                active = gate > 0
+                if not bool(active.any()):
+                    self.stats["epr_skipped"] += 1
+                    continue
+                factors = factors * gate[:, None]
+                if not bool(active.all()):
+                    index = active.nonzero().squeeze(1)
+            self.stats["epr_forward_calls"] += 1
+            pick = (lambda x: x) if index is None else (lambda x: x.index_select(0, index))
+            down, mid = epr(pick(sample), pick(timesteps), pick(encoder_hidden_states), cross_attention_kwargs)
+            factors = pick(factors)
+            outputs = [r * factors[:, i, None, None, None].to(r.dtype) for i, r in enumerate([*down, mid])]
+            if index is not None:  # rows the gate skipped get exact zeros
+                outputs = [r.new_zeros((batch,) + r.shape[1:]).index_copy(0, index, r) for r in outputs]
+            if total_down is None:
+                total_down, total_mid = outputs[:-1], outputs[-1]
+            else:
+                total_down = [a + b for a, b in zip(total_down, outputs[:-1])]
+                total_mid = total_mid + outputs[-1]
+        return None if total_down is None else (total_down, total_mid)
+
+    # the gate ----------------------------------------------------------------------------------------------
+    def _gate_info(self, pipe, concept):
+        embeds = self._prompt_embeds(pipe, [concept])[0]
+        tokens = frozenset()
+        if getattr(pipe, "tokenizer", None) is not None:
+            tokens = frozenset(pipe.tokenizer(concept)["input_ids"]) - self._special_ids
+        return embeds.reshape(-1).float(), tokens
+
+    def _remember_tokens(self, module, args, kwargs, output):
+        input_ids = args[0] if args else kwargs.get("input_ids")
+        if input_ids is None or self._bypass:
+            return
+        states = output[0].detach()  # (batch, tokens, width): what the pipeline hands the UNet
+        for row, ids in zip(states, input_ids.tolist()):
+            key = _signature(row)
+            entries = self._captured.setdefault(key, [])
+            if not any(torch.equal(row, r) for r, _ in entries):
+                entries.append((row, frozenset(ids) - self._special_ids))
+            self._captured.move_to_end(key)
+        while len(self._captured) > 256:
+            self._captured.popitem(last=False)
+
+    def _tokens_of(self, row):
+        for stored, tokens in self._captured.get(_signature(row), ()):
+            if stored.shape == row.shape and torch.equal(stored, row.to(stored.dtype)):
+                return tokens
+        return None  # prompt_embeds passed in directly: the cosine alone decides
+
+    def gates(self, sample, encoder_hidden_states):
+        """Per concept, the per-sample gate ``(batch,)``: ``facilitate · max(cos, token overlap)``,
+        zero below ``gate_threshold``; ``None`` when the gate is off (every residual at full strength)."""
+        config = self._config
+        if not config.gate_enabled:
+            return None
+        batch = encoder_hidden_states.shape[0]
+        flat = encoder_hidden_states.reshape(batch, -1).float()
+        tokens = [self._tokens_of(row) for row in encoder_hidden_states.detach()]
+        # A classifier-free-guidance batch repeats the latents: [uncond; cond]. Both halves take the
+        # conditional prompt's gate, so the eraser acts on both as in the paper and the empty
+        # prompt's low similarity does not switch it off for half of the guidance.
+        half = batch // 2
+        paired = batch % 2 == 0 and half > 0 and torch.equal(sample[:half], sample[half:])
+        gates = {}
+        for concept in config.concepts:
+            concept_flat, concept_tokens = self._concept_gate_info[concept]
+            if concept_flat.numel() == flat.shape[1]:
+                cosine = F.cosine_similarity(flat, concept_flat.to(flat.device)[None], dim=1)
+            else:  # another sequence length: cannot compare, so err on the side of erasing
+                cosine = torch.ones(batch, device=flat.device)
+            overlap = torch.tensor(
+                [len(t & concept_tokens) / len(concept_tokens) if (t is not None and concept_tokens) else 0.0 for t in tokens],
+                device=flat.device,
+            )
+            gate = (config.facilitate * torch.maximum(cosine, overlap)).clamp(min=0.0)
+            if paired:
+                gate = torch.cat([gate[half:], gate[half:]])
+            gates[concept] = torch.where(gate >= config.gate_threshold, gate, torch.zeros_like(gate))
+        return gates
+
+    # persistence ---------------------------------------------------------------------------------------------
+    def state_dict(self):
+        tensors = {}
+        for concept in self._config.concepts:
+            if concept in self.eprs:
+                for name, tensor in self.eprs[concept].state_dict().items():
+                    tensors[f"{PREFIX}{concept}.{name}"] = tensor.detach()
+                tensors[f"{PREFIX}{concept}.time_scale"] = self.time_scales[concept].detach()
+            elif concept in self._pending:
+                tensors.update({f"{PREFIX}{concept}.{k}": v for k, v in self._pending[concept].items()})
+        return tensors
+
+    def load_state_dict(self, state_dict):
+        grouped = {c: {} for c in self._config.concepts}
+        for key, tensor in state_dict.items():
+            concept = next((c for c in grouped if key.startswith(f"{PREFIX}{c}.")), None)
+            if concept is None:
+                raise VeilError(f"The tensor {key!r} belongs to no DuMo concept of this config ({', '.join(grouped)}).")
+            grouped[concept][key[len(PREFIX) + len(concept) + 1:]] = tensor
+        for concept, tensors in grouped.items():
+            if not tensors:
+                continue
+            if concept not in self.eprs:
+                self._pending[concept] = tensors
+                continue
+            tensors = dict(tensors)
+            scale = tensors.pop("time_scale", None)
+            _load_strict(self.eprs[concept], tensors, concept)
+            if scale is not None:
+                if scale.shape != self.time_scales[concept].shape:
+                    raise VeilError(f"The time-scale table of {concept!r} has shape {tuple(scale.shape)}, expected {tuple(self.time_scales[concept].shape)}.")
+                with torch.no_grad():
+                    self.time_scales[concept].copy_(scale)
+
+    def time_scale(self, concept=None):
+        """The learned TLMO table of ``concept`` (default: the first) as float32 ``(20, num_slots)``."""
+        concept = self._config.concepts[0] if concept is None else concept
+        if concept in self.time_scales:
+            return self.time_scales[concept].detach().float().cpu().numpy()
+        if concept in self._pending and "time_scale" in self._pending[concept]:
+            return self._pending[concept]["time_scale"].float().cpu().numpy()
+        raise VeilError(f"No time-scale table for {concept!r} yet; attach or train the method first.")
+
+    def slot_labels(self, concept=None):
+        """Column names of :meth:`time_scale`, e.g. ``"down1.res0 64ch /2"``."""
+        concept = self._config.concepts[0] if concept is None else concept
+        if concept not in self.eprs:
+            raise VeilError(f"The EPR of {concept!r} is not built yet; attach the method to a pipeline first.")
+        return self.eprs[concept].slot_labels()
+
+    def extra_files(self):
+        concepts = self._config.concepts
+        files = {}
+        for concept in concepts:
+            name = "time_scale.npy" if len(concepts) == 1 else f"time_scale_{_slug(concept)}.npy"
+            buffer = io.BytesIO()
+            np.save(buffer, self.time_scale(concept).astype(np.float32))
+            files[name] = buffer.getvalue()
+        return files
+
+
+def _signature(row):
+    """A few exact values of a text-state row: a cheap key to find the same row again."""
+    flat = row.reshape(-1)
+    step = max(1, flat.numel() // _SIGNATURE_POINTS)
+    return tuple(flat[::step][:_SIGNATURE_POINTS].tolist())
+
+
+def _slug(text):
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_") or "concept"
+
+
+def _load_strict(epr, tensors, concept):
+    try:
+        epr.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[1].strip() if "\n" in str(error) else str(error)
+        raise VeilError(f"The EPR weights of {concept!r} do not fit this UNet ({first}); were they made for another model?") from None

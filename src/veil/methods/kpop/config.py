@@ -1,0 +1,123 @@
+"""KPOP configuration and its presets."""
+
+import typing
+from dataclasses import dataclass, field
+
+from ...errors import VeilError
+from ..base import MethodConfig, check_choice, check_positive
+from .model import LAYERS
+
+# ``paper``: the authors' training (METHODS.md §1) with the spec's Decisions: key learning rate
+# 1e-3 (the authors' 1e-5 barely moves unit-scale embeddings), losses on noise; no preservation.
+# ``tuned``: the same plus the preservation term over retain concepts.
+PRESETS = {
+    "paper": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=1e-3, hide_weight=1.0,
+                  recover_weight=0.1, loss_space="eps", retain_weight=0.0),
+    "tuned": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=1e-3, hide_weight=1.0,
+                  recover_weight=0.1, loss_space="eps", retain_weight=0.1),
+}
+
+
+@dataclass
+class KPOPConfig(MethodConfig):
+    """Hiding and recovering a concept behind a learnable key. ``preset`` fills the fields left unset."""
+
+    preset: str = field(
+        default="paper",
+        metadata={"help": "paper (the authors' training, no preservation) or tuned (adds the retain-concept "
+                  "preservation term); fills every field below that is not given."},
+    )
+    layers: str = field(
+        default="mid",
+        metadata={"help": "Cross-attention layers that read the key: mid (mid block; the authors' object runs), "
+                  "midout (mid and up blocks) or all."},
+    )
+    train_method: str = field(
+        default="xattn",
+        metadata={"help": "UNet weights to train: xattn (cross-attention; objects, styles) or noxattn "
+                  "(all but cross-attention, time embedding and output conv; nudity)."},
+    )
+    num_key_tokens: int = field(default=10, metadata={"help": "m: tokens in each of P_k and P_v."})
+    max_train_steps: int = field(default=None, metadata={"help": "Steps, each a UNet step then a key step (preset: 1000)."})
+    learning_rate: float = field(default=None, metadata={"help": "Adam learning rate of the UNet (preset: 1e-5)."})
+    key_learning_rate: float = field(default=None, metadata={"help": "Adam learning rate of the key (preset: 1e-3)."})
+    hide_weight: float = field(default=None, metadata={"help": "w1: weight of the hiding loss in the UNet step (preset: 1.0)."})
+    recover_weight: float = field(
+        default=None, metadata={"help": "w2: weight of the recovery loss in the UNet step (preset: 0.1)."}
+    )
+    loss_space: str = field(
+        default=None,
+        metadata={"help": "eps (losses on predicted noise) or x0 (on predicted clean latents, as the authors did); preset: eps."},
+    )
+    retain_concepts: typing.List[str] = field(
+        default_factory=list, metadata={"help": "Prompts whose predictions must not change (the preservation term)."}
+    )
+    retain_weight: float = field(
+        default=None, metadata={"help": "Weight of the preservation term; 0 turns it off (preset paper: 0, tuned: 0.1)."}
+    )
+    synonyms: typing.Dict[str, typing.List[str]] = field(
+        default_factory=dict,
+        metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}; training samples among the concept and these."},
+    )
+    negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the empty prompt the hiding target goes."})
+    start_guidance: float = field(
+        default=3.0, metadata={"help": "Classifier-free guidance of the partial DDIM trajectories."}
+    )
+    ddim_steps: int = field(default=50, metadata={"help": "N: DDIM steps of the sampling schedule."})
+    samples_per_trajectory: int = field(
+        default=4, metadata={"help": "Training samples (distinct t_enc) taken from one DDIM trajectory."}
+    )
+    timestep_mapping: str = field(
+        default="esd",
+        metadata={"help": "esd: t ~ U[1000·t_enc/N, 1000·(t_enc+1)/N) as published; aligned: t from the "
+                  "interval of the latent's own noise level."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.preset = str(self.preset).lower()
+        check_choice(self, "preset", tuple(PRESETS))
+        for name, value in PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        check_choice(self, "layers", LAYERS)
+        check_choice(self, "train_method", ("xattn", "noxattn"))
+        check_choice(self, "loss_space", ("eps", "x0"))
+        check_choice(self, "timestep_mapping", ("esd", "aligned"))
+        check_positive(self, "num_key_tokens", "max_train_steps", "learning_rate", "key_learning_rate",
+                       "ddim_steps", "samples_per_trajectory")
+        for name in ("hide_weight", "recover_weight", "retain_weight"):
+            if getattr(self, name) < 0:
+                raise VeilError(f"{name} must be 0 or more, got {getattr(self, name)!r}.")
+        if isinstance(self.retain_concepts, str):
+            self.retain_concepts = [self.retain_concepts]
+        self.retain_concepts = [str(c).strip() for c in self.retain_concepts]
+        if self.retain_weight > 0 and not self.retain_concepts:
+            raise VeilError(
+                f"retain_weight is {self.retain_weight} but retain_concepts is empty; name the concepts to preserve, "
+                "e.g. retain_concepts=[square, triangle], or set retain_weight=0."
+            )
+        hidden = set(self.concepts) & set(self.retain_concepts)
+        if hidden:
+            raise VeilError(f"{sorted(hidden)[0]!r} is both hidden and retained; remove it from retain_concepts.")
+        if not isinstance(self.synonyms, dict):
+            raise VeilError(f"synonyms must map a concept to its other phrasings, e.g. {{circle: [disc]}}, got {self.synonyms!r}.")
+        synonyms = {}
+        for concept, phrases in self.synonyms.items():
+            if concept not in self.concepts:
+                raise VeilError(f"synonyms names {concept!r}, which is not a hidden concept; the concepts are {', '.join(map(repr, self.concepts))}.")
+            phrases = [phrases] if isinstance(phrases, str) else list(phrases)
+            synonyms[concept] = [str(p).strip() for p in phrases if str(p).strip()]
+        self.synonyms = synonyms
+        if self.samples_per_trajectory > self.ddim_steps:
+            self.samples_per_trajectory = self.ddim_steps
+
+    @classmethod
+    def paper(cls, concepts, **overrides):
+        """The paper-faithful settings (METHODS.md §1)."""
+        return cls(concepts=concepts, preset="paper", **overrides)
+
+    @classmethod
+    def tuned(cls, concepts, retain_concepts, **overrides):
+        """The tuned settings: the paper's plus the preservation term over ``retain_concepts``."""
+        return cls(concepts=concepts, preset="tuned", retain_concepts=retain_concepts, **overrides)

@@ -1,0 +1,313 @@
+"""KPOP: hiding and recovering knowledge behind a learnable prompt (Bui et al., arXiv 2403.12326)."""
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from ...errors import VeilError
+from ...registry import register_method
+from ...training.sampling import (
+    encode_prompts,
+    negative_guidance_target,
+    sample_partial_trajectory,
+    training_timesteps,
+)
+from ..base import Method
+from ..weights import UNetWeightEdit, select_unet_parameters
+from .config import KPOPConfig
+from .model import KeyPrompts, install_keyed_attention, keyed_attention, select_key_sites
+
+
+@register_method("kpop")
+class KPOP(Method):
+    """KPOP (Bui, Doan, Le, Montague, Abraham, Phung, arXiv 2403.12326): hide a concept, recover it with a key.
+
+    Trains a subset of the UNet (``train_method``) so that the concept's prediction follows the
+    negative-guidance target without the key and the original's prediction with it, and learns the
+    key ``(P_k, P_v)`` per concept, appended to the cross-attention context of ``layers``; text
+    encoder and VAE stay frozen. The public artifact is the UNet delta alone; the key is a separate
+    file (:mod:`veil.keys`), unlocked with :meth:`unlocked`.
+
+    Example:
+        >>> method = KPOP(KPOPConfig.paper(["circle"], max_train_steps=300))
+        >>> veil.train(method, pipe)
+        >>> veil.Artifact.from_method(method, pipe).save("hidden/")
+        >>> veil.keys.save_key(method.key, "circle.veilkey", passphrase=secret)
+        >>> with method.unlocked(pipe, method.key):
+        ...     image = pipe("a circle").images[0]
+    """
+
+    config_class = KPOPConfig
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self.edit = UNetWeightEdit()
+        self.key_prompts = None  # created when training starts; never part of state_dict()
+        self._embeds = None
+        self._pending = []  # undo callbacks of the current training phase (see loss / after_step)
+        self._resumed_without_key = False
+        self.last_losses = {}
+
+    # installation -------------------------------------------------------------------------------------
+    def attach(self, pipe):
+        if self.attached_to is pipe:
+            return
+        select_key_sites(pipe.unet, self.config.layers)  # refuse a UNet without those layers now, not mid-training
+        if not self.edit.edited:
+            self.edit.init_from(pipe.unet, select_unet_parameters(pipe.unet, self.config.train_method))
+        self.edit.attach(pipe.unet)
+        self.attached_to = pipe
+
+    def detach(self, pipe):
+        if self.attached_to is not pipe:
+            return
+        self._release()
+        self.edit.detach()
+        self.attached_to = None
+
+    @contextlib.contextmanager
+    def disabled(self, pipe):
+        with self.edit.disabled():
+            yield
+
+    @contextlib.contextmanager
+    def unlocked(self, pipe, key=None):
+        """Inside the block, ``pipe`` draws with ``key`` attached to its cross-attention.
+
+        Args:
+            key: a :class:`veil.keys.Key` (from :func:`veil.keys.load_key_for`), a mapping
+                ``{concept: (P_k, P_v)}``, or ``None`` for this method's own trained key. Several
+                concepts' keys are appended one after another.
+        """
+        from ...keys import Key
+
+        if key is None:
+            key = self.key
+            if key is None:
+                raise VeilError("This method holds no key; pass the key read with veil.keys.load_key_for.")
+        if not isinstance(key, Key):
+            key = Key(key)
+        strangers = [c for c in key.concepts if c not in self.config.concepts]
+        if strangers:
+            raise VeilError(
+                f"The key holds concept {strangers[0]!r}, which this artifact does not hide "
+                f"({', '.join(map(repr, self.config.concepts))}); pass the key written with this artifact."
+            )
+        width = pipe.text_encoder.config.hidden_size
+        pairs = [key[c] for c in self.config.concepts if c in key]
+        if any(k.shape[-1] != width for k, _ in pairs):
+            raise VeilError(f"The key's width does not match this text encoder's ({width}); was it made for another model?")
+        key_tokens = torch.cat([k for k, _ in pairs]).to(pipe.device, pipe.unet.dtype)
+        value_tokens = torch.cat([v for _, v in pairs]).to(pipe.device, pipe.unet.dtype)
+        with keyed_attention(pipe.unet, select_key_sites(pipe.unet, self.config.layers), key_tokens, value_tokens):
+            yield
+
+    # the key ----------------------------------------------------------------------------------------------
+    @property
+    def key(self):
+        """The trained key as a :class:`veil.keys.Key` (a detached copy), or ``None`` before training."""
+        return None if self.key_prompts is None else self.key_prompts.to_key()
+
+    def load_key(self, key):
+        """Start from (or continue with) an existing key; needs the method attached."""
+        self._ensure_key(self.attached_to)
+        self.key_prompts.load_key(key)
+        self._resumed_without_key = False
+
+    def _ensure_key(self, pipe):
+        if self.key_prompts is not None:
+            return
+        if pipe is None:
+            raise VeilError("Attach the method to a pipeline before training its key.")
+        config = self.config
+        embeds = encode_prompts(pipe, config.concepts)  # (concepts, tokens, width)
+        # P_k = P_v = E(c)[:m]; a context shorter than m tokens is repeated.
+        index = torch.arange(config.num_key_tokens) % embeds.shape[1]
+        self.key_prompts = KeyPrompts(config.concepts, embeds[:, index].float().cpu()).to(pipe.device)
+
+    def bench_keys(self, concept):
+        """Keys for the bench's rows: the right one, another concept's, and a random one of matched norm."""
+        from ...keys import Key, random_key_like
+
+        key = self.key.subset([concept])
+        keys = {"with_key": key}
+        others = [c for c in self.config.concepts if c != concept]
+        if others:
+            keys["wrong_key"] = Key({concept: self.key[others[0]]})
+        keys["random_key"] = random_key_like(key, torch.Generator().manual_seed(int(self.config.seed) + 1))
+        return keys
+
+    # training -----------------------------------------------------------------------------------------------
+    def trainable_parameters(self):
+        return self.edit.parameters() + ([] if self.key_prompts is None else list(self.key_prompts.parameters()))
+
+    def optimizer_groups(self):
+        """A UNet step on ``w1·L_hide + w2·L_recover (+ retain)``, then a key step on ``L_recover``."""
+        if self._resumed_without_key:
+            # A fresh key beside a half-trained UNet would train on silently and unlock less.
+            raise VeilError(
+                "This checkpoint holds the UNet but not the key (it was saved with state_dict, not "
+                "checkpoint_state_dict), so KPOP cannot resume from it; start afresh without --resume."
+            )
+        self._ensure_key(self.attached_to)
+        return {
+            "unet": [{"params": self.edit.parameters(), "lr": self.config.learning_rate}],
+            "key": [{"params": list(self.key_prompts.parameters()), "lr": self.config.key_learning_rate}],
+        }
+
+    def _prompt_embeds(self, pipe):
+        if self._embeds is None:
+            config = self.config
+            phrasings = [[c] + [p for p in config.synonyms.get(c, []) if p != c] for c in config.concepts]
+            self._embeds = {
+                "phrasings": [encode_prompts(pipe, phrases) for phrases in phrasings],
+                "uncond": encode_prompts(pipe, [""]),
+                "retain": encode_prompts(pipe, config.retain_concepts) if config.retain_concepts else None,
+            }
+        return self._embeds
+
+    @torch.no_grad()
+    def make_batch(self, pipe, generator):
+        config = self.config
+        self._release()  # a phase that raised before its step may have left its key installed
+        embeds = self._prompt_embeds(pipe)
+        # One concept per step, so that one concept's key is trained on it; one of its phrasings.
+        concept = int(torch.randint(len(config.concepts), (1,), generator=generator))
+        phrasings = embeds["phrasings"][concept]
+        phrase = int(torch.randint(phrasings.shape[0], (1,), generator=generator))
+        cond, uncond = phrasings[phrase : phrase + 1], embeds["uncond"]
+        t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
+        # x_t from the current public model: no key is installed here.
+        latents = sample_partial_trajectory(
+            pipe, cond, uncond, t_encs,
+            num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
+        )
+        timesteps = training_timesteps(
+            t_encs, config.ddim_steps, generator, pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
+        ).to(pipe.device)
+        batch = latents.shape[0]
+        cond, uncond = cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)
+        out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept}
+        contexts = [uncond, cond]
+        if config.retain_weight > 0:
+            index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
+            out["retain_cond"] = embeds["retain"][index : index + 1].expand(batch, -1, -1)
+            contexts.append(out["retain_cond"])
+        with self.disabled(pipe):  # the original model's predictions, in one call
+            targets = pipe.unet(
+                latents.repeat(len(contexts), 1, 1, 1), timesteps.repeat(len(contexts)), encoder_hidden_states=torch.cat(contexts)
+            ).sample.chunk(len(contexts))
+        noise_uncond, noise_cond = targets[0], targets[1]
+        if config.retain_weight > 0:
+            out["retain_target"] = targets[2]
+        out["target_hide"] = negative_guidance_target(noise_uncond, noise_cond, config.negative_guidance)
+        out["target_recover"] = noise_cond
+        return out
+
+    def _distance(self, pipe, noise_pred, target, batch):
+        """Mean squared error on noise (``eps``) or on the clean latents it implies (``x0``)."""
+        noise_pred, target = noise_pred.float(), target.float()
+        if self.config.loss_space == "x0":
+            # x0_hat = (x_t - sqrt(1 - a_t)·eps) / sqrt(a_t), a_t the cumulative alpha of the training timestep.
+            alphas = pipe.scheduler.alphas_cumprod.to(noise_pred.device)[batch["timesteps"]].float().view(-1, 1, 1, 1)
+            latents = batch["latents"].float()
+            noise_pred = (latents - (1 - alphas).sqrt() * noise_pred) / alphas.sqrt()
+            target = (latents - (1 - alphas).sqrt() * target) / alphas.sqrt()
+        return F.mse_loss(noise_pred, target)
+
+    def loss(self, pipe, batch, phase="unet"):
+        config = self.config
+        self._release()
+        unet, size = pipe.unet, batch["latents"].shape[0]
+        key_tokens, value_tokens = self.key_prompts.pair(batch["concept"])
+        if phase == "key":
+            # L_recover for the key alone; the UNet's weights stay out of this graph.
+            self._freeze(self.edit.parameters())
+            self._install(unet, key_tokens, value_tokens)
+            noise_pred = unet(batch["latents"], batch["timesteps"], encoder_hidden_states=batch["cond"]).sample
+            loss = self._distance(pipe, noise_pred, batch["target_recover"], batch)
+            self.last_losses["recover_key_step"] = float(loss.detach())
+            return loss
+        if phase != "unet":
+            raise VeilError(f"KPOP trains in the phases 'unet' and 'key', not {phase!r}.")
+        # One UNet call for all terms: the concept without the key, the concept with it, and the
+        # retain concept without it. The key is held fixed (detached) here; it moves in its own step.
+        rows = [("cond", False), ("cond", True)] + ([("retain_cond", False)] if config.retain_weight > 0 else [])
+        key_rows = torch.tensor([keyed for _, keyed in rows], device=pipe.device).repeat_interleave(size)
+        self._install(unet, key_tokens.detach(), value_tokens.detach(), key_rows)
+        noise_preds = unet(
+            batch["latents"].repeat(len(rows), 1, 1, 1), batch["timesteps"].repeat(len(rows)),
+            encoder_hidden_states=torch.cat([batch[name] for name, _ in rows]),
+        ).sample.chunk(len(rows))
+        hide = self._distance(pipe, noise_preds[0], batch["target_hide"], batch)
+        recover = self._distance(pipe, noise_preds[1], batch["target_recover"], batch)
+        loss = config.hide_weight * hide + config.recover_weight * recover
+        self.last_losses = {"hide": float(hide.detach()), "recover": float(recover.detach())}
+        if config.retain_weight > 0:
+            retain = self._distance(pipe, noise_preds[2], batch["retain_target"], batch)
+            loss = loss + config.retain_weight * retain
+            self.last_losses["retain"] = float(retain.detach())
+        return loss
+
+    # The keyed processors and frozen flags set up in loss() stay until the optimizer step is done:
+    # gradient checkpointing re-runs the forward inside backward, which must see the same model.
+    def _install(self, unet, key_tokens, value_tokens, key_rows=None):
+        sites = select_key_sites(unet, self.config.layers)
+        self._pending.append(install_keyed_attention(unet, sites, key_tokens.to(unet.dtype), value_tokens.to(unet.dtype), key_rows))
+
+    def _freeze(self, params):
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(False)
+
+        def unfreeze():
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+
+        self._pending.append(unfreeze)
+
+    def _release(self):
+        while self._pending:
+            self._pending.pop()()
+
+    def after_step(self, phase):
+        self._release()
+
+    # persistence ----------------------------------------------------------------------------------------------
+    def state_dict(self):
+        """The public part only: ``unet.`` tensors. The key goes to its own file (:func:`veil.keys.save_key`)."""
+        return self.edit.state_dict()
+
+    def checkpoint_state_dict(self):
+        """What a training checkpoint must hold to resume exactly: the public part and the key (``key.``)."""
+        state = self.state_dict()
+        if self.key_prompts is not None:
+            for name, tensor in self.key_prompts.to_key().tensors().items():
+                state[f"key.{name}"] = tensor
+        return state
+
+    def load_state_dict(self, state_dict):
+        key_part = {k[len("key."):]: v for k, v in state_dict.items() if k.startswith("key.")}
+        # Artifacts hold no key; only a training loop resuming calls optimizer_groups() after this.
+        self._resumed_without_key = not key_part and self.key_prompts is None
+        was = self.attached_to
+        if was is not None:
+            self.detach(was)
+        self.edit.load({k: v for k, v in state_dict.items() if not k.startswith("key.")})
+        if was is not None:
+            self.attach(was)
+        if key_part:
+            from ...keys import Key
+
+            key = Key.from_tensors(self.config.concepts, key_part)
+            if self.key_prompts is None:
+                init = torch.stack([key[c][0] for c in self.config.concepts])
+                self.key_prompts = KeyPrompts(self.config.concepts, init).to(was.device if was is not None else "cpu")
+            self.key_prompts.load_key(key)
+
+    def extra_manifest(self):
+        """Each concept's key fingerprint (SHA-256 over its tensors); never the key."""
+        if self.key_prompts is None:
+            return {}
+        return {"key_fingerprint": self.key.fingerprints(), "num_key_tokens": self.config.num_key_tokens}

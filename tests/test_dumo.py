@@ -1,0 +1,260 @@
+"""DuMo: EPR residuals through the frozen UNet, TLMO, the prompt gate, persistence, the authors' layout."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import veil
+from veil.methods.dumo import DuMo, DuMoEPR, load_authors_checkpoint
+from veil.methods.dumo.compat import authors_checkpoint_to_artifact
+from veil.training.sampling import encode_prompts
+
+from .conftest import render
+
+UNRELATED = "the quick brown fox jumps over the lazy dog"
+
+
+def _perturb(method, seed=0, scale=0.05):
+    """Give every EPR non-zero output convolutions and a non-trivial time table, as training would."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for concept, epr in method.eprs.items():
+            for conv in [*epr.dumo_down_blocks, epr.dumo_mid_block]:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * scale)
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * scale)
+            table = method.time_scales[concept]
+            table.copy_(torch.rand(table.shape, generator=generator) * 2)
+
+
+def test_epr_mirrors_the_unet_encoder(tiny_pipe):
+    unet = tiny_pipe.unet
+    epr = DuMoEPR.from_unet(unet)
+    # Slots derive from the config: conv_in + (1 layer + downsample) + (1 layer) + mid.
+    assert epr.num_slots == 5 and epr.num_down_residuals == 4 and len(epr.slot_labels()) == 5
+    names = {name.split(".")[0] for name, _ in epr.named_parameters()}
+    assert names == {"conv_in", "time_embedding", "down_blocks", "mid_block", "dumo_down_blocks", "dumo_mid_block"}
+    # With identity output convolutions the residuals are exactly the UNet's own skip features.
+    with torch.no_grad():
+        for conv in [*epr.dumo_down_blocks, epr.dumo_mid_block]:
+            conv.weight.copy_(torch.eye(conv.weight.shape[0])[:, :, None, None])
+    features = []
+    hooks = [unet.conv_in.register_forward_hook(lambda m, i, o: features.append(o))]
+    hooks += [b.register_forward_hook(lambda m, i, o: features.extend(o[1])) for b in unet.down_blocks]
+    hooks += [unet.mid_block.register_forward_hook(lambda m, i, o: features.append(o))]
+    sample, context = torch.randn(2, 4, 8, 8), torch.randn(2, 16, 32)
+    with torch.no_grad():
+        unet(sample, torch.tensor([10, 900]), encoder_hidden_states=context)
+        down, mid = epr(sample, torch.tensor([10, 900]), context)
+    for hook in hooks:
+        hook.remove()
+    for ours, theirs in zip([*down, mid], features):
+        torch.testing.assert_close(ours, theirs)
+
+
+def test_identity_at_init_and_detach_restores(tiny_pipe):
+    before = render(tiny_pipe, "a circle")
+    method = DuMo(concepts=["circle"], gate=False)
+    method.attach(tiny_pipe)
+    assert torch.equal(render(tiny_pipe, "a circle"), before)  # zero convolutions: bit for bit
+    assert method.stats["epr_forward_calls"] > 0
+    _perturb(method)
+    changed = render(tiny_pipe, "a circle")
+    assert not torch.equal(changed, before)
+    with method.disabled(tiny_pipe):
+        assert torch.equal(render(tiny_pipe, "a circle"), before)
+    method.detach(tiny_pipe)
+    assert torch.equal(render(tiny_pipe, "a circle"), before)
+    method.attach(tiny_pipe)
+    assert torch.equal(render(tiny_pipe, "a circle"), changed)
+
+
+def test_gate_skips_unrelated_prompts(tiny_pipe):
+    prompts = ["a circle", UNRELATED]
+    before, alone = render(tiny_pipe, prompts), render(tiny_pipe, UNRELATED)
+    method = DuMo(concepts=["circle"])  # gate on by default for objects
+    method.attach(tiny_pipe)
+    _perturb(method)
+
+    assert torch.equal(render(tiny_pipe, UNRELATED, steps=3), alone)
+    assert method.stats == {"epr_forward_calls": 0, "epr_skipped": 3}  # no EPR forward at all
+
+    # A mixed batch: the unrelated prompt's image is bit-for-bit the original, the concept's is not.
+    mixed = render(tiny_pipe, prompts)
+    assert torch.equal(mixed[1], before[1]) and not torch.equal(mixed[0], before[0])
+    assert method.stats["epr_forward_calls"] == 3
+
+    # Classifier-free guidance pairs: the empty prompt's half takes the conditional prompt's gate.
+    cond = encode_prompts(tiny_pipe, ["a circle", UNRELATED])
+    uncond = encode_prompts(tiny_pipe, ["", ""])
+    latents = torch.randn(2, 4, 8, 8)
+    gates = method.gates(torch.cat([latents, latents]), torch.cat([uncond, cond]))["circle"]
+    assert gates[0] == gates[2] == 1.0 and gates[1] == gates[3] == 0.0
+
+
+def test_nudity_runs_ungated():
+    assert not DuMo(concepts=["nudity"]).config.gate_enabled
+    assert DuMo(concepts=["Van Gogh"]).config.gate_enabled
+
+
+def test_several_concepts_sum_their_residuals(tiny_pipe):
+    method = DuMo(concepts=["circle", "square"], gate=False)
+    method.attach(tiny_pipe)
+    _perturb(method)
+    sample, timesteps = torch.randn(2, 4, 8, 8), torch.tensor([100, 700])
+    context = encode_prompts(tiny_pipe, ["a circle", "a square"])
+    with torch.no_grad():
+        down, mid = method.residuals(sample, timesteps, context)
+        parts = []
+        for concept in ("circle", "square"):
+            with method._training_view(concept):
+                parts.append(method.residuals(sample, timesteps, context))
+    for i, total in enumerate(down):
+        torch.testing.assert_close(total, parts[0][0][i] + parts[1][0][i])
+    torch.testing.assert_close(mid, parts[0][1] + parts[1][1])
+    # TLMO: the row is t // 50, per sample.
+    with torch.no_grad(), method._training_view("circle"):
+        method.time_scales["circle"][2].zero_()  # t = 100..149
+        down, mid = method.residuals(sample, timesteps, context)
+    assert mid[0].abs().max() == 0 and mid[1].abs().max() > 0
+
+
+def test_save_load_round_trip(tiny_pipe, tmp_path):
+    method = DuMo(concepts=["circle"], gate=False)
+    method.attach(tiny_pipe)
+    _perturb(method)
+    expected = render(tiny_pipe, "a circle")
+    artifact = veil.Artifact.from_method(method, tiny_pipe)
+    artifact.save(tmp_path / "erased")
+    method.detach(tiny_pipe)
+    table = np.load(tmp_path / "erased" / "time_scale.npy")
+    assert table.dtype == np.float32 and table.shape == (20, 5)
+    np.testing.assert_array_equal(table, method.time_scale())
+    assert all(k.startswith("dumo.circle.") for k in artifact.tensors)
+
+    loaded = veil.load_artifact(tmp_path / "erased")
+    restored = loaded.attach(tiny_pipe)
+    assert torch.equal(render(tiny_pipe, "a circle"), expected)
+    loaded.detach(tiny_pipe)
+    assert restored.slot_labels()[0].startswith("conv_in")
+
+
+def test_stage1_lowers_the_esd_loss_and_stage2_changes_only_the_table(tiny_pipe):
+    method = DuMo(
+        concepts=["a red circle"], max_train_steps=40, learning_rate=5e-4, ddim_steps=8, samples_per_trajectory=4,
+        tlmo_max_train_steps=8, tlmo_learning_rate=0.5,
+    )
+    assert method.stages() == ["epr", "tlmo"]
+    method.set_stage("epr")
+    method.attach(tiny_pipe)
+    held_out = method.make_batch(tiny_pipe, torch.Generator().manual_seed(123))  # targets from the frozen UNet
+    with torch.no_grad():
+        first = float(method.loss(tiny_pipe, held_out, "epr"))
+    cost = veil.train(method, tiny_pipe, progress=False)
+    with torch.no_grad():
+        last = float(method.loss(tiny_pipe, held_out, "epr"))
+    assert len(cost["losses"]) == 40 and last < 0.7 * first, (first, last)
+    assert torch.equal(method.time_scales["a red circle"], torch.ones(20, 5))  # S fixed in stage 1
+
+    epr_before = {k: v.clone() for k, v in method.eprs["a red circle"].state_dict().items()}
+    method.set_stage("tlmo")
+    assert method.config.max_train_steps == 8 and method.config.to_dict()["max_train_steps"] == 40
+    cost = veil.train(method, tiny_pipe, progress=False)
+    assert len(cost["losses"]) == 8 and "tlmo" in cost["losses"][0]
+    for name, tensor in method.eprs["a red circle"].state_dict().items():
+        assert torch.equal(tensor, epr_before[name]), name
+    table = method.time_scales["a red circle"]
+    assert not torch.equal(table, torch.ones(20, 5)) and bool((table >= 0).all())
+
+
+def test_erase_command_runs_both_stages(tmp_path, capsys):
+    from veil.cli.main import main
+
+    out = tmp_path / "erased"
+    code = main(["erase", "--method", "dumo", "--concept", "circle", "--model", "tiny", "--steps", "2", "--lr", "1e-4",
+                 "--set", "tlmo_max_train_steps=2", "--set", "ddim_steps=4", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "veil.json").read_text())
+    assert manifest["method"] == "dumo" and manifest["cost"]["steps"] == 4
+    assert set(manifest["cost"]["stages"]) == {"epr", "tlmo"} and manifest["config"]["max_train_steps"] == 2
+    assert np.load(out / "time_scale.npy").shape == (20, 5)
+
+
+def _write_authors_folder(folder, state, table, config, weights="safetensors"):
+    folder.mkdir()
+    if weights == "safetensors":
+        save_file(state, str(folder / "diffusion_pytorch_model.safetensors"))
+    else:
+        torch.save(state, folder / "diffusion_pytorch_model.bin")
+    (folder / "config.json").write_text(json.dumps(config))
+    np.save(folder / "time_scale.npy", table)
+
+
+@pytest.mark.parametrize("weights", ["safetensors", "bin"])
+def test_authors_checkpoint_round_trip(tiny_pipe, tmp_path, weights):
+    reference = DuMo(concepts=["circle"], gate=False)
+    reference.attach(tiny_pipe)
+    _perturb(reference, seed=3)
+    expected = render(tiny_pipe, "a circle")
+    reference.detach(tiny_pipe)
+
+    # The authors' layout, written by hand: their parameter names, config.json, time_scale.npy.
+    epr = reference.eprs["circle"]
+    state = {k: v.clone().contiguous() for k, v in epr.state_dict().items()}
+    assert {f"dumo_down_blocks.{i}.weight" for i in range(4)} <= set(state) and "dumo_mid_block.bias" in state
+    config = {"_class_name": "DuMo", "block_out_channels": [32, 64], "layers_per_block": 1}
+    _write_authors_folder(tmp_path / "circle", state, reference.time_scale(), config, weights)
+
+    method = load_authors_checkpoint(tmp_path / "circle", gate=False)
+    assert method.config.concepts == ["circle"]
+    method.attach(tiny_pipe)
+    assert torch.equal(render(tiny_pipe, "a circle"), expected)
+    np.testing.assert_array_equal(method.time_scale(), reference.time_scale())
+    method.detach(tiny_pipe)
+
+    artifact = authors_checkpoint_to_artifact({"circle": tmp_path / "circle"}, tiny_pipe, gate=False)
+    artifact.save(tmp_path / "artifact")
+    loaded = veil.load_artifact(tmp_path / "artifact")
+    loaded.attach(tiny_pipe)
+    assert torch.equal(render(tiny_pipe, "a circle"), expected)
+    loaded.detach(tiny_pipe)
+
+
+def test_authors_checkpoint_for_another_model_is_refused(tiny_pipe, tmp_path):
+    state = {"conv_in.weight": torch.zeros(320, 4, 3, 3), "dumo_mid_block.weight": torch.zeros(1280, 1280, 1, 1)}
+    _write_authors_folder(tmp_path / "vangogh", state, np.ones((20, 13), np.float32), {"block_out_channels": [320, 640, 1280, 1280]})
+    with pytest.raises(veil.VeilError, match="block_out_channels"):
+        authors_checkpoint_to_artifact(tmp_path / "vangogh", tiny_pipe)
+    method = load_authors_checkpoint(tmp_path / "vangogh")
+    with pytest.raises(veil.VeilError, match="another model"):
+        method.attach(tiny_pipe)
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(veil.VeilError, match="gate_threshold"):
+        DuMo(concepts=["circle"], gate_threshold=-1)
+    with pytest.raises(veil.VeilError, match="anchor_prompts"):
+        DuMo(concepts=["circle"], anchor_prompts=[])
+    with pytest.raises(veil.VeilError, match="stage"):
+        DuMo(concepts=["circle"]).set_stage("decoder")
+    assert DuMo(concepts=["circle"], tlmo_max_train_steps=0).stages() == ["epr"]
+    assert all("circle" not in p for p in DuMo(concepts=["circle"]).anchor_pool("circle"))
+
+
+def test_an_interrupted_two_stage_run_resumes_to_the_same_weights(tmp_path):
+    from veil.models import build_tiny_pipeline
+
+    settings = dict(concepts=["circle"], max_train_steps=4, learning_rate=5e-4, ddim_steps=4,
+                    tlmo_max_train_steps=3, tlmo_learning_rate=0.1)
+    straight = DuMo(**settings)
+    veil.fit_method(straight, build_tiny_pipeline(), progress=False)
+
+    interrupted = DuMo(**settings)
+    interrupted.set_stage("epr")
+    veil.train(interrupted, build_tiny_pipeline(), work_dir=tmp_path / "epr", checkpoint_every=2, stop_after=3, progress=False)
+    resumed = DuMo(**settings)
+    veil.fit_method(resumed, build_tiny_pipeline(), work_dir=tmp_path, resume=True, checkpoint_every=2, progress=False)
+    expected, actual = straight.state_dict(), resumed.state_dict()
+    assert set(expected) == set(actual) and all(torch.equal(expected[k], actual[k]) for k in expected)

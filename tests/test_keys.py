@@ -1,0 +1,207 @@
+"""KPOP key files: round trips, encryption, every refusal, and the key never leaking into public outputs."""
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+
+import veil
+from veil.artifact import Artifact
+from veil.keys import (
+    PASSPHRASE_ENV,
+    Key,
+    key_file_bytes,
+    load_key_for,
+    random_key_like,
+    read_key,
+    save_key,
+)
+
+from .test_cli import assert_one_sentence_error, run_cli
+
+FAST = 2**10  # scrypt cost for tests; files written by veil hide use 2**15
+
+
+def make_key(seed=0, concepts=("circle",)):
+    generator = torch.Generator().manual_seed(seed)
+    return Key({c: (torch.randn(4, 32, generator=generator), torch.randn(4, 32, generator=generator)) for c in concepts})
+
+
+def public_artifact(key):
+    """A stand-in for a KPOP artifact: only the manifest matters to the key checks."""
+    manifest = {"method": "kpop", "concepts": key.concepts, "base_model": {"name": "tiny", "fingerprint": "0" * 64},
+                "key_fingerprint": key.fingerprints()}
+    return Artifact(manifest, {})
+
+
+def assert_same_key(a, b):
+    assert a.concepts == b.concepts
+    for concept in a.concepts:
+        for x, y in zip(a[concept], b[concept]):
+            assert torch.equal(x, y)
+
+
+def test_plain_round_trip_and_fingerprint(tmp_path):
+    key = make_key(concepts=("circle", "square"))
+    path = save_key(key, tmp_path / "k.veilkey", artifact=public_artifact(key))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert_same_key(read_key(path), key)
+    assert_same_key(load_key_for(path, public_artifact(key)), key)
+    assert key.fingerprints() == make_key(concepts=("circle", "square")).fingerprints()  # a function of the bytes only
+    assert key.fingerprints() != make_key(seed=1, concepts=("circle", "square")).fingerprints()
+    assert "circle" in repr(key) and "tensor" not in repr(key)
+    with pytest.raises(veil.VeilError, match="already exists"):
+        save_key(key, path)
+
+
+def test_encrypted_round_trip_and_passphrase_refusals(tmp_path, monkeypatch):
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    key = make_key()
+    path = save_key(key, tmp_path / "k.veilkey", passphrase="correct horse", scrypt_n=FAST)
+    data = path.read_bytes()
+    assert key["circle"][0].numpy().tobytes()[:16] not in data  # sealed, not merely stored
+    assert_same_key(read_key(path, "correct horse"), key)
+    with pytest.raises(veil.VeilError, match="wrong passphrase or tampered file"):
+        read_key(path, "battery staple")
+    with pytest.raises(veil.VeilError, match="is encrypted; give its passphrase"):
+        read_key(path)
+    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse")
+    assert_same_key(load_key_for(path, public_artifact(key)), key)
+    with pytest.raises(veil.VeilError, match="passphrase is empty"):
+        key_file_bytes(key, passphrase="")
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_tampered_truncated_and_foreign_files_are_refused(tmp_path, encrypted):
+    key = make_key()
+    passphrase = "pw" if encrypted else None
+    data = key_file_bytes(key, passphrase=passphrase, scrypt_n=FAST)
+    header_end = 16 + int.from_bytes(data[8:16], "little")
+
+    def refused(blob, *fragments):
+        path = tmp_path / "bad.veilkey"
+        path.write_bytes(blob)
+        with pytest.raises(veil.VeilError) as error:
+            read_key(path, passphrase)
+        message = str(error.value)
+        assert message.count(". ") == 0 and message.endswith("."), message  # one sentence
+        assert any(f in message for f in fragments), message
+
+    payload_flip = bytearray(data)
+    payload_flip[-20] ^= 0x01
+    refused(bytes(payload_flip), "tampered")
+    header = json.loads(data[16:header_end])
+    header["concepts"] = ["square"]
+    forged = json.dumps(header, sort_keys=True).encode()
+    refused(data[:8] + len(forged).to_bytes(8, "little") + forged + data[header_end:], "tampered", "damaged")
+    for cut in (5, 12, 40, len(data) - 1):
+        refused(data[:cut], "truncated or damaged")
+    refused(b"PK\x03\x04 not a key at all", "not a veil key file")
+    with pytest.raises(veil.VeilError, match="does not exist"):
+        read_key(tmp_path / "missing.veilkey")
+
+
+def test_a_key_for_another_artifact_is_refused(tmp_path):
+    key, other = make_key(seed=0), make_key(seed=1)
+    path = save_key(key, tmp_path / "k.veilkey", passphrase="pw", scrypt_n=FAST)
+    with pytest.raises(veil.VeilError, match="belongs to another artifact"):
+        load_key_for(path, public_artifact(other))  # refused before any passphrase is asked for
+    with pytest.raises(veil.VeilError, match="belongs to another artifact"):
+        load_key_for(path, public_artifact(make_key(seed=0, concepts=("square",))))
+    no_key = Artifact({"method": "esd", "concepts": ["circle"], "base_model": {}}, {})
+    with pytest.raises(veil.VeilError, match="has no key to unlock"):
+        load_key_for(path, no_key)
+
+
+def test_random_key_matches_norms():
+    key = make_key(concepts=("circle", "square"))
+    random = random_key_like(key, torch.Generator().manual_seed(7))
+    assert random.concepts == key.concepts
+    for concept in key.concepts:
+        for real, drawn in zip(key[concept], random[concept]):
+            assert drawn.shape == real.shape and not torch.equal(drawn, real)
+            torch.testing.assert_close(drawn.norm(), real.norm())
+
+
+def _leaks(blob, key):
+    """Whether ``blob`` (bytes) holds any key tensor, whole or as a 16-byte run, raw or printed."""
+    for pair in key.pairs.values():
+        for tensor in pair:
+            raw = tensor.numpy().tobytes()
+            printed = ", ".join(f"{v:.4f}" for v in tensor.reshape(-1)[:3].tolist()).encode()
+            if any(raw[i : i + 16] in blob for i in range(0, len(raw) - 16, 16)) or printed in blob:
+                return True
+    return False
+
+
+def test_hide_then_generate_with_the_key(tmp_path, capsys, caplog, monkeypatch):
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    secret = tmp_path / "passphrase.txt"
+    secret.write_text("open sesame\n")
+    out, key_out = tmp_path / "hidden", tmp_path / "circle.veilkey"
+    code, stdout, err = run_cli(capsys, "hide", "--concept", "circle", "--model", "tiny", "--steps", "3", "--set", "ddim_steps=4",
+                                "--set", "layers=all", "--out", out, "--key-out", key_out, "--passphrase-file", secret)
+    assert code == 0, err
+    assert "public artifact written" in stdout and "encrypted" in stdout and "NOT" not in stdout
+    manifest = json.loads((out / "veil.json").read_text())
+    assert manifest["method"] == "kpop" and set(manifest["key_fingerprint"]) == {"circle"}
+
+    key = load_key_for(key_out, veil.load_artifact(out), passphrase="open sesame")
+    public = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
+    logs = "\n".join(r.getMessage() for r in caplog.records).encode()
+    assert not any(_leaks(blob, key) for blob in (public, stdout.encode(), err.encode(), logs))
+    assert _leaks(read_key(key_out, "open sesame").tensors()["P_k.0"].numpy().tobytes(), key)  # the scan does find it
+
+    grid = tmp_path / "grid.png"
+    code, stdout, err = run_cli(capsys, "generate", "--model", "tiny", "--artifact", out, "--key", key_out, "--passphrase-file", secret,
+                                "--prompt", "a circle", "--seeds", "0,1", "--num-inference-steps", "2", "--out", grid)
+    assert code == 0, err
+    assert "3×2 grid" in stdout  # original, hidden, unlocked
+    assert not _leaks(stdout.encode() + err.encode(), key)
+
+    wrong = tmp_path / "wrong.txt"
+    wrong.write_text("guess")
+    code, _, err = run_cli(capsys, "generate", "--model", "tiny", "--artifact", out, "--key", key_out, "--passphrase-file", wrong,
+                           "--prompt", "a circle", "--seeds", "0", "--out", tmp_path / "g2.png")
+    assert_one_sentence_error(code, err, "wrong passphrase or tampered file")
+    monkeypatch.setenv(PASSPHRASE_ENV, "open sesame")
+    code, _, err = run_cli(capsys, "generate", "--model", "tiny", "--artifact", out, "--key", key_out, "--prompt", "a circle",
+                           "--seeds", "0", "--num-inference-steps", "2", "--out", tmp_path / "g3.png")
+    assert code == 0, err
+
+
+def test_hide_refuses_before_training(tmp_path, capsys):
+    key_out = tmp_path / "circle.veilkey"
+    key_out.write_bytes(b"an earlier key")
+    code, _, err = run_cli(capsys, "hide", "--concept", "circle", "--model", "tiny", "--out", tmp_path / "hidden", "--key-out", key_out)
+    assert_one_sentence_error(code, err, "already exists")
+    assert key_out.read_bytes() == b"an earlier key" and not (tmp_path / "hidden").exists()
+    code, _, err = run_cli(capsys, "hide", "--concept", "circle", "--model", "tiny", "--out", tmp_path / "hidden",
+                           "--key-out", tmp_path / "hidden" / "k.veilkey")
+    assert_one_sentence_error(code, err, "inside --out")
+    code, _, err = run_cli(capsys, "hide", "--concept", "circle", "--model", "tiny", "--out", tmp_path / "hidden",
+                           "--key-out", tmp_path / "new.veilkey", "--passphrase-file", tmp_path / "nope.txt")
+    assert_one_sentence_error(code, err, "passphrase file")
+
+
+CLASSIFIER = os.path.join(os.path.dirname(veil.__file__), "shapes", "weights", "classifier.safetensors")
+
+
+@pytest.mark.skipif(not os.path.isfile(CLASSIFIER), reason="the bundled shapes classifier is not built yet")
+def test_eval_results_hold_no_key(tmp_path, capsys, monkeypatch, classifier=CLASSIFIER):
+    monkeypatch.setenv("VEIL_RUNS_DB", str(tmp_path / "runs.sqlite"))  # the runs database is scanned too
+    out, key_out = tmp_path / "hidden", tmp_path / "circle.veilkey"
+    code, _, err = run_cli(capsys, "hide", "--concept", "circle", "--model", "tiny", "--steps", "2", "--set", "ddim_steps=4",
+                           "--out", out, "--key-out", key_out)
+    assert code == 0, err
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,seed,shape,colour,background\na red circle,0,circle,red,\na blue square,1,square,blue,\n")
+    results = tmp_path / "results"
+    code, stdout, err = run_cli(capsys, "eval", "--model", "tiny", "--artifact", out, "--key", key_out, "--prompts", prompts,
+                                "--scorer", f"classifier={classifier}", "--num-inference-steps", "2", "--out", results)
+    assert code == 0, err
+    key = read_key(key_out)
+    written = b"".join(p.read_bytes() for p in [*results.rglob("*"), tmp_path / "runs.sqlite"] if p.is_file())
+    assert written and not any(_leaks(blob, key) for blob in (written, stdout.encode(), err.encode()))

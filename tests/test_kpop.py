@@ -1,0 +1,266 @@
+"""KPOP: the keyed cross-attention, the alternating training, and the public/secret split."""
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0
+from safetensors.torch import load_file
+
+import veil
+from veil.keys import Key, random_key_like
+from veil.methods.kpop import KPOP, KPOPConfig, KeyedCrossAttnProcessor, keyed_attention, select_key_sites
+from veil.models import build_tiny_pipeline
+from veil.training.sampling import encode_prompts
+
+from .conftest import render
+
+CONCEPT = "a red circle"
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """One short KPOP run on the tiny model, shared by the tests that only read it."""
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.veil_model_name = "tiny"
+    base = render(pipe)
+    method = KPOP(KPOPConfig.paper([CONCEPT], max_train_steps=60, learning_rate=1e-3, key_learning_rate=1e-2,
+                                   layers="all", ddim_steps=10))
+    steps = []
+    loss = method.loss
+
+    def recording_loss(pipe, batch, phase):
+        value = loss(pipe, batch, phase)
+        if phase == "key":
+            steps.append(dict(method.last_losses))
+        return value
+
+    method.loss = recording_loss
+    cost = veil.train(method, pipe, progress=False)
+    del method.loss
+    return pipe, method, cost, steps, base
+
+
+def _prediction_gaps(pipe, method, prompt, key):
+    generator = torch.Generator().manual_seed(1)
+    latents = torch.randn(8, 4, 8, 8, generator=generator)
+    timesteps = torch.randint(0, 1000, (8,), generator=generator)
+    embeds = encode_prompts(pipe, [prompt]).expand(8, -1, -1)
+
+    def predict():
+        return pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample
+
+    with torch.no_grad():
+        with method.disabled(pipe):
+            original = predict()
+        public = predict()
+        with method.unlocked(pipe, key):
+            unlocked = predict()
+        with method.unlocked(pipe, random_key_like(key, torch.Generator().manual_seed(5))):
+            random = predict()
+    gap = lambda x: (x - original).pow(2).mean().item()  # noqa: E731
+    return gap(public), gap(unlocked), gap(random)
+
+
+def test_config_presets_and_checks():
+    paper = KPOPConfig(concepts=["circle"])
+    assert (paper.max_train_steps, paper.learning_rate, paper.key_learning_rate) == (1000, 1e-5, 1e-3)
+    assert (paper.hide_weight, paper.recover_weight, paper.retain_weight, paper.loss_space) == (1.0, 0.1, 0.0, "eps")
+    tuned = KPOPConfig.tuned(["circle"], ["square"], max_train_steps=5)
+    assert tuned.retain_weight == 0.1 and tuned.max_train_steps == 5
+    assert KPOPConfig.from_dict(tuned.to_dict()) == tuned
+    for bad in (dict(layers="down"), dict(train_method="full"), dict(loss_space="v"), dict(num_key_tokens=0),
+                dict(preset="tuned"), dict(synonyms={"square": ["box"]}), dict(retain_concepts=["circle"], retain_weight=0.1)):
+        with pytest.raises(veil.VeilError):
+            KPOPConfig(concepts=["circle"], **bad)
+
+
+def test_layer_choices_select_cross_attention_sites(tiny_pipe):
+    unet = tiny_pipe.unet
+    mid, midout, every = (select_key_sites(unet, layers) for layers in ("mid", "midout", "all"))
+    assert mid == ["mid_block.attentions.0.transformer_blocks.0.attn2.processor"]
+    assert set(mid) < set(midout) < set(every) and all(".attn2." in s for s in every)
+    assert not any(s.startswith("down_blocks") for s in midout)
+
+
+def test_without_a_key_or_with_an_empty_one_attention_is_stock_bit_for_bit(tiny_pipe):
+    unet = tiny_pipe.unet
+    before = dict(unet.attn_processors)
+    base = render(tiny_pipe)
+    sites = select_key_sites(unet, "all")
+    empty = torch.zeros(0, 32)
+    with keyed_attention(unet, sites, empty, empty):
+        assert all(isinstance(unet.attn_processors[s], KeyedCrossAttnProcessor) for s in sites)
+        assert torch.equal(render(tiny_pipe), base)
+    with keyed_attention(unet, sites, None, None):  # a detached key delegates to the stock processor
+        assert torch.equal(render(tiny_pipe), base)
+    after = unet.attn_processors
+    assert all(after[name] is processor for name, processor in before.items())  # the same objects are back
+
+
+def test_keyed_processor_is_attention_over_the_extended_context(tiny_pipe):
+    attn = tiny_pipe.unet.mid_block.attentions[0].transformer_blocks[0].attn2
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 16, 64, generator=generator)
+    context = torch.randn(2, 16, 32, generator=generator)
+    prompt = torch.randn(3, 32, generator=generator)
+    mask = torch.zeros(2, 1, 16)
+    mask[:, :, 12:] = -10000.0  # the pipeline's additive mask over padding tokens
+    extended = torch.cat([context, prompt.expand(2, -1, -1)], dim=1)
+    with torch.no_grad():
+        keyed = KeyedCrossAttnProcessor(AttnProcessor2_0(), prompt, prompt)(attn, hidden, context, mask)
+        stock = AttnProcessor2_0()(attn, hidden, extended, torch.cat([mask, torch.zeros(2, 1, 3)], dim=-1))
+        different = KeyedCrossAttnProcessor(AttnProcessor2_0(), prompt, 2 * prompt)(attn, hidden, context, mask)
+    torch.testing.assert_close(keyed, stock, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(different, stock, atol=1e-4)  # P_v feeds the values, P_k only the keys
+
+    # Training batches hiding (no key) and recovery (key) rows together: unkeyed rows see the text alone.
+    rows = torch.tensor([False, True])
+    with torch.no_grad():
+        mixed = KeyedCrossAttnProcessor(AttnProcessor2_0(), prompt, prompt, rows)(attn, hidden, context, mask)
+        plain = AttnProcessor2_0()(attn, hidden, context, mask)
+    torch.testing.assert_close(mixed[0], plain[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mixed[1], stock[1], rtol=1e-5, atol=1e-6)
+
+
+def test_attach_is_identity_and_detach_restores(tiny_pipe):
+    base = render(tiny_pipe)
+    processors = dict(tiny_pipe.unet.attn_processors)
+    method = KPOP(concepts=["circle"], max_train_steps=2, learning_rate=1e-2, ddim_steps=4, samples_per_trajectory=2)
+    method.attach(tiny_pipe)
+    assert torch.equal(render(tiny_pipe), base)
+    assert all(tiny_pipe.unet.attn_processors[n] is p for n, p in processors.items())  # nothing installed without a key
+    veil.train(method, tiny_pipe, progress=False)
+    assert not torch.equal(render(tiny_pipe), base)
+    with method.disabled(tiny_pipe):
+        assert torch.equal(render(tiny_pipe), base)
+    method.detach(tiny_pipe)
+    assert torch.equal(render(tiny_pipe), base)
+    assert all(tiny_pipe.unet.attn_processors[n] is p for n, p in processors.items())
+
+
+def test_training_hides_the_concept_and_the_key_recovers_it(trained):
+    pipe, method, cost, steps, _ = trained
+    assert set(cost["losses"][0]) == {"unet", "key"}  # a UNet step, then a key step, every step
+    mean = lambda name, part: sum(s[name] for s in part) / len(part)  # noqa: E731
+    assert mean("hide", steps[-10:]) < 0.5 * mean("hide", steps[:10])
+    assert mean("recover_key_step", steps[-10:]) < 0.5 * mean("recover_key_step", steps[:10])
+    public, unlocked, random = _prediction_gaps(pipe, method, CONCEPT, method.key)
+    assert unlocked < 0.3 * public, (public, unlocked)  # the key brings the original prediction back
+    assert unlocked < 0.5 * random, (random, unlocked)  # a random key of the same norm does much less
+
+
+def test_public_artifact_holds_no_key_and_round_trips(trained, tmp_path):
+    pipe, method, cost, _, _ = trained
+    assert all(name.startswith("unet.") for name in method.state_dict())
+    artifact = veil.Artifact.from_method(method, pipe, {k: v for k, v in cost.items() if k != "losses"})
+    assert artifact.manifest["key_fingerprint"] == method.key.fingerprints()
+    artifact.save(tmp_path / "hidden")
+    hidden, unlocked = render(pipe), None
+    with method.unlocked(pipe):
+        unlocked = render(pipe)
+    veil.save_key(method.key, tmp_path / "circle.veilkey", artifact=artifact)
+
+    fresh = build_tiny_pipeline(seed=0)
+    loaded = veil.load_artifact(tmp_path / "hidden")
+    restored = loaded.attach(fresh)
+    assert torch.equal(render(fresh), hidden)
+    key = veil.load_key_for(tmp_path / "circle.veilkey", loaded)
+    with restored.unlocked(fresh, key):
+        assert torch.equal(render(fresh), unlocked)
+    loaded.detach(fresh)
+
+    # Without veil: a stock pipeline takes the public weights as a partial UNet state dict.
+    stock = build_tiny_pipeline(seed=0)
+    weights = load_file(tmp_path / "hidden" / "model.safetensors")
+    assert all(name.startswith("unet.") for name in weights)
+    result = stock.unet.load_state_dict({k[len("unet."):]: v for k, v in weights.items()}, strict=False)
+    assert not result.unexpected_keys
+    assert torch.equal(render(stock), hidden)
+
+
+def test_several_concepts_one_key_each_and_synonyms(tiny_pipe):
+    method = KPOP(concepts=["circle", "square"], synonyms={"circle": ["disc", "round shape"]}, max_train_steps=2,
+                  learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2, num_key_tokens=4)
+    veil.train(method, tiny_pipe, progress=False)
+    key = method.key
+    assert key.concepts == ["circle", "square"] and key["circle"][0].shape == (4, 32)
+    fingerprints = key.fingerprints()
+    assert fingerprints["circle"] != fingerprints["square"]
+
+    embeds = method._prompt_embeds(tiny_pipe)["phrasings"]
+    assert [e.shape[0] for e in embeds] == [3, 1]
+    seen = set()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        batch = method.make_batch(tiny_pipe, generator)
+        phrasing = next(i for i, e in enumerate(embeds[batch["concept"]]) if torch.equal(e, batch["cond"][0]))
+        seen.add((batch["concept"], phrasing))
+    assert {c for c, _ in seen} == {0, 1} and len({p for c, p in seen if c == 0}) >= 2
+
+    rows = method.bench_keys("circle")
+    assert set(rows) == {"with_key", "wrong_key", "random_key"}
+    assert torch.equal(rows["wrong_key"]["circle"][0], key["square"][0])
+    with method.unlocked(tiny_pipe, key.subset(["square"])):
+        render(tiny_pipe)
+    with pytest.raises(veil.VeilError, match="does not hide"):
+        with method.unlocked(tiny_pipe, Key({"triangle": key["circle"]})):
+            pass
+
+
+def test_x0_loss_space_and_the_retain_term(tiny_pipe):
+    method = KPOP(KPOPConfig.tuned(["circle"], ["square", "triangle"], loss_space="x0", max_train_steps=2,
+                                   learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2))
+    cost = veil.train(method, tiny_pipe, progress=False)
+    assert cost["steps"] == 2 and set(method.last_losses) >= {"hide", "recover", "retain"}
+    assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in cost["losses"])
+
+
+def test_checkpoint_state_keeps_the_key_apart(trained):
+    _, method, _, _, _ = trained
+    state = method.checkpoint_state_dict()
+    assert {k for k in state if k.startswith("key.")} == {"key.P_k.0", "key.P_v.0"}
+    clone = KPOP(method.config)
+    clone.load_state_dict(state)
+    assert clone.key.fingerprints() == method.key.fingerprints()
+    assert set(clone.state_dict()) == set(method.state_dict())
+
+
+def test_gradient_checkpointing_keeps_the_key_gradient(tiny_pipe):
+    method = KPOP(concepts=["circle"], layers="all", max_train_steps=1, ddim_steps=4, samples_per_trajectory=2)
+    method.attach(tiny_pipe)
+    method.optimizer_groups()  # creates the key
+    batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            tiny_pipe.unet.enable_gradient_checkpointing()  # diffusers' default is non-reentrant
+        tiny_pipe.unet.train(checkpointing)
+        method.key_prompts.zero_grad(set_to_none=True)
+        method.loss(tiny_pipe, batch, "key").backward()
+        method.after_step("key")
+        grads.append(method.key_prompts.key_tokens[0].grad.clone())
+    tiny_pipe.unet.disable_gradient_checkpointing()
+    tiny_pipe.unet.eval()
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0])
+    assert not any(isinstance(p, KeyedCrossAttnProcessor) for p in tiny_pipe.unet.attn_processors.values())
+
+
+def test_resume_restores_the_key_or_refuses(tmp_path):
+    settings = dict(concepts=["circle"], max_train_steps=4, learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2)
+    whole = KPOP(**settings)
+    veil.train(whole, build_tiny_pipeline(seed=0), progress=False)
+
+    pipe = build_tiny_pipeline(seed=0)
+    veil.train(KPOP(**settings), pipe, work_dir=tmp_path, checkpoint_every=2, stop_after=2, progress=False)
+    checkpoint = load_file(tmp_path / "checkpoints" / "step-000002" / "method.safetensors")
+    resumed = KPOP(**settings)
+    fresh = build_tiny_pipeline(seed=0)
+    if not any(name.startswith("key.") for name in checkpoint):
+        # The loop saved state_dict() only: resuming would pair a fresh key with a half-trained UNet.
+        with pytest.raises(veil.VeilError, match="cannot resume"):
+            veil.train(resumed, fresh, work_dir=tmp_path, resume=True, progress=False)
+        return
+    veil.train(resumed, fresh, work_dir=tmp_path, resume=True, progress=False)
+    assert resumed.key.fingerprints() == whole.key.fingerprints()
+    for name, tensor in whole.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], tensor)
