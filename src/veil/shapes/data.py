@@ -12,9 +12,11 @@ templates; the held-out phrasings make up the paraphrase prompt set.
 
 from __future__ import annotations
 
+import csv
 import itertools
 import math
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -338,10 +340,28 @@ def paraphrase_prompts(n_per_phrasing: int = 12) -> List[dict]:
     return rows
 
 
+PARAPHRASE_CSV_PATH = Path(__file__).resolve().parent / "weights" / "paraphrase_prompts.csv"
+
+
+def load_paraphrase_prompts(path: Optional[Union[str, Path]] = None) -> List[dict]:
+    """The ``shapes_paraphrase`` prompt set: held-out phrasings that the clean model draws
+    correctly (written by ``python -m veil.shapes.train``). Empty cells become ``None``."""
+    path = Path(path) if path is not None else PARAPHRASE_CSV_PATH
+    with open(path, newline="") as fh:
+        return [_row(r["prompt"], int(r["seed"]), r["shape"] or None, r["colour"] or None,
+                     r["background"] or None) for r in csv.DictReader(fh)]
+
+
 def prompt_sets(seeds: Sequence[int] = (0, 1)) -> Dict[str, List[dict]]:
-    """The world's prompt sets as lists of rows {prompt, seed, shape, colour, background}."""
-    return {
+    """The world's prompt sets as lists of rows {prompt, seed, shape, colour, background}:
+    ``canonical`` (120 combos x seeds), ``train_synonyms`` (training templates, non-canonical
+    training synonyms), ``paraphrase_candidates`` (all held-out phrasings) and, once the weights
+    are built, ``paraphrase`` (the held-out phrasings the clean model draws correctly)."""
+    sets = {
         "canonical": canonical_prompts(seeds),
         "train_synonyms": training_synonym_prompts(seeds),
         "paraphrase_candidates": paraphrase_prompts(),
     }
+    if PARAPHRASE_CSV_PATH.exists():
+        sets["paraphrase"] = load_paraphrase_prompts()
+    return sets

@@ -3,8 +3,8 @@
     data -> VAE -> latent cache (+ VAE round-trips) -> classifier -> caption-embedding cache
          -> UNet (EMA) -> pipeline folder + classifier -> fidelity check, paraphrase CSV, samples.
 
-    python -m veil.shapes.train --out src/veil/shapes/weights [--seed 0] [--unet-minutes 32]
-                                [--vae-minutes 8] [--workdir .shapes_build] [--resume]
+    python -m veil.shapes.train --out src/veil/shapes/weights [--seed 0] [--unet-minutes 33]
+                                [--vae-minutes 7] [--workdir .shapes_build] [--resume]
 
 Finished stages found in ``--workdir`` are skipped; the UNet checkpoints itself every few
 minutes to the workdir and ``--resume`` continues from that checkpoint.
@@ -146,7 +146,9 @@ def stage_vae(args, wd: Path, rec: dict, xtr, xva):
     step, hist, run = 0, [], []
     pbar = tqdm(total=args.vae_steps if args.vae_steps < 10 ** 8 else None, desc="vae", mininterval=10, file=sys.stdout)
     vae.train()
+    tuner = ThreadTuner(args.threads, first_probe=20)
     while step < args.vae_steps and time.time() - t0 < limit:
+        t_step = time.time()
         frac = max((time.time() - t0) / limit, step / args.vae_steps)
         lr = timed_lr(args.vae_lr, frac, warm=(step + 1) / 50)
         for g in opt.param_groups:
@@ -166,6 +168,7 @@ def stage_vae(args, wd: Path, rec: dict, xtr, xva):
         step += 1
         run.append(mse.item())
         pbar.update(1)
+        tuner.record(step, time.time() - t_step)
         if step % 100 == 0:
             v = vae_val_mse(vae, xv)
             hist.append({"step": step, "seconds": round(time.time() - t0, 1), "train_mse": float(np.mean(run)),
@@ -198,9 +201,10 @@ def stage_vae(args, wd: Path, rec: dict, xtr, xva):
 # ----------------------------------------------------------------------------- stage 3: latents
 def stage_latents(args, wd: Path, rec: dict, vae, xtr, xva):
     f = wd / "latents.pt"
+    info_f = wd / "latents_done.json"
     if f.exists():
         log("latents: cached")
-        rec["latents"] = {"cached": True}
+        rec["latents"] = {"cached": True, **(json.loads(info_f.read_text()) if info_f.exists() else {})}
         return torch.load(f, weights_only=False)
     t0 = time.time()
     gen = torch.Generator().manual_seed(args.seed * 1000 + 21)
@@ -229,6 +233,7 @@ def stage_latents(args, wd: Path, rec: dict, vae, xtr, xva):
     atomic_save(lat, f)
     rec["latents"] = {"seconds": round(time.time() - t0, 1), "encode_seconds": round(t_enc, 1),
                       "n_roundtrip_train": n_rt}
+    write_json(info_f, rec["latents"])
     log(f"latents: encoded {mu.shape[0]} in {t_enc:.0f}s; round-trips in {time.time() - t0 - t_enc:.0f}s")
     return lat
 
@@ -256,7 +261,9 @@ def stage_classifier(args, wd: Path, rec: dict, xtr, ytr, xva, yva, lat):
     step, hist, run = 0, [], []
     model.train()
     pbar = tqdm(total=args.clf_steps, desc="classifier", mininterval=10, file=sys.stdout)
+    tuner = ThreadTuner(args.threads, first_probe=20)
     while step < args.clf_steps and time.time() - t0 < limit:
+        t_step = time.time()
         frac = max(step / args.clf_steps, (time.time() - t0) / limit)
         lr = args.clf_lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
         for g in opt.param_groups:
@@ -274,6 +281,7 @@ def stage_classifier(args, wd: Path, rec: dict, xtr, ytr, xva, yva, lat):
         step += 1
         run.append(loss.item())
         pbar.update(1)
+        tuner.record(step, time.time() - t_step)
         if step % 100 == 0:
             hist.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": float(np.mean(run))})
             run = []
@@ -354,9 +362,10 @@ def encode_texts(texts: Sequence[str], tokenizer, te, bs: int = 256) -> torch.Te
 
 def stage_captions(args, wd: Path, rec: dict):
     f = wd / "captions.pt"
+    info_f = wd / "captions_done.json"
     if f.exists():
         log("captions: cached")
-        rec["captions"] = {"cached": True}
+        rec["captions"] = {"cached": True, **(json.loads(info_f.read_text()) if info_f.exists() else {})}
         return torch.load(f, weights_only=False)
     t0 = time.time()
     texts, idx = build_caption_table(args.seed * 1000 + 41, args.captions_per_combo)
@@ -368,6 +377,7 @@ def stage_captions(args, wd: Path, rec: dict):
     atomic_save(cap, f)
     rec["captions"] = {"seconds": round(time.time() - t0, 1), "n_captions": len(texts),
                        "max_tokens": max(lens), "shape": list(emb.shape)}
+    write_json(info_f, rec["captions"])
     log(f"captions: {len(texts)} encoded in {time.time() - t0:.0f}s (max {max(lens)} tokens)")
     return cap
 
@@ -387,6 +397,40 @@ def sample_caption_ids(labels: torch.Tensor, idx: dict, gen: torch.Generator) ->
     ids = torch.where(u < P_EMPTY + P_CS, ids_cs, ids)
     ids = torch.where(u < P_EMPTY, torch.full_like(ids, idx["empty"]), ids)
     return ids
+
+
+class ThreadTuner:
+    """Every ``every`` steps, run ``n`` steps with the other thread count; keep the faster one."""
+
+    def __init__(self, max_threads: int, first_probe: int, every: int = 250, n: int = 12):
+        self.options = sorted({1, max(1, max_threads)})
+        self.cur = max(1, max_threads)
+        self.every, self.n, self.next_probe = every, n, first_probe
+        self.dts: List[float] = []
+        self.probing, self.base, self.probe_start = False, 0.0, 0
+        self.switches: List[dict] = []
+        torch.set_num_threads(self.cur)
+
+    def record(self, step: int, dt: float) -> None:
+        self.dts.append(dt)
+        if len(self.options) < 2:
+            return
+        if not self.probing and step >= self.next_probe and len(self.dts) >= self.n:
+            self.base = float(np.median(self.dts[-self.n:]))
+            alt = [o for o in self.options if o != self.cur][0]
+            torch.set_num_threads(alt)
+            self.probing, self.probe_start = True, step
+        elif self.probing and step - self.probe_start >= self.n:
+            probe = float(np.median(self.dts[-self.n:]))
+            alt = torch.get_num_threads()
+            if probe < self.base:
+                self.cur = alt
+            torch.set_num_threads(self.cur)
+            self.switches.append({"step": step, "threads": self.cur, "s_per_step": min(probe, self.base)})
+            log(f"unet threads: {alt} -> {probe:.2f}s/step vs {self.base:.2f}s/step; using {self.cur}")
+            self.probing = False
+            self.next_probe = step + self.every
+            self.dts = []
 
 
 def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
@@ -432,7 +476,11 @@ def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
     unet.train()
     pbar = tqdm(total=args.unet_steps if args.unet_steps < 10 ** 8 else None, initial=step, desc="unet",
                 mininterval=30, file=sys.stdout)
+    # Adaptive thread count: with another process busy on a 2-core box, 2 OpenMP threads can be
+    # several times slower than 1; probe the alternative every few hundred steps, keep the faster.
+    tuner = ThreadTuner(args.threads, first_probe=step + 20)
     while step < args.unet_steps and time.time() - t0 < limit:
+        t_step = time.time()
         frac = max((time.time() - t0) / limit, step / args.unet_steps)
         lr = timed_lr(args.unet_lr, frac, warm=(step + 1) / args.unet_warmup, decay_from=args.unet_decay_from)
         for g in opt.param_groups:
@@ -457,9 +505,10 @@ def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
             torch._foreach_lerp_(ema_params, [p.detach() for p in params], 1 - decay)
         run.append(loss.item())
         pbar.update(1)
+        tuner.record(step, time.time() - t_step)
         if step % 100 == 0:
             hist.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": float(np.mean(run)),
-                         "lr": lr})
+                         "lr": lr, "threads": torch.get_num_threads()})
             run = []
             log(f"unet step {step} {time.time() - t0:.0f}s loss {hist[-1]['loss']:.4f} lr {lr:.2e}")
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
@@ -474,7 +523,7 @@ def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
     ema.save_pretrained(out, safe_serialization=True)
     info = {"seconds": round(train_s, 1), "steps": step, "s_per_step": round(train_s / max(step, 1), 3),
             "final_loss": hist[-1]["loss"] if hist else (float(np.mean(run)) if run else None),
-            "params": nparams, "history": hist,
+            "params": nparams, "history": hist, "thread_choices": tuner.switches,
             "config": {**UNET_CONFIG, "batch": args.unet_batch, "lr": args.unet_lr, "warmup": args.unet_warmup,
                        "lr_decay_from": args.unet_decay_from, "weight_decay": 1e-2, "grad_clip": 1.0,
                        "ema": args.ema, "caption_mix": {"empty": P_EMPTY, "colour+shape": P_CS,

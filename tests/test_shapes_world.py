@@ -1,0 +1,204 @@
+"""Shapes world: renderer, captions, classifier and the bundled pipeline (CPU, offline, fast)."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from veil.shapes import CLASSIFIER_PATH, PARAPHRASE_CSV, PIPELINE_DIR, weights_available  # noqa: E402
+from veil.shapes import data as W  # noqa: E402
+
+needs_classifier = pytest.mark.skipif(not CLASSIFIER_PATH.exists(), reason="classifier weights not built")
+needs_pipeline = pytest.mark.skipif(not weights_available(), reason="shapes pipeline weights not built")
+
+
+# ----------------------------------------------------------------------------- renderer
+def test_render_is_deterministic_and_well_formed():
+    a = W.render("star", "orange", "checkered", np.random.default_rng(7))
+    b = W.render("star", "orange", "checkered", np.random.default_rng(7))
+    c = W.render("star", "orange", "checkered", np.random.default_rng(8))
+    assert a.dtype == np.uint8 and a.shape == (32, 32, 3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_make_dataset_is_deterministic():
+    x1, y1 = W.make_dataset(40, seed=3)
+    x2, y2 = W.make_dataset(40, seed=3)
+    x3, _ = W.make_dataset(40, seed=4)
+    assert x1.shape == (40, 32, 32, 3) and x1.dtype == np.uint8
+    assert y1.shape == (40, 3)
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    assert not np.array_equal(x1, x3)
+    assert y1[:, 0].max() < len(W.SHAPES) and y1[:, 1].max() < len(W.COLOURS)
+    assert y1[:, 2].max() < len(W.BACKGROUNDS) and y1.min() >= 0
+
+
+def test_backgrounds_are_grey_and_object_is_coloured():
+    for colour in W.COLOURS:
+        img = W.render("square", colour, "striped", np.random.default_rng(0)).astype(int)
+        corner = img[:3, :3].reshape(-1, 3)
+        assert (corner.max(1) - corner.min(1)).max() <= 1  # greyscale background
+        centre = img[15:17, 15:17].reshape(-1, 3).mean(0)
+        base = np.array(W.COLOUR_RGB[colour])
+        assert np.abs(centre - base).max() <= W.COLOUR_JITTER + 2
+
+
+# ----------------------------------------------------------------------------- captions
+def test_concept_tables():
+    assert len(W.SHAPES) == 5 and len(W.COLOURS) == 6 and len(W.BACKGROUNDS) == 4
+    assert set(W.CONCEPT_KIND) == set(W.SHAPES) | set(W.COLOURS) | set(W.BACKGROUNDS)
+    assert set(W.SYNONYMS) == set(W.CONCEPT_KIND)
+
+
+def test_synonyms_train_and_heldout_are_disjoint():
+    seen = {}
+    for concept, syn in W.SYNONYMS.items():
+        train, held = syn["train"], syn["heldout"]
+        assert train[0] == concept
+        assert 4 <= len(train) + len(held) <= 8 and len(held) >= 2 and len(train) >= 2
+        assert not set(train) & set(held)
+        for w in train + held:
+            assert w not in seen, f"{w!r} is a synonym of both {seen.get(w)} and {concept}"
+            seen[w] = concept
+    assert not set(W.TRAIN_TEMPLATES) & set(W.HELDOUT_TEMPLATES)
+    assert len(W.HELDOUT_TEMPLATES) >= 2 and len(W.TRAIN_TEMPLATES) >= 4
+
+
+def test_captions_use_the_right_split():
+    import re
+
+    rng = np.random.default_rng(0)
+    held_words = [w for s in W.SYNONYMS.values() for w in s["heldout"]]
+    train_words = [w for s in W.SYNONYMS.values() for w in s["train"]]
+
+    def has(words, text):
+        return [w for w in words if re.search(rf"(?<![\w-]){re.escape(w)}(?![\w-])", text)]
+
+    for _ in range(50):
+        cap = W.caption("circle", "orange", "dotted", rng)
+        assert not has(held_words, cap), cap
+        assert not any(cap.startswith(t.split("{")[0]) for t in W.HELDOUT_TEMPLATES)
+        assert " a o" not in f" {cap}" and " a a" not in f" {cap}"  # article fix-up
+        held = W.caption("circle", "orange", "dotted", rng, heldout=True)
+        assert has(held_words, held) and not has(train_words, held), held
+
+
+def test_canonical_prompt():
+    assert W.canonical_prompt("circle", "red", "plain") == "a red circle on a plain background"
+    assert W.canonical_prompt("square", "orange", "dotted") == "an orange square on a dotted background"
+    assert W.canonical_prompt("star") == "a star"
+    assert W.canonical_prompt("star", "orange") == "an orange star"
+    assert W.canonical_prompt("cross", background="striped") == "a cross on a striped background"
+
+
+def test_prompt_sets_are_deterministic_and_complete():
+    a, b = W.prompt_sets(), W.prompt_sets()
+    assert a == b
+    canon = a["canonical"]
+    assert len(canon) == 120 * 2
+    assert {(r["shape"], r["colour"], r["background"]) for r in canon} == set(W.all_combos())
+    assert all(set(r) == {"prompt", "seed", "shape", "colour", "background"} for r in canon)
+    canon_texts = {r["prompt"] for r in canon}
+    assert not any(r["prompt"] in canon_texts for r in a["train_synonyms"])
+    assert len(a["paraphrase_candidates"]) > 100
+
+
+# ----------------------------------------------------------------------------- classifier
+@needs_classifier
+def test_classifier_labels_clean_renders():
+    from veil.shapes.classifier import accuracy, load_classifier
+
+    clf = load_classifier()
+    assert not clf.training
+    x, y = W.make_dataset(600, seed=98765)
+    acc = accuracy(clf, x, y)
+    assert all(v >= 0.99 for v in acc.values()), acc
+
+
+@needs_classifier
+def test_classify_accepts_all_input_formats():
+    from PIL import Image
+
+    from veil.shapes.classifier import classify
+
+    x, y = W.make_dataset(8, seed=5)
+    ref = classify(x)
+    assert set(ref) == {"shape", "colour", "background"} and len(ref["shape"]) == 8
+    assert classify([Image.fromarray(im) for im in x]) == ref
+    assert classify(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0) == ref
+    assert ref["shape"] == [W.SHAPES[i] for i in y[:, 0]]
+
+
+# ----------------------------------------------------------------------------- pipeline
+@pytest.fixture(scope="module")
+def pipe():
+    from veil.shapes import load_shapes_pipeline
+
+    return load_shapes_pipeline()
+
+
+@needs_pipeline
+def test_pipeline_folder_layout():
+    names = {p.name for p in PIPELINE_DIR.iterdir()}
+    assert {"model_index.json", "unet", "vae", "tokenizer", "scheduler"} <= names
+    assert "text_encoder" not in names
+    from safetensors import safe_open
+
+    with safe_open(str(PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as f:
+        assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
+    tok_cfg = json.loads((PIPELINE_DIR / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tok_cfg["model_max_length"] == 32
+
+
+@needs_pipeline
+def test_loaded_pipeline_text_side(pipe):
+    assert pipe.tokenizer.model_max_length == 32
+    assert pipe.text_encoder.config.use_attention_mask is True
+    assert pipe.unet.dtype == torch.float32
+    emb = pipe.encode_prompt("a red circle on a plain background", "cpu", 1, False)[0]
+    assert tuple(emb.shape) == (1, 32, 384)
+
+
+@needs_pipeline
+@needs_classifier
+def test_pipeline_draws_the_prompted_shape(pipe):
+    from veil.shapes.classifier import classify
+
+    rows = []
+    for i in range(12):
+        s = W.SHAPES[i % len(W.SHAPES)]
+        c = W.COLOURS[i % len(W.COLOURS)]
+        b = W.BACKGROUNDS[i % len(W.BACKGROUNDS)]
+        rows.append((W.canonical_prompt(s, c, b), s, c, b))
+    gens = [torch.Generator().manual_seed(100 + i) for i in range(len(rows))]
+    out = pipe([r[0] for r in rows], num_inference_steps=10, guidance_scale=3.0, generator=gens,
+               output_type="np")
+    imgs = (out.images * 255).round().clip(0, 255).astype(np.uint8)
+    assert imgs.shape == (12, 32, 32, 3)
+    pred = classify(imgs)
+    n_shape = sum(p == r[1] for p, r in zip(pred["shape"], rows))
+    n_colour = sum(p == r[2] for p, r in zip(pred["colour"], rows))
+    assert n_shape >= 10, (n_shape, pred["shape"])
+    assert n_colour >= 10, (n_colour, pred["colour"])
+
+
+@pytest.mark.skipif(not PARAPHRASE_CSV.exists(), reason="paraphrase prompt set not built")
+def test_paraphrase_csv():
+    with open(PARAPHRASE_CSV, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and list(rows[0]) == ["prompt", "seed", "shape", "colour", "background"]
+    held = [w for s in W.SYNONYMS.values() for w in s["heldout"]]
+    for r in rows:
+        int(r["seed"])
+        assert r["shape"] in ("", *W.SHAPES) and r["colour"] in ("", *W.COLOURS)
+        assert r["background"] in ("", *W.BACKGROUNDS)
+        is_heldout_template = any(t.split("{")[0].strip() and r["prompt"].startswith(t.split("{")[0].strip())
+                                  for t in W.HELDOUT_TEMPLATES)
+        assert is_heldout_template or any(w in r["prompt"] for w in held), r["prompt"]
