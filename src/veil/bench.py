@@ -44,6 +44,9 @@ def run_bench(
     num_inference_steps=20,
     guidance_scale=3.0,
     overrides=None,
+    attacks=(),
+    attack_configs=None,
+    attack_seeds=tuple(range(8)),
     progress=True,
     log=print,
 ):
@@ -54,6 +57,9 @@ def run_bench(
         methods, concepts: names; every method is fitted on every concept, one at a time.
         classify: the concept classifier, ``images -> {kind: [label, ...]}`` (shapes world: bundled CNN).
         overrides: ``{method: {field: value}}`` on top of the model's preset.
+        attacks: attack names (:func:`veil.attacks.list_attacks`) run on every method × concept, with
+            rendered concept images; ``attack_configs``: ``{attack: {field: value}}``; ``attack_seeds``:
+            the seeds of the scored images per attack prompt.
     """
     from .shapes.data import CONCEPT_KIND
 
@@ -112,6 +118,8 @@ def run_bench(
                 "config": method.config.to_dict(),
             }
             row.update(_key_rows(method, pipe, concept, rows_naming(rows_by_set["canonical"], concept), classify, settings))
+            if attacks:
+                row["attacks"] = _attack_rows(method, pipe, concept, attacks, attack_configs, classify, attack_seeds, settings, log)
             results.append(row)
             log(_summary(row))
 
@@ -150,6 +158,31 @@ def _key_rows(method, pipe, concept, rows, classify, settings):
     return out
 
 
+def render_concept_images(concept, count=8, seed=0):
+    """``count`` rendered shapes-world images showing ``concept``, the other axes drawn at random."""
+    import numpy as np
+
+    from .shapes.data import AXES, CONCEPT_KIND, render
+
+    kind, rng = CONCEPT_KIND[concept], np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        parts = {k: concept if k == kind else values[int(rng.integers(len(values)))] for k, values in AXES.items()}
+        images.append(render(parts["shape"], parts["colour"], parts["background"], rng))
+    return images
+
+
+def _attack_rows(method, pipe, concept, attacks, configs, classify, seeds, settings, log):
+    """Attack success rate before and after each attack (rendered concept images, the canonical prompt)."""
+    from .attacks import run_attacks
+    from .shapes.data import CONCEPT_KIND, canonical_prompt
+
+    prompt = canonical_prompt(**{CONCEPT_KIND[concept]: concept})
+    return run_attacks(pipe, method, concept, render_concept_images(concept), attacks, classify, prompt=prompt, seeds=seeds,
+                       num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
+                       configs=configs, log=log)
+
+
 def _mean(values):
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -185,4 +218,13 @@ def markdown_table(report):
             cells += [_fmt(r.get("target_rate_with_key")), _fmt(r.get("target_rate_wrong_key")), _fmt(r.get("target_rate_random_key"))]
         cells += [f"{r['seconds']:.0f}", f"{r['peak_mem_mb'] or 0:.0f}", f"{r['artifact_mb']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    attacked = [r for r in report["rows"] if r.get("attacks")]
+    if attacked:
+        names = list(dict.fromkeys(n for r in attacked for n in r["attacks"]["attacks"]))
+        lines += ["", "Attack success rate (share of images labelled as the concept), before → after each attack:", "",
+                  "| method | concept | before | " + " | ".join(names) + " |", "|" + "---|" * (3 + len(names))]
+        for r in attacked:
+            entries = r["attacks"]["attacks"]
+            cells = [_fmt(entries[n].get("attack_success_rate")) if n in entries else "—" for n in names]
+            lines.append(f"| {r['method']} | {r['concept']} | {_fmt(r['attacks']['before'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -11,6 +11,8 @@ def register(sub):
     parser.add_argument("--num-inference-steps", type=int, default=20)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="Override a preset; repeatable.")
+    parser.add_argument("--attacks", default="", help="Comma-separated attacks run on every method × concept (see veil attack).")
+    parser.add_argument("--attack-set", action="append", default=[], metavar="ATTACK.FIELD=VALUE", help="An attack setting; repeatable.")
     parser.add_argument("--out", default="bench/results/shapes", help="Output folder (replaced).")
     add_model_flags(parser)
     parser.set_defaults(run=run)
@@ -37,9 +39,24 @@ def run(args):
         if not field or not _:
             raise VeilError(f"--set takes METHOD.FIELD=VALUE, got {item!r}.")
         overrides.setdefault(get_method(method).name, {})[field] = parse_value(value)
+    from ..attacks import get_attack
+
+    attacks = [get_attack(a).name for a in args.attacks.split(",") if a.strip()]
+    attack_configs = {}
+    for item in args.attack_set:
+        name, _, value = item.partition("=")
+        attack, _, field = name.partition(".")
+        if not field or not _:
+            raise VeilError(f"--attack-set takes ATTACK.FIELD=VALUE, got {item!r}.")
+        attack_configs.setdefault(get_attack(attack).name, {})[field] = parse_value(value)
+    from ..attacks import make_attack
+
+    for name in attacks:  # refuse bad attack settings now, not after minutes of fitting
+        make_attack(name, attack_configs.get(name))
     pipe = load_model(args)
     report = run_bench(pipe, methods, concepts, args.out, classify=classify, seeds=parse_seeds(args.seeds),
-                       num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, overrides=overrides)
+                       num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, overrides=overrides,
+                       attacks=attacks, attack_configs=attack_configs)
     from ..bench import markdown_table
 
     print(markdown_table(report))

@@ -5,7 +5,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("erase", "hide", "generate", "eval", "bench", "report", "runs", "compare", "export", "demo", "env", "ls")
+COMMANDS = ("erase", "hide", "generate", "eval", "bench", "report", "runs", "compare", "export", "demo", "env", "ls", "attack")
 
 
 def build_parser():

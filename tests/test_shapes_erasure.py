@@ -1,0 +1,35 @@
+"""On the bundled shapes world: a short ESD run erases its target and spares another shape."""
+
+import pytest
+
+import veil
+from veil.evaluation.concept_rate import evaluate_prompts
+from veil.shapes.classifier import classify
+from veil.shapes.data import canonical_prompts
+
+
+@pytest.fixture(scope="module")
+def shapes_pipe():
+    return veil.load_pipeline("shapes")
+
+
+def _rows(shape, count=12):
+    rows = [r for r in canonical_prompts(seeds=(0,)) if r["shape"] == shape]
+    return rows[::max(1, len(rows) // count)][:count]
+
+
+def _rate(pipe, shape):
+    return evaluate_prompts(pipe, _rows(shape), classify, num_inference_steps=10)["rates"][shape]
+
+
+def test_short_esd_run_erases_circle_and_spares_square(shapes_pipe):
+    base_circle, base_square = _rate(shapes_pipe, "circle"), _rate(shapes_pipe, "square")
+    assert base_circle >= 0.9 and base_square >= 0.9
+    method = veil.get_method("esd")(concepts=["circle"], max_train_steps=30, learning_rate=5e-4, ddim_steps=10)
+    veil.train(method, shapes_pipe, progress=False)
+    try:
+        circle, square = _rate(shapes_pipe, "circle"), _rate(shapes_pipe, "square")
+    finally:
+        method.detach(shapes_pipe)
+    assert circle <= base_circle - 0.5, (base_circle, circle)
+    assert square >= 0.8 * base_square, (base_square, square)
