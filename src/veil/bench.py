@@ -216,7 +216,7 @@ def markdown_table(report):
                  _fmt(r["nontarget_share"]), _fmt(r["nontarget_min_share"]), _fmt(r["other_kinds_share"])]
         if keyed:
             cells += [_fmt(r.get("target_rate_with_key")), _fmt(r.get("target_rate_wrong_key")), _fmt(r.get("target_rate_random_key"))]
-        cells += [f"{r['seconds']:.0f}", f"{r['peak_mem_mb'] or 0:.0f}", f"{r['artifact_mb']:.2f}"]
+        cells += [f"{r['seconds']:.1f}", f"{r['peak_mem_mb'] or 0:.0f}", f"{r['artifact_mb']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     attacked = [r for r in report["rows"] if r.get("attacks")]
     if attacked:

@@ -7,7 +7,7 @@ The shapes world is ~100× smaller than SD 1.x and trains in minutes, so the pap
 PRESETS = {
     "shapes": {
         # ESD-x, 4 samples per DDIM trajectory; measured in bench/results/shapes.
-        "esd": {"max_train_steps": 200, "learning_rate": 2e-4},
+        "esd": {"max_train_steps": 200, "learning_rate": 5e-4},
     },
 }
 
