@@ -62,6 +62,30 @@ class MethodConfig:
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
+@dataclass
+class ESDSamplingConfig:
+    """Fields of ESD sampling (METHODS.md), shared by ESD, KPOP and DuMo configs."""
+
+    negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the empty prompt the target goes."})
+    start_guidance: float = field(
+        default=3.0, metadata={"help": "Classifier-free guidance of the partial DDIM trajectories."}
+    )
+    ddim_steps: int = field(default=50, metadata={"help": "N: DDIM steps of the sampling schedule."})
+    samples_per_trajectory: int = field(
+        default=4, metadata={"help": "Training samples (distinct t_enc) taken from one DDIM trajectory."}
+    )
+    timestep_mapping: str = field(
+        default="esd",
+        metadata={"help": "esd: t ~ U[1000·t_enc/N, 1000·(t_enc+1)/N) as published; aligned: t from the "
+                  "interval of the latent's own noise level."},
+    )
+
+    def check_sampling(self):
+        check_choice(self, "timestep_mapping", ("esd", "aligned"))
+        check_positive(self, "ddim_steps", "samples_per_trajectory")
+        self.samples_per_trajectory = min(self.samples_per_trajectory, self.ddim_steps)
+
+
 class Method:
     """Base class of a method. Subclasses are registered with ``@register_method(name)``.
 

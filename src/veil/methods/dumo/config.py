@@ -4,7 +4,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ...errors import VeilError
-from ..base import MethodConfig, check_choice, check_positive
+from ..base import ESDSamplingConfig, MethodConfig, check_choice, check_positive
 
 _EVERYDAY = (
     "a photo of a dog in a park", "a cat sleeping on a sofa", "a bowl of fruit on a wooden table",
@@ -35,7 +35,7 @@ STAGES = ("epr", "tlmo")
 
 
 @dataclass
-class DuMoConfig(MethodConfig):
+class DuMoConfig(MethodConfig, ESDSamplingConfig):
     """DuMo: EPR (a trained copy of the UNet encoder feeding its skip connections) then TLMO (a learned
     time × layer scale table). Stage-1 defaults follow METHODS.md §2: AdamW at 1e-5 for 1000 steps."""
 
@@ -56,14 +56,6 @@ class DuMoConfig(MethodConfig):
         default_factory=lambda: list(DEFAULT_ANCHOR_PROMPTS),
         metadata={"help": "Stage 2: pool of diverse prompts whose outputs must not change; prompts naming the "
                   "concept are left out."},
-    )
-    negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the empty prompt to push."})
-    start_guidance: float = field(
-        default=3.0, metadata={"help": "Classifier-free guidance of the partial DDIM trajectories."}
-    )
-    ddim_steps: int = field(default=50, metadata={"help": "N: DDIM steps of the sampling schedule."})
-    samples_per_trajectory: int = field(
-        default=4, metadata={"help": "Training samples (distinct t_enc) taken from one DDIM trajectory."}
     )
     timestep_mapping: str = field(
         default="aligned",
@@ -90,7 +82,6 @@ class DuMoConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_choice(self, "timestep_mapping", ("esd", "aligned"))
         check_positive(self, "max_train_steps", "learning_rate", "tlmo_learning_rate", "ddim_steps",
                        "samples_per_trajectory", "facilitate")
         for name in ("tlmo_max_train_steps", "preserve_weight", "adam_weight_decay", "gate_threshold"):
@@ -101,8 +92,7 @@ class DuMoConfig(MethodConfig):
         self.anchor_prompts = [str(p).strip() for p in self.anchor_prompts if str(p).strip()]
         if self.tlmo_max_train_steps and not self.anchor_prompts:
             raise VeilError("anchor_prompts is empty; give prompts to preserve, or set tlmo_max_train_steps=0.")
-        if self.samples_per_trajectory > self.ddim_steps:
-            self.samples_per_trajectory = self.ddim_steps
+        self.check_sampling()
 
     @property
     def gate_enabled(self):

@@ -4,7 +4,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ...errors import VeilError
-from ..base import MethodConfig, check_choice, check_positive
+from ..base import ESDSamplingConfig, MethodConfig, check_choice, check_positive
 from .model import LAYERS
 
 # ``paper``: the authors' training (METHODS.md §1) with the spec's Decisions: key learning rate
@@ -19,7 +19,7 @@ PRESETS = {
 
 
 @dataclass
-class KPOPConfig(MethodConfig):
+class KPOPConfig(MethodConfig, ESDSamplingConfig):
     """Hiding and recovering a concept behind a learnable key. ``preset`` fills the fields left unset."""
 
     preset: str = field(
@@ -59,19 +59,6 @@ class KPOPConfig(MethodConfig):
         default_factory=dict,
         metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}; training samples among the concept and these."},
     )
-    negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the empty prompt the hiding target goes."})
-    start_guidance: float = field(
-        default=3.0, metadata={"help": "Classifier-free guidance of the partial DDIM trajectories."}
-    )
-    ddim_steps: int = field(default=50, metadata={"help": "N: DDIM steps of the sampling schedule."})
-    samples_per_trajectory: int = field(
-        default=4, metadata={"help": "Training samples (distinct t_enc) taken from one DDIM trajectory."}
-    )
-    timestep_mapping: str = field(
-        default="esd",
-        metadata={"help": "esd: t ~ U[1000·t_enc/N, 1000·(t_enc+1)/N) as published; aligned: t from the "
-                  "interval of the latent's own noise level."},
-    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -83,7 +70,6 @@ class KPOPConfig(MethodConfig):
         check_choice(self, "layers", LAYERS)
         check_choice(self, "train_method", ("xattn", "noxattn"))
         check_choice(self, "loss_space", ("eps", "x0"))
-        check_choice(self, "timestep_mapping", ("esd", "aligned"))
         check_positive(self, "num_key_tokens", "max_train_steps", "learning_rate", "key_learning_rate",
                        "ddim_steps", "samples_per_trajectory")
         for name in ("hide_weight", "recover_weight", "retain_weight"):
@@ -109,8 +95,7 @@ class KPOPConfig(MethodConfig):
             phrases = [phrases] if isinstance(phrases, str) else list(phrases)
             synonyms[concept] = [str(p).strip() for p in phrases if str(p).strip()]
         self.synonyms = synonyms
-        if self.samples_per_trajectory > self.ddim_steps:
-            self.samples_per_trajectory = self.ddim_steps
+        self.check_sampling()
 
     @classmethod
     def paper(cls, concepts, **overrides):
