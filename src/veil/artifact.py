@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 
-import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 

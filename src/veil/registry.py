@@ -32,6 +32,13 @@ def list_methods():
     return sorted(_METHODS)
 
 
+def unknown_name_error(kind, name, names):
+    """The one-sentence error for an unknown ``kind`` name, suggesting the closest of ``names``."""
+    close = difflib.get_close_matches(str(name).strip().lower(), list(names), n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return VeilError(f"Unknown {kind} {name!r}; the registered {kind}s are {', '.join(sorted(names))}.{hint}")
+
+
 def get_method(name):
     """Return the method class registered under ``name``.
 
@@ -42,8 +49,4 @@ def get_method(name):
     key = str(name).strip().lower()
     if key in _METHODS:
         return _METHODS[key]
-    close = difflib.get_close_matches(key, list(_METHODS), n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise VeilError(
-        f"Unknown method {name!r}; the registered methods are {', '.join(sorted(_METHODS))}.{hint}"
-    )
+    raise unknown_name_error("method", name, _METHODS)

@@ -7,8 +7,6 @@ docstring: what the attacker may read. No attack reads a KPOP key or its file.
 """
 
 import contextlib
-import dataclasses
-import difflib
 import time
 import typing
 from dataclasses import dataclass, field
@@ -17,8 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..config import Settings
 from ..errors import VeilError
 from ..methods.base import check_positive
+from ..registry import unknown_name_error
 from ..training.loop import peak_memory_mb
 
 _ATTACKS = {}
@@ -48,13 +48,11 @@ def get_attack(name):
     key = str(name).strip().lower().replace("-", "_")
     if key in _ATTACKS:
         return _ATTACKS[key]
-    close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise VeilError(f"Unknown attack {name!r}; the attacks are {', '.join(names)}.{hint}")
+    raise unknown_name_error("attack", key, names)
 
 
 @dataclass
-class AttackConfig:
+class AttackConfig(Settings):
     """The budget every attack shares. Subclasses set paper defaults and add their own fields."""
 
     max_train_steps: int = field(default=100, metadata={"help": "Optimisation steps of the attack."})
@@ -67,22 +65,6 @@ class AttackConfig:
 
     def __post_init__(self):
         check_positive(self, "max_train_steps", "learning_rate", "batch_size", "eval_draws")
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise VeilError(f"{cls.__name__} has no field {unknown[0]!r}; the fields are {', '.join(sorted(known))}.")
-        return cls(**values)
-
-    @classmethod
-    def help(cls):
-        """``{field name: help text}``."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 @dataclass

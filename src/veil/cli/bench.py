@@ -24,7 +24,7 @@ def run(args):
     from ..registry import get_method
     from ..shapes.classifier import classify
     from ..shapes.data import CONCEPT_KIND
-    from .common import load_model, parse_value
+    from .common import load_model, parse_dotted_settings
     from .generate import parse_seeds
 
     methods = [get_method(m.strip()).name for m in args.methods.split(",") if m.strip()]
@@ -32,23 +32,11 @@ def run(args):
     for concept in concepts:
         if concept not in CONCEPT_KIND:
             raise VeilError(f"{concept!r} is not a shapes-world concept; use one of {', '.join(CONCEPT_KIND)}.")
-    overrides = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        method, _, field = name.partition(".")
-        if not field or not _:
-            raise VeilError(f"--set takes METHOD.FIELD=VALUE, got {item!r}.")
-        overrides.setdefault(get_method(method).name, {})[field] = parse_value(value)
+    overrides = parse_dotted_settings(args.set, "--set", lambda name: get_method(name).name)
     from ..attacks import get_attack
 
     attacks = [get_attack(a).name for a in args.attacks.split(",") if a.strip()]
-    attack_configs = {}
-    for item in args.attack_set:
-        name, _, value = item.partition("=")
-        attack, _, field = name.partition(".")
-        if not field or not _:
-            raise VeilError(f"--attack-set takes ATTACK.FIELD=VALUE, got {item!r}.")
-        attack_configs.setdefault(get_attack(attack).name, {})[field] = parse_value(value)
+    attack_configs = parse_dotted_settings(args.attack_set, "--attack-set", lambda name: get_attack(name).name)
     from ..attacks import make_attack
 
     for name in attacks:  # refuse bad attack settings now, not after minutes of fitting

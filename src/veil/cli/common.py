@@ -24,6 +24,32 @@ def load_model(args):
     return load_pipeline(args.model, device=resolve_device(args.device))
 
 
+def add_training_flags(parser, what="the method's"):
+    """Flags of every command that trains a method through veil's loop (erase, hide)."""
+    parser.add_argument("--steps", type=int, help=f"Training steps ({what} max_train_steps).")
+    parser.add_argument("--lr", type=float, help=f"Learning rate ({what} learning_rate).")
+    parser.add_argument("--seed", type=int, help="Random seed.")
+    parser.add_argument("--config", help="YAML file of method settings.")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="One method setting; repeatable.")
+    parser.add_argument("--resume", action="store_true", help="Continue an interrupted run from its last checkpoint.")
+    parser.add_argument("--checkpoint-every", type=int, default=50, help="Steps between checkpoints.")
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+
+
+def parse_dotted_settings(items, flag, resolve):
+    """``NAME.FIELD=VALUE`` items → ``{resolve(NAME): {FIELD: value}}`` (bench's --set and --attack-set)."""
+    from ..errors import VeilError
+
+    settings = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        owner, dot, field = name.partition(".")
+        if not (equals and dot and field):
+            raise VeilError(f"{flag} takes NAME.FIELD=VALUE, got {item!r}.")
+        settings.setdefault(resolve(owner), {})[field] = parse_value(value)
+    return settings
+
+
 def add_output_flags(parser, what="folder"):
     parser.add_argument("--out", required=True, help=f"Output {what}; refused if it exists unless --overwrite.")
     parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")

@@ -16,9 +16,7 @@ def register(sub):
 
 
 def run(args):
-    import json
     import os
-    import time
 
     from .._io import atomic_dir, write_json
     from ..artifact import Artifact

@@ -1,6 +1,6 @@
 """``veil erase``: train (or fit, or configure) a method on a concept and write its artifact."""
 
-from .common import add_model_flags, add_output_flags
+from .common import add_model_flags, add_output_flags, add_training_flags
 
 
 def register(sub):
@@ -9,14 +9,7 @@ def register(sub):
     parser.add_argument("--concept", action="append", required=True, help="Concept to erase; repeat for several.")
     add_model_flags(parser)
     add_output_flags(parser)
-    parser.add_argument("--steps", type=int, help="Training steps (the method's max_train_steps).")
-    parser.add_argument("--lr", type=float, help="Learning rate.")
-    parser.add_argument("--seed", type=int, help="Random seed.")
-    parser.add_argument("--config", help="YAML file of method settings.")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="One method setting; repeatable.")
-    parser.add_argument("--resume", action="store_true", help="Continue an interrupted run from its last checkpoint.")
-    parser.add_argument("--checkpoint-every", type=int, default=50, help="Steps between checkpoints.")
-    parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    add_training_flags(parser)
     parser.set_defaults(run=run)
 
 

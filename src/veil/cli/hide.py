@@ -1,6 +1,6 @@
 """``veil hide``: hide concepts behind a secret key (KPOP); writes the public artifact and the key apart."""
 
-from .common import add_model_flags, add_output_flags
+from .common import add_model_flags, add_output_flags, add_training_flags
 
 
 def register(sub):
@@ -16,14 +16,7 @@ def register(sub):
         help="File holding a passphrase that encrypts the key (or set VEIL_KEY_PASSPHRASE); without either the key is not encrypted.",
     )
     parser.add_argument("--preset", choices=("paper", "tuned"), help="paper (default) or tuned (adds the retain-concept term).")
-    parser.add_argument("--steps", type=int, help="Training steps (max_train_steps).")
-    parser.add_argument("--lr", type=float, help="Learning rate of the UNet.")
-    parser.add_argument("--seed", type=int, help="Random seed.")
-    parser.add_argument("--config", help="YAML file of KPOP settings.")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="One KPOP setting; repeatable.")
-    parser.add_argument("--resume", action="store_true", help="Continue an interrupted run from its last checkpoint.")
-    parser.add_argument("--checkpoint-every", type=int, default=50, help="Steps between checkpoints.")
-    parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    add_training_flags(parser, what="KPOP's")
     parser.set_defaults(run=run)
 
 

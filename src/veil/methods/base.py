@@ -6,10 +6,10 @@ The training loop, the artifact and the command line know only this contract (DE
 """
 
 import contextlib
-import dataclasses
 import typing
 from dataclasses import dataclass, field
 
+from ..config import Settings
 from ..errors import VeilError
 
 
@@ -28,7 +28,7 @@ def check_choice(config, name, choices):
 
 
 @dataclass
-class MethodConfig:
+class MethodConfig(Settings):
     """Fields every method shares. Subclasses add their own, each with help text."""
 
     concepts: typing.List[str] = field(
@@ -42,24 +42,6 @@ class MethodConfig:
         self.concepts = [str(c).strip() for c in self.concepts]
         if not self.concepts or any(not c for c in self.concepts):
             raise VeilError("The concept is empty; give the word or phrase to erase, e.g. --concept circle.")
-
-    def to_dict(self):
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise VeilError(
-                f"{cls.__name__} has no field {unknown[0]!r}; the fields are {', '.join(sorted(known))}."
-            )
-        return cls(**values)
-
-    @classmethod
-    def help(cls):
-        """``{field name: help text}`` — the source of CLI flags and config-file docs."""
-        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 @dataclass

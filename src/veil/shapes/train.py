@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from veil.shapes import MAX_LENGTH, load_shapes_pipeline, load_text_encoder, load_tokenizer, silence_type_warning
 from veil.shapes import data as W
-from veil.shapes.classifier import HEADS, ShapesClassifier, accuracy, augment, load_classifier, save_classifier
+from veil.shapes.classifier import ShapesClassifier, accuracy, augment, load_classifier, save_classifier
 
 KINDS = W.KINDS
 

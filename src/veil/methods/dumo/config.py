@@ -4,7 +4,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ...errors import VeilError
-from ..base import ESDSamplingConfig, MethodConfig, check_choice, check_positive
+from ..base import ESDSamplingConfig, MethodConfig, check_positive
 
 _EVERYDAY = (
     "a photo of a dog in a park", "a cat sleeping on a sofa", "a bowl of fruit on a wooden table",

@@ -62,11 +62,7 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.preset = str(self.preset).lower()
-        check_choice(self, "preset", tuple(PRESETS))
-        for name, value in PRESETS[self.preset].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
+        self.fill_from_preset(PRESETS)
         check_choice(self, "layers", LAYERS)
         check_choice(self, "train_method", ("xattn", "noxattn"))
         check_choice(self, "loss_space", ("eps", "x0"))

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from ..base import MethodConfig, check_choice
+from ..base import MethodConfig
 
 # Schramowski et al., CVPR 2023, Table/Sec. 5: warm-up steps, guidance scale, threshold, momentum, momentum beta.
 PRESETS = {
@@ -26,8 +26,4 @@ class SLDConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.preset = str(self.preset).lower()
-        check_choice(self, "preset", tuple(PRESETS))
-        for name, value in PRESETS[self.preset].items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
+        self.fill_from_preset(PRESETS)
