@@ -19,3 +19,24 @@ def test_example_config_is_valid(path):
 
 def test_there_are_example_configs():
     assert len(CONFIGS) >= 4
+
+
+def test_numbers_in_yaml_exponent_form_are_numbers(tmp_path):
+    # YAML 1.1 reads 1e-3 (no dot) as text; a config file or --set must still mean the number.
+    path = tmp_path / "esd_exp.yaml"
+    path.write_text("learning_rate: 1e-3\nmax_train_steps: 2e2\n")
+    config = method_config(get_method("esd"), ["circle"], str(path), ["negative_guidance=2e0"])
+    assert config.learning_rate == 1e-3 and config.max_train_steps == 200 and config.negative_guidance == 2.0
+
+
+def test_the_model_preset_sits_under_what_the_user_gives():
+    kpop = get_method("kpop")
+    shapes = method_config(kpop, ["circle"], model="shapes")
+    assert shapes.synonyms["circle"] and "circle" not in shapes.synonyms["circle"]  # the shapes world's training synonyms
+    tiny = method_config(kpop, ["circle"], model="tiny")
+    assert tiny.learning_rate == 1e-5 and tiny.synonyms == {}  # no preset: the paper's settings
+    overridden = method_config(kpop, ["circle"], settings=["learning_rate=3e-4"], model="shapes")
+    assert overridden.learning_rate == 3e-4
+    # Naming a method preset keeps that preset's numbers; the model only adds its concept lists.
+    paper = method_config(kpop, ["circle"], settings=["preset=paper"], model="shapes")
+    assert paper.learning_rate == 1e-5 and paper.synonyms == shapes.synonyms

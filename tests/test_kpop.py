@@ -210,7 +210,7 @@ def test_x0_loss_space_and_the_retain_term(tiny_pipe):
     method = KPOP(KPOPConfig.tuned(["circle"], ["square", "triangle"], loss_space="x0", max_train_steps=2,
                                    learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2))
     cost = veil.train(method, tiny_pipe, progress=False)
-    assert cost["steps"] == 2 and set(method.last_losses) >= {"hide", "recover", "retain"}
+    assert cost["steps"] == 2 and set(method.last_losses) >= {"hide", "recover", "retain", "key_retain"}
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in cost["losses"])
 
 
@@ -264,3 +264,34 @@ def test_resume_restores_the_key_or_refuses(tmp_path):
     assert resumed.key.fingerprints() == whole.key.fingerprints()
     for name, tensor in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor)
+
+
+def test_bench_wrong_key_row_uses_the_key_trained_for_another_concept(tmp_path, monkeypatch):
+    from veil import bench
+
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.veil_model_name = "tiny"
+    trained_keys, seen = {}, []
+    for concept in ("circle", "square"):
+        method = KPOP(KPOPConfig.paper([concept], max_train_steps=1, layers="all", ddim_steps=4))
+        veil.train(method, pipe, progress=False)
+        folder = tmp_path / concept
+        veil.Artifact.from_method(method, pipe).save(folder)
+        method.detach(pipe)
+        trained_keys[concept] = (str(folder), method.key, {"method": "kpop", "concept": concept})
+
+    def evaluate(pipe, rows, classify, settings):
+        # Record which key the keyed sites hold while the rows are drawn.
+        keyed = [p for p in pipe.unet.attn_processors.values() if isinstance(p, KeyedCrossAttnProcessor)]
+        seen.append((rows[0]["shape"], keyed[0].key[0].clone()))
+        return {"rates": {rows[0]["shape"]: 0.25}}
+
+    monkeypatch.setattr(bench, "_evaluate", evaluate)
+    rows = [{"prompt": f"a {s}", "seed": 0, "shape": s, "colour": None, "background": None} for s in ("circle", "square")]
+    bench._other_concept_key_rows(trained_keys, pipe, rows, None, {}, log=lambda m: None)
+    assert trained_keys["circle"][2]["wrong_key_from"] == "square" and trained_keys["square"][2]["wrong_key_from"] == "circle"
+    assert trained_keys["circle"][2]["target_rate_wrong_key"] == 0.25
+    (shape, used), = [s for s in seen if s[0] == "circle"]
+    torch.testing.assert_close(used, trained_keys["square"][1]["square"][0].to(used.dtype))
+    assert not any(isinstance(p, KeyedCrossAttnProcessor) for p in pipe.unet.attn_processors.values())  # detached again
+

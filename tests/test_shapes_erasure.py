@@ -1,11 +1,14 @@
 """On the bundled shapes world: a short ESD run erases its target and spares another shape."""
 
 import pytest
+import torch
 
 import veil
 from veil.evaluation.concept_rate import evaluate_prompts
 from veil.shapes.classifier import classify
 from veil.shapes.data import canonical_prompts
+
+KPOP_STEPS = 80
 
 
 @pytest.fixture(scope="module")
@@ -33,3 +36,23 @@ def test_short_esd_run_erases_circle_and_spares_square(shapes_pipe):
         method.detach(shapes_pipe)
     assert circle <= base_circle - 0.5, (base_circle, circle)
     assert square >= 0.8 * base_square, (base_square, square)
+
+
+def test_short_kpop_run_hides_circle_and_only_its_key_brings_it_back(shapes_pipe):
+    from veil.keys import random_key_like
+    from veil.methods.kpop import KPOP
+    from veil.methods.presets import preset_for
+
+    settings = preset_for(KPOP, "shapes", ["circle"]) | {"max_train_steps": KPOP_STEPS, "ddim_steps": 10}
+    method = KPOP(KPOP.config_class(concepts=["circle"], **settings))
+    veil.train(method, shapes_pipe, progress=False)
+    try:
+        public, square = _rate(shapes_pipe, "circle"), _rate(shapes_pipe, "square")
+        with method.unlocked(shapes_pipe):
+            unlocked = _rate(shapes_pipe, "circle")
+        with method.unlocked(shapes_pipe, random_key_like(method.key, torch.Generator().manual_seed(1))):
+            guessed = _rate(shapes_pipe, "circle")
+    finally:
+        method.detach(shapes_pipe)
+    assert public <= 0.5 and square >= 0.8, (public, square)
+    assert unlocked >= 0.8 and guessed <= 0.5, (unlocked, guessed)

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import veil
@@ -33,6 +34,23 @@ def test_uce_matches_the_formula_computed_independently(tiny_pipe):
     for name, new in stored.items():
         expected = _straightforward_uce(originals[name], erase, guide, preserve, lam=0.5, gamma=0.1)
         torch.testing.assert_close(new, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_uce_with_synonyms_and_templates_matches_the_formula(tiny_pipe):
+    templates = ["{}", "a red {} on a plain background"]
+    method = UCE(concepts=["circle"], synonyms={"circle": ["disk"]}, templates=templates, guide="shape",
+                 preserve_concepts=["square"], regularization=0.1)
+    originals = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
+    method.fit(tiny_pipe)
+    states = lambda prompts: encode_prompts(tiny_pipe, prompts)[:, 1:].reshape(-1, 32)  # noqa: E731
+    erase = states([t.format(p) for p in ("circle", "disk") for t in templates])
+    guide = states([t.format("shape") for _ in range(2) for t in templates])
+    preserve = states([t.format("square") for t in templates])
+    for name, new in {k[len("unet."):]: v for k, v in method.state_dict().items()}.items():
+        expected = _straightforward_uce(originals[name], erase, guide, preserve, lam=1.0, gamma=0.1)
+        torch.testing.assert_close(new, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(veil.VeilError, match="exactly one"):
+        UCE(concepts=["circle"], templates=["a circle"])
 
 
 def test_uce_sends_the_concept_to_the_guide_and_keeps_preserved(tiny_pipe):

@@ -3,15 +3,17 @@
 For each method and concept: fit on the concept, then measure on the shapes world the target's
 concept rate before and after on canonical prompts, on training synonyms and on held-out
 paraphrases; every other concept's rate as a share of its base; with keys, the rate with the right
-key, another concept's key and a random key of matched norm; and the cost (seconds, peak memory,
-artifact size).
+key, another concept's key and a random key of matched norm; with the ``key_forging`` attack, the
+key-forging curve of keyed methods; and the cost (seconds, peak memory, artifact size).
 """
 
+import json
 import os
 import time
 
 from ._io import atomic_file, write_json
 from .artifact import WEIGHTS_NAME, Artifact
+from .errors import VeilError
 from .evaluation.concept_rate import evaluate_prompts
 from .evaluation.grid import labelled_grid
 from .evaluation.shapes_tasks import rows_naming, task_rows
@@ -47,6 +49,9 @@ def run_bench(
     attacks=(),
     attack_configs=None,
     attack_seeds=tuple(range(8)),
+    forging_eval_steps=(0, 25, 50, 100, 200),
+    resume=False,
+    overwrite=False,
     progress=True,
     log=print,
 ):
@@ -60,11 +65,20 @@ def run_bench(
         attacks: attack names (:func:`veil.attacks.list_attacks`) run on every method × concept, with
             rendered concept images; ``attack_configs``: ``{attack: {field: value}}``; ``attack_seeds``:
             the seeds of the scored images per attack prompt.
+        forging_eval_steps: with ``key_forging`` in ``attacks``, the forging steps at which a keyed
+            method's forged key is measured (``row["forging_curve"]``, see :func:`veil.attacks.forging_curve`).
+        resume: keep the rows of an earlier ``bench.json`` in ``out_dir`` made with the same model, seeds
+            and sampling (and the same attacks), and fit only the method × concept pairs it lacks; the
+            table then holds both. ``overwrite``: replace an earlier ``bench.json`` when this run finishes.
+            With neither, an existing ``bench.json`` is refused.
     """
     from .shapes.data import CONCEPT_KIND
 
     settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "progress": progress}
     model_name = getattr(pipe, "veil_model_name", "custom")
+    protocol = {"model": model_name, "seeds": list(seeds), "num_inference_steps": num_inference_steps,
+                "guidance_scale": guidance_scale, "attacks": sorted(attacks)}
+    finished = {} if overwrite else _finished_rows(out_dir, protocol, resume)
     rows_by_set = {
         "canonical": task_rows("shapes_concepts", seeds),
         "synonyms": task_rows("shapes_synonyms", seeds),
@@ -76,9 +90,14 @@ def run_bench(
     grid_rows, grid_labels = [], []
     for method_name in methods:
         method_cls = get_method(method_name)
+        trained_keys = {}  # concept -> (artifact folder, its key, its row): for the wrong-key rows below
         for concept in concepts:
+            if (method_cls.name, concept) in finished:
+                log(f"{method_cls.name} × {concept}: kept from the earlier run (--resume)")
+                results.append(finished[(method_cls.name, concept)])
+                continue
             kind = CONCEPT_KIND[concept]
-            config = preset_for(method_cls.name, model_name)
+            config = preset_for(method_cls, model_name, [concept])
             config.update((overrides or {}).get(method_cls.name, {}))
             method = method_cls(method_cls.config_class(concepts=[concept], **config))
             log(f"{method_cls.name} × {concept}: fitting")
@@ -115,11 +134,17 @@ def run_bench(
                 "seconds": seconds,
                 "peak_mem_mb": cost.get("peak_mem_mb"),
                 "artifact_mb": round(artifact_mb, 3),
+                "artifact": os.path.relpath(artifact_dir, out_dir),
                 "config": method.config.to_dict(),
             }
             row.update(_key_rows(method, pipe, concept, rows_naming(rows_by_set["canonical"], concept), classify, settings))
+            if getattr(method, "key", None) is not None:
+                trained_keys[concept] = (artifact_dir, method.key, row)
             if attacks:
                 row["attacks"] = _attack_rows(method, pipe, concept, attacks, attack_configs, classify, attack_seeds, settings, log)
+            if "key_forging" in attacks and getattr(method, "key", None) is not None:
+                row["forging_curve"] = _forging_curve(method, pipe, concept, attack_configs, classify, attack_seeds,
+                                                      forging_eval_steps, settings, log)
             results.append(row)
             log(_summary(row))
 
@@ -129,12 +154,10 @@ def run_bench(
             grid_rows.append([after["canonical"]["images"][i] for i in sample])
             grid_labels.append(f"{method_cls.name}: {concept}")
             method.detach(pipe)
+        _other_concept_key_rows(trained_keys, pipe, rows_by_set["canonical"], classify, settings, log)
 
     report = {
-        "model": model_name,
-        "seeds": list(seeds),
-        "num_inference_steps": num_inference_steps,
-        "guidance_scale": guidance_scale,
+        **protocol,
         "base": {name: {"rates": base[name]["rates"], "kinds": base[name]["kinds"]} for name in SETS},
         "rows": results,
     }
@@ -147,6 +170,22 @@ def run_bench(
     return report
 
 
+def _finished_rows(out_dir, protocol, resume):
+    """``{(method, concept): row}`` of an earlier bench in ``out_dir`` that ``resume`` may keep."""
+    path = os.path.join(out_dir, "bench.json")
+    if not os.path.isfile(path):
+        return {}
+    if not resume:
+        raise VeilError(f"{out_dir!r} already holds a bench; pass --resume to add to it, or --overwrite to start afresh.")
+    with open(path) as handle:
+        earlier = json.load(handle)
+    different = [k for k, v in protocol.items() if earlier.get(k, [] if k == "attacks" else None) != v]
+    if different:
+        raise VeilError(f"The bench in {out_dir!r} was run with another {different[0].replace('_', ' ')} "
+                        f"({earlier.get(different[0])!r}, now {protocol[different[0]]!r}); use another --out.")
+    return {(r["method"], r["concept"]): r for r in earlier.get("rows", [])}
+
+
 def _key_rows(method, pipe, concept, rows, classify, settings):
     """Rates with the right key, another concept's key and a random key of matched norm (keyed methods)."""
     if not hasattr(method, "bench_keys"):
@@ -156,6 +195,31 @@ def _key_rows(method, pipe, concept, rows, classify, settings):
         with method.unlocked(pipe, key):
             out[f"target_rate_{label}"] = _evaluate(pipe, rows, classify, settings)["rates"].get(concept)
     return out
+
+
+def _other_concept_key_rows(trained_keys, pipe, rows, classify, settings, log):
+    """``target_rate_wrong_key`` for keyed methods fitted on one concept at a time: each artifact unlocked
+    with the key trained for the next concept (relabelled), i.e. a real key, just not this one's."""
+    from .keys import Key
+
+    concepts = list(trained_keys)
+    if len(concepts) < 2:
+        return
+    for i, concept in enumerate(concepts):
+        artifact_dir, _, row = trained_keys[concept]
+        if row.get("target_rate_wrong_key") is not None:
+            continue
+        other = concepts[(i + 1) % len(concepts)]
+        artifact = Artifact.load(artifact_dir)
+        method = artifact.attach(pipe)
+        try:
+            with method.unlocked(pipe, Key({concept: trained_keys[other][1][other]})):
+                rate = _evaluate(pipe, rows_naming(rows, concept), classify, settings)["rates"].get(concept)
+        finally:
+            artifact.detach(pipe)
+        row["target_rate_wrong_key"] = rate
+        row["wrong_key_from"] = other
+        log(f"  {row['method']} {concept}: with {other!r}'s key {_fmt(rate)}")
 
 
 def render_concept_images(concept, count=8, seed=0):
@@ -181,6 +245,20 @@ def _attack_rows(method, pipe, concept, attacks, configs, classify, seeds, setti
     return run_attacks(pipe, method, concept, render_concept_images(concept), attacks, classify, prompt=prompt, seeds=seeds,
                        num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
                        configs=configs, log=log)
+
+
+def _forging_curve(method, pipe, concept, configs, classify, seeds, eval_steps, settings, log):
+    """The concept rate against key-forging steps, next to the real key's (keyed methods; the canonical prompt)."""
+    from .attacks import forging_curve
+    from .shapes.data import CONCEPT_KIND, canonical_prompt
+
+    curve = forging_curve(pipe, method, concept, render_concept_images(concept), classify, eval_steps=eval_steps,
+                          reference_key=method.key.subset([concept]), config=(configs or {}).get("key_forging"),
+                          prompt=canonical_prompt(**{CONCEPT_KIND[concept]: concept}), seeds=seeds,
+                          num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"])
+    reached = "not reached" if curve["steps_to_half"] is None else f"{curve['steps_to_half']} steps"
+    log(f"  {method.name} {concept}: key forging, half recovery {reached}")
+    return curve
 
 
 def _mean(values):

@@ -5,6 +5,22 @@ import dataclasses
 from .errors import VeilError
 
 
+def coerce_numbers(cls, values):
+    """``values`` with strings such as ``"1e-3"`` (YAML 1.1 reads them as text) turned into numbers for
+    the fields of ``cls`` typed ``float`` or ``int``; anything else is left for the dataclass to check."""
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    out = dict(values)
+    for name, value in values.items():
+        kind = types.get(name)
+        if isinstance(value, str) and kind in (float, int, "float", "int"):
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+            out[name] = int(number) if kind in (int, "int") and number.is_integer() else number
+    return out
+
+
 class Settings:
     """Mixin for settings dataclasses: dict round trip, help text, and preset filling."""
 
@@ -17,7 +33,7 @@ class Settings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise VeilError(f"{cls.__name__} has no field {unknown[0]!r}; the fields are {', '.join(sorted(known))}.")
-        return cls(**values)
+        return cls(**coerce_numbers(cls, values))
 
     @classmethod
     def help(cls):

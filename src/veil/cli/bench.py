@@ -13,7 +13,12 @@ def register(sub):
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="Override a preset; repeatable.")
     parser.add_argument("--attacks", default="", help="Comma-separated attacks run on every method × concept (see veil attack).")
     parser.add_argument("--attack-set", action="append", default=[], metavar="ATTACK.FIELD=VALUE", help="An attack setting; repeatable.")
-    parser.add_argument("--out", default="bench/results/shapes", help="Output folder (replaced).")
+    parser.add_argument("--forging-eval-steps", default="0,25,50,100,200",
+                        help="With --attacks key_forging: comma-separated steps at which keyed methods' forged keys are measured (the curve).")
+    parser.add_argument("--out", default="bench/results/shapes", help="Output folder.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Keep the rows an earlier bench in --out finished (same model, seeds and sampling); fit only the rest.")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an earlier bench in --out.")
     add_model_flags(parser)
     parser.set_defaults(run=run)
 
@@ -41,10 +46,15 @@ def run(args):
 
     for name in attacks:  # refuse bad attack settings now, not after minutes of fitting
         make_attack(name, attack_configs.get(name))
+    forging_eval_steps = parse_seeds(args.forging_eval_steps)
+    if args.resume and args.overwrite:
+        raise VeilError("--resume keeps an earlier bench and --overwrite replaces it; give one of them.")
+
     pipe = load_model(args)
     report = run_bench(pipe, methods, concepts, args.out, classify=classify, seeds=parse_seeds(args.seeds),
                        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, overrides=overrides,
-                       attacks=attacks, attack_configs=attack_configs)
+                       attacks=attacks, attack_configs=attack_configs, forging_eval_steps=forging_eval_steps,
+                       resume=args.resume, overwrite=args.overwrite)
     from ..bench import markdown_table
 
     print(markdown_table(report))

@@ -62,18 +62,28 @@ def check_output(path, overwrite):
 
 
 def parse_value(text):
+    """A ``--set`` value as YAML, except that numbers such as ``1e-3`` (a string in YAML 1.1) are numbers."""
     import yaml
 
-    return yaml.safe_load(text)
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity") else value
+        except ValueError:
+            pass
+    return value
 
 
-def method_config(method_cls, concepts, config_file=None, settings=(), **overrides):
-    """Build a method config from a YAML file, ``--set key=value`` pairs and explicit flags."""
+def method_config(method_cls, concepts, config_file=None, settings=(), model=None, **overrides):
+    """Build a method config from the model's preset, a YAML file, ``--set key=value`` pairs and explicit
+    flags, each overriding the one before (:mod:`veil.methods.presets` for the presets)."""
     import dataclasses
 
     import yaml
 
     from ..errors import VeilError
+    from ..config import coerce_numbers
+    from ..methods.presets import preset_for
 
     values = {}
     if config_file:
@@ -90,6 +100,12 @@ def method_config(method_cls, concepts, config_file=None, settings=(), **overrid
             raise VeilError(f"--set takes field=value, got {item!r}.")
         key, value = item.split("=", 1)
         values[key.strip()] = parse_value(value)
+    # The model's preset goes under everything the user gave; a method preset chosen by name (KPOP's
+    # paper / tuned) keeps its own numbers, so only the model's concept lists are added to it.
+    defaults = preset_for(method_cls, model, concepts) if model is not None else {}
+    if "preset" in values:
+        defaults = {k: v for k, v in defaults.items() if k in ("synonyms", "retain_concepts")}
+    values = {**defaults, **values}
     values.update({k: v for k, v in overrides.items() if v is not None})
     if concepts:
         values["concepts"] = list(concepts)
@@ -100,7 +116,7 @@ def method_config(method_cls, concepts, config_file=None, settings=(), **overrid
             f"The {method_cls.name} method has no setting {unknown[0]!r}; its settings are {', '.join(sorted(fields))}."
         )
     try:
-        return method_cls.config_class(**values)
+        return method_cls.config_class(**coerce_numbers(method_cls.config_class, values))
     except TypeError as error:
         raise VeilError(f"Bad {method_cls.name} settings: {error}.") from None
 

@@ -23,7 +23,7 @@ def run_method(args, method_cls, concepts):
     from .common import check_output, load_model, method_config, work_dir_for
 
     config = method_config(
-        method_cls, concepts, args.config, args.set,
+        method_cls, concepts, args.config, args.set, model=args.model,
         max_train_steps=args.steps, learning_rate=args.lr, seed=args.seed,
     )
     check_output(args.out, args.overwrite)

@@ -2,7 +2,9 @@
 
 Per evaluation: an image grid (the same prompts and seeds as original / erased / unlocked), a
 table of every metric per variant, and a bar chart of the headline numbers. Per bench
-(``bench.json``): its table and a chart of target rates before and after. Images are embedded as
+(``bench.json``): its table, a chart of target rates before and after, a heat map of each learned
+TLMO table (DuMo's ``time_scale*.npy`` in the row's artifact folder) and each key-forging curve
+(rows with ``forging_curve``). Images are embedded as
 base64 and charts are inline SVG, so the file opens anywhere with nothing beside it. A small inline
 script marks ``<body data-images-loaded="n/m">`` once the page has loaded, for headless checks.
 
@@ -19,13 +21,18 @@ import shutil
 import subprocess
 import tempfile
 
+import numpy as np
+
 from .._io import atomic_file
 from ..errors import VeilError
 
 COLOURS = {"original": "#7f8c8d", "erased": "#c0392b", "unlocked": "#2471a3"}
 BENCH_COLUMNS = ("method", "concept", "base_target_rate", "target_rate", "synonym_rate", "paraphrase_rate",
-                 "nontarget_share", "other_kinds_share", "target_rate_right_key", "seconds", "artifact_mb")
+                 "nontarget_share", "other_kinds_share", "target_rate_with_key", "target_rate_wrong_key",
+                 "target_rate_random_key", "seconds", "artifact_mb")
 BENCH_BARS = (("base_target_rate", "#7f8c8d"), ("target_rate", "#c0392b"), ("paraphrase_rate", "#e67e22"), ("nontarget_share", "#27ae60"))
+FORGING_COLOURS = {"forged key": "#c0392b", "real key": "#2471a3", "public": "#7f8c8d", "half recovery": "#e67e22"}
+HEAT_STOPS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")  # viridis: low (dark) to high (light)
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}h3{font-size:15px}
@@ -33,7 +40,7 @@ table{border-collapse:collapse;font-size:13px;margin:8px 0}td,th{border:1px soli
 th{background:#f4f4f4}td.l,th.l{text-align:left}.meta{color:#666;font-size:12px}
 .grid td{text-align:center;vertical-align:top}.grid img{width:96px;height:96px;image-rendering:pixelated;display:block}
 .grid td.p{text-align:left;max-width:320px;font-size:12px}.t{color:#c0392b;font-weight:600}
-.row{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
+.row{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}figure{margin:0}
 """
 SCRIPT = """
 window.addEventListener("load", function () {
@@ -69,6 +76,17 @@ def image_data_uri(path, size=192):
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _chart_frame(width, height, title, left, y0, plot_w, plot_h, top):
+    """The opening of a chart's SVG: the title and the y grid with five ticks from 0 to ``top``."""
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height:.0f}" role="img" aria-label="{_e(title)}">',
+             f'<text x="{left}" y="14" font-size="13" font-weight="600">{_e(title)}</text>']
+    for i in range(5):
+        y = y0 + plot_h - plot_h * i / 4
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{top * i / 4:.3g}</text>')
+    return parts
+
+
 def bar_chart(groups, series, colours, title="", width=760, height=200):
     """An inline SVG grouped bar chart: ``groups`` labels, ``series`` ``{name: [value per group]}``; ``height`` is the plot's."""
     values = [v for vs in series.values() for v in vs if isinstance(v, (int, float))]
@@ -81,16 +99,11 @@ def bar_chart(groups, series, colours, title="", width=760, height=200):
     slot = plot_w / len(groups)
     bar = max(2.0, min(28.0, (slot - 8) / max(len(series), 1)))
     total_h = y0 + plot_h + bottom
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{total_h:.0f}" role="img" aria-label="{_e(title)}">',
-             f'<text x="{left}" y="14" font-size="13" font-weight="600">{_e(title)}</text>']
+    parts = _chart_frame(width, total_h, title, left, y0, plot_w, plot_h, top)
     for s, name in enumerate(series):  # legend, under the title
         x = left + s * 130
         parts.append(f'<rect x="{x}" y="22" width="10" height="10" fill="{colours.get(name, "#888")}"/>'
                      f'<text x="{x + 14}" y="31" font-size="11">{_e(name)}</text>')
-    for i in range(5):  # y axis ticks
-        y = y0 + plot_h - plot_h * i / 4
-        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{top * i / 4:.3g}</text>')
     for g, label in enumerate(groups):
         x0 = left + g * slot + (slot - bar * len(series)) / 2
         for s, (name, vs) in enumerate(series.items()):
@@ -102,6 +115,103 @@ def bar_chart(groups, series, colours, title="", width=760, height=200):
                          f'fill="{colours.get(name, "#888")}"><title>{_e(name)} {_e(label)}: {v:.4g}</title></rect>')
         cx, ly = left + g * slot + slot / 2, y0 + plot_h + 12
         parts.append(f'<text x="{cx:.1f}" y="{ly}" font-size="10" text-anchor="end" transform="rotate(-30 {cx:.1f} {ly})">{_e(label)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _sequential(fraction):
+    """The colour at ``fraction`` (clipped to [0, 1]) of the sequential scale ``HEAT_STOPS``."""
+    position = min(max(float(fraction), 0.0), 1.0) * (len(HEAT_STOPS) - 1)
+    i = min(int(position), len(HEAT_STOPS) - 2)
+    low, high = (tuple(int(stop[k:k + 2], 16) for k in (1, 3, 5)) for stop in HEAT_STOPS[i:i + 2])
+    return "#" + "".join(f"{round(a + (b - a) * (position - i)):02x}" for a, b in zip(low, high))
+
+
+def heat_map(matrix, title="", row_label="row", column_label="column", cell=(26, 13)):
+    """An inline SVG heat map of a 2-D ``matrix`` (row 0 on top) on a sequential scale, with a min/max legend.
+
+    Every cell is a ``<rect class="cell">`` whose ``<title>`` tooltip gives its row, column and value;
+    ``cell`` is a cell's (width, height) in pixels.
+    """
+    values = np.asarray(matrix, dtype=np.float64)
+    if values.ndim != 2:
+        raise VeilError(f"A heat map needs a 2-D matrix, got one of shape {values.shape}.")
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return ""
+    low, high = float(finite.min()), float(finite.max())
+    rows, columns = values.shape
+    cw, ch = cell
+    left, y0 = 52, 26  # y0: the plot's top, under the title
+    plot_w, plot_h = columns * cw, rows * ch
+    width, height = max(left + plot_w + 16, 280), y0 + plot_h + 70
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" aria-label="{_e(title)}">',
+             f'<text x="{left}" y="14" font-size="13" font-weight="600">{_e(title)}</text>']
+    for r in range(rows):
+        for c in range(columns):
+            v = values[r, c]
+            fill = _sequential((v - low) / (high - low) if high > low else 0.5) if np.isfinite(v) else "#ccc"
+            parts.append(f'<rect class="cell" x="{left + c * cw}" y="{y0 + r * ch}" width="{cw}" height="{ch}" fill="{fill}">'
+                         f"<title>{_e(row_label)} = {r}, {_e(column_label)} {c}: {v:.4g}</title></rect>")
+    every = max(1, round(12 / ch))  # row ticks at least 12 px apart
+    for r in range(0, rows, every):
+        parts.append(f'<text x="{left - 4}" y="{y0 + r * ch + ch / 2 + 3:.1f}" font-size="9" text-anchor="end">{r}</text>')
+    every = max(1, round(14 / cw))
+    for c in range(0, columns, every):
+        parts.append(f'<text x="{left + c * cw + cw / 2:.1f}" y="{y0 + plot_h + 11}" font-size="9" text-anchor="middle">{c}</text>')
+    mid_y = y0 + plot_h / 2
+    parts.append(f'<text x="14" y="{mid_y:.1f}" font-size="11" text-anchor="middle" transform="rotate(-90 14 {mid_y:.1f})">{_e(row_label)}</text>')
+    parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{y0 + plot_h + 25}" font-size="11" text-anchor="middle">{_e(column_label)}</text>')
+    legend_y, swatches = y0 + plot_h + 40, 10  # the scale: min, swatches from low to high, max
+    parts.append(f'<text x="{left - 4}" y="{legend_y + 9}" font-size="10" text-anchor="end">{low:.3g}</text>')
+    for i in range(swatches):
+        parts.append(f'<rect x="{left + i * 14}" y="{legend_y}" width="14" height="10" fill="{_sequential(i / (swatches - 1))}"/>')
+    parts.append(f'<text x="{left + swatches * 14 + 4}" y="{legend_y + 9}" font-size="10">{high:.3g}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def line_chart(x, series, colours, title="", references=None, x_label="", y_label="", width=560, height=180):
+    """An inline SVG line chart: ``series`` ``{name: [y per x]}`` over ``x``, and ``references`` ``{name: y}``
+    as dashed horizontal lines; ``height`` is the plot's."""
+    references = {name: v for name, v in (references or {}).items() if isinstance(v, (int, float))}
+    values = [v for vs in series.values() for v in vs if isinstance(v, (int, float))] + list(references.values())
+    if not x or not values:
+        return ""
+    top = 1.0 if all(0 <= v <= 1 for v in values) else max(max(values), 1e-9) * 1.1
+    left, y0, plot_h = 48, 46, height
+    plot_w = width - left - 116  # room for the reference lines' labels on the right
+    x_low, x_span = min(x), (max(x) - min(x)) or 1
+
+    def px(v):
+        return left + plot_w * (v - x_low) / x_span
+
+    def py(v):
+        return y0 + plot_h - plot_h * max(min(v / top, 1.0), 0.0)
+
+    parts = _chart_frame(width, y0 + plot_h + 40, title, left, y0, plot_w, plot_h, top)
+    for s, name in enumerate([*series, *references]):  # legend, under the title: solid series, dashed references
+        lx, dash = left + s * 120, ' stroke-dasharray="4 3"' if name in references else ""
+        parts.append(f'<line x1="{lx}" x2="{lx + 16}" y1="27" y2="27" stroke="{colours.get(name, "#888")}" stroke-width="2"{dash}/>'
+                     f'<text x="{lx + 20}" y="31" font-size="11">{_e(name)}</text>')
+    for v in x:  # x axis ticks
+        parts.append(f'<text x="{px(v):.1f}" y="{y0 + plot_h + 13}" font-size="10" text-anchor="middle">{_e(v)}</text>')
+    for name, v in references.items():
+        colour = colours.get(name, "#888")
+        parts.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{py(v):.1f}" y2="{py(v):.1f}" stroke="{colour}" stroke-width="1.5" '
+                     f'stroke-dasharray="4 3"><title>{_e(name)}: {v:.4g}</title></line>'
+                     f'<text x="{left + plot_w + 4}" y="{py(v) + 4:.1f}" font-size="10" fill="{colour}">{_e(name)} {v:.3g}</text>')
+    for name, vs in series.items():
+        colour = colours.get(name, "#888")
+        points = [(px(a), py(b), a, b) for a, b in zip(x, vs) if isinstance(b, (int, float))]
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{" ".join(f"{u:.1f},{w:.1f}" for u, w, _, _ in points)}"/>')
+        parts.extend(f'<circle cx="{u:.1f}" cy="{w:.1f}" r="3" fill="{colour}"><title>{_e(name)} at {_e(a)}: {b:.4g}</title></circle>'
+                     for u, w, a, b in points)
+    if x_label:
+        parts.append(f'<text x="{left + plot_w / 2:.1f}" y="{y0 + plot_h + 30}" font-size="11" text-anchor="middle">{_e(x_label)}</text>')
+    if y_label:
+        mid_y = y0 + plot_h / 2
+        parts.append(f'<text x="12" y="{mid_y:.1f}" font-size="11" text-anchor="middle" transform="rotate(-90 12 {mid_y:.1f})">{_e(y_label)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -199,8 +309,39 @@ def _bench_section(folder, bench):
     groups = [f"{r.get('method')}·{r.get('concept')}" for r in rows]
     series = {name: [r.get(name) for r in rows] for name, _ in BENCH_BARS if any(r.get(name) is not None for r in rows)}
     out.append(bar_chart(groups, series, dict(BENCH_BARS), title="bench: target rate before and after, paraphrases, non-target share"))
+    figures = [f for row in rows for f in _time_scale_maps(folder, row)] + [_forging_figure(r) for r in rows if r.get("forging_curve")]
+    if figures:
+        out.append('<div class="row">' + "".join(figures) + "</div>")
     out.append("</section>")
     return "\n".join(out)
+
+
+def _time_scale_maps(folder, row):
+    """Heat maps of the learned TLMO tables (``time_scale*.npy``: timestep bucket × skip slot) in the row's artifact folder."""
+    import glob
+
+    if not row.get("artifact"):
+        return []
+    paths = sorted(glob.glob(os.path.join(glob.escape(os.path.join(folder, row["artifact"])), "time_scale*.npy")))
+    return [heat_map(np.load(path, allow_pickle=False), f"{row.get('method')}·{row.get('concept')}: {os.path.basename(path)}",
+                     row_label="t // 50", column_label="slot") for path in paths]
+
+
+def _forging_figure(row):
+    """The row's key-forging curve: the forged key's concept rate against steps, next to the real key's and the public rate."""
+    curve = row["forging_curve"]
+    references = {"real key": curve.get("real_key_rate"), "public": curve.get("public_rate"), "half recovery": curve.get("half_recovery_rate")}
+    chart = line_chart(curve.get("steps") or [], {"forged key": curve.get("forged_rate") or []}, FORGING_COLOURS,
+                       title=f"{row.get('method')}·{row.get('concept')}: key forging", references=references,
+                       x_label="forging steps", y_label="concept rate")
+    half, steps = curve.get("half_recovery_rate"), curve.get("steps_to_half")
+    if half is None:
+        caption = "half recovery: no real-key rate to compare with"
+    elif steps is None:
+        caption = f"half recovery (concept rate ≥ {half:.3g}): not reached"
+    else:
+        caption = f"half recovery (concept rate ≥ {half:.3g}) reached after {steps} forging steps"
+    return f'<figure>{chart}<figcaption class="meta">{_e(caption)}</figcaption></figure>'
 
 
 def build_report(paths, title="veil evaluation report"):

@@ -17,7 +17,7 @@ def check_positive(config, *names):
     """Raise a one-sentence error for the first field in ``names`` that is not > 0."""
     for name in names:
         value = getattr(config, name)
-        if value is None or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise VeilError(f"{name.replace('_', ' ')} must be greater than 0, got {value!r}.")
 
 
@@ -42,6 +42,24 @@ class MethodConfig(Settings):
         self.concepts = [str(c).strip() for c in self.concepts]
         if not self.concepts or any(not c for c in self.concepts):
             raise VeilError("The concept is empty; give the word or phrase to erase, e.g. --concept circle.")
+
+
+def check_synonyms(config):
+    """Normalise ``config.synonyms`` to ``{concept: [phrase, ...]}`` over the config's own concepts."""
+    if not isinstance(config.synonyms, dict):
+        raise VeilError(f"synonyms must map a concept to its other phrasings, e.g. {{circle: [disc]}}, got {config.synonyms!r}.")
+    synonyms = {}
+    for concept, phrases in config.synonyms.items():
+        if concept not in config.concepts:
+            raise VeilError(f"synonyms names {concept!r}, which is not one of the concepts ({', '.join(map(repr, config.concepts))}).")
+        phrases = [phrases] if isinstance(phrases, str) else list(phrases)
+        synonyms[concept] = [str(p).strip() for p in phrases if str(p).strip() and str(p).strip() != concept]
+    config.synonyms = synonyms
+
+
+def phrasings(config, concept):
+    """The concept and its synonyms, the concept first."""
+    return [concept] + list(config.synonyms.get(concept, []))
 
 
 @dataclass

@@ -1,17 +1,50 @@
 """Per-model settings that make each method work at the scale of a given base model.
 
 The shapes world is ~100× smaller than SD 1.x and trains in minutes, so the papers' learning rates
-(tuned for SD) barely move it. Each entry is measured; the bench and the demo use them.
+(tuned for SD) barely move it. Each entry is measured (bench/results/); ``veil erase``, ``veil hide``,
+``veil bench`` and ``veil demo`` start from them, and a config file, ``--set`` or a flag overrides any
+field. On the shapes world, methods that take ``synonyms`` also get each concept's training synonyms,
+and a method whose preset turns ``retain_weight`` on retains every other shapes-world concept.
 """
+
+import dataclasses
 
 PRESETS = {
     "shapes": {
         # ESD-x, 4 samples per DDIM trajectory; measured in bench/results/shapes.
         "esd": {"max_train_steps": 200, "learning_rate": 5e-4},
+        # KPOP, the tuned preset at this model's scale: the key on every cross-attention layer (the mid
+        # block alone could not bring circles back: 25 % with the key), UNet lr 2e-3, key lr 1e-2,
+        # 400 steps on DDIM-25 trajectories, the retain term (weight 1) over every other concept, a light
+        # keyed retain term and random decoy keys. Circle: public 0 %, synonyms 4 %, others 100 %, with
+        # the key 100 %, random key 0 % (bench/results/kpop_ablation_shapes_cpu.json).
+        "kpop": {"preset": "tuned", "layers": "all", "max_train_steps": 400, "ddim_steps": 25, "learning_rate": 2e-3,
+                 "key_learning_rate": 1e-2, "retain_weight": 1.0, "key_retain_weight": 0.1, "decoy_weight": 1.0},
     },
 }
 
 
-def preset_for(method_name, model_name):
-    """Settings for ``method_name`` on ``model_name`` (empty: the method's own defaults)."""
-    return dict(PRESETS.get(str(model_name), {}).get(method_name, {}))
+def preset_for(method, model_name, concepts=()):
+    """Settings for ``method`` (a registered name or class) on ``model_name`` (empty: the method's defaults).
+
+    Args:
+        method: the method's registered name, or its class (needed for the concept-dependent fields).
+        model_name: ``"shapes"``, ``"tiny"``, a folder or a hub id; only named models have presets.
+        concepts: the concepts the method will act on, for the shapes world's synonyms and retain sets.
+    """
+    name = method if isinstance(method, str) else method.name
+    settings = dict(PRESETS.get(str(model_name), {}).get(name, {}))
+    if str(model_name) != "shapes" or isinstance(method, str) or not concepts:
+        return settings
+    from ..shapes.data import CONCEPT_KIND, SYNONYMS
+
+    fields = {f.name for f in dataclasses.fields(method.config_class)}
+    known = [c for c in concepts if c in CONCEPT_KIND]
+    if "synonyms" in fields and known:
+        settings["synonyms"] = {c: [p for p in SYNONYMS[c]["train"] if p != c] for c in known}
+    if settings.get("retain_weight") and "retain_concepts" in fields and known:
+        # The other concepts as bare words: whole captions ("a red square on a plain background") share
+        # their colour and background words with the concept's own captions, and preserving those held
+        # the circle back (KPOP on circle: public rate 100 % / 67 % with captions, 0-29 % with words).
+        settings["retain_concepts"] = [c for c in CONCEPT_KIND if c not in concepts]
+    return settings

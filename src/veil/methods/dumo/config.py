@@ -4,7 +4,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ...errors import VeilError
-from ..base import ESDSamplingConfig, MethodConfig, check_positive
+from ..base import ESDSamplingConfig, MethodConfig, check_positive, check_synonyms
 
 _EVERYDAY = (
     "a photo of a dog in a park", "a cat sleeping on a sofa", "a bowl of fruit on a wooden table",
@@ -76,6 +76,11 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
                   "of one template (shapes world, concept 'circle': other shapes' captions 0.57-0.64, the "
                   "empty prompt 0.66), so the threshold sits above that; naming the concept gives 1."},
     )
+    synonyms: typing.Dict[str, typing.List[str]] = field(
+        default_factory=dict,
+        metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}; stage 1 samples among the concept and "
+                  "these, and the gate opens for any of them."},
+    )
     gradient_checkpointing: bool = field(
         default=False, metadata={"help": "Recompute EPR activations in the backward pass to save memory."}
     )
@@ -92,6 +97,7 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
         self.anchor_prompts = [str(p).strip() for p in self.anchor_prompts if str(p).strip()]
         if self.tlmo_max_train_steps and not self.anchor_prompts:
             raise VeilError("anchor_prompts is empty; give prompts to preserve, or set tlmo_max_train_steps=0.")
+        check_synonyms(self)
         self.check_sampling()
 
     @property

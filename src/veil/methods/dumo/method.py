@@ -18,7 +18,7 @@ from ...training.sampling import (
     sample_partial_trajectory,
     training_timesteps,
 )
-from ..base import Method
+from ..base import Method, phrasings
 from .config import STAGES, DuMoConfig, StageConfig
 from .model import DuMoEPR
 
@@ -89,7 +89,7 @@ class DuMo(Method):
         self._num_train_timesteps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
         tokenizer = getattr(pipe, "tokenizer", None)
         self._special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()))
-        self._concept_gate_info = {c: self._gate_info(pipe, c) for c in self._config.concepts}
+        self._concept_gate_info = {c: [self._gate_info(pipe, p) for p in phrasings(self._config, c)] for c in self._config.concepts}
         # No public door passes residuals through a pipeline call (`pipe(...)` forwards no UNet kwargs),
         # so a forward pre-hook adds them to every UNet call's `down_block_additional_residuals` and
         # `mid_block_additional_residual`; removing the hook restores the original exactly.
@@ -173,9 +173,12 @@ class DuMo(Method):
         return self._embeds[key]
 
     def anchor_pool(self, concept):
-        """The anchor prompts used for ``concept``: the configured pool minus prompts naming it."""
-        words = set(re.findall(r"\w+", concept.lower()))
-        pool = [p for p in self._config.anchor_prompts if not words & set(re.findall(r"\w+", p.lower()))]
+        """The anchor prompts used for ``concept``: the configured pool minus prompts naming it or a synonym."""
+        def words(text):
+            return " " + " ".join(re.findall(r"\w+", text.lower())) + " "
+
+        names = [words(p) for p in phrasings(self._config, concept)]
+        pool = [p for p in self._config.anchor_prompts if not any(name in words(p) for name in names)]
         if not pool:
             raise VeilError(f"Every anchor prompt names {concept!r}; add anchor_prompts that do not.")
         return pool
@@ -184,7 +187,9 @@ class DuMo(Method):
     def make_batch(self, pipe, generator):
         config = self._config
         concept = config.concepts[int(torch.randint(len(config.concepts), (1,), generator=generator))]
-        cond, uncond = self._prompt_embeds(pipe, [concept]), self._prompt_embeds(pipe, [""])
+        phrases = phrasings(config, concept)  # the concept or one of its synonyms
+        phrase = phrases[int(torch.randint(len(phrases), (1,), generator=generator))] if len(phrases) > 1 else concept
+        cond, uncond = self._prompt_embeds(pipe, [phrase]), self._prompt_embeds(pipe, [""])
         t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
         with self._training_view(concept):
             latents = sample_partial_trajectory(
@@ -338,16 +343,18 @@ class DuMo(Method):
         paired = batch % 2 == 0 and half > 0 and torch.equal(sample[:half], sample[half:])
         gates = {}
         for concept in config.concepts:
-            concept_flat, concept_tokens = self._concept_gate_info[concept]
-            if concept_flat.numel() == flat.shape[1]:
-                cosine = F.cosine_similarity(flat, concept_flat.to(flat.device)[None], dim=1)
-            else:  # another sequence length: cannot compare, so err on the side of erasing
-                cosine = torch.ones(batch, device=flat.device)
-            overlap = torch.tensor(
-                [len(t & concept_tokens) / len(concept_tokens) if (t is not None and concept_tokens) else 0.0 for t in tokens],
-                device=flat.device,
-            )
-            gate = (config.facilitate * torch.maximum(cosine, overlap)).clamp(min=0.0)
+            similarity = torch.zeros(batch, device=flat.device)
+            for concept_flat, concept_tokens in self._concept_gate_info[concept]:  # the concept and each synonym
+                if concept_flat.numel() == flat.shape[1]:
+                    cosine = F.cosine_similarity(flat, concept_flat.to(flat.device)[None], dim=1)
+                else:  # another sequence length: cannot compare, so err on the side of erasing
+                    cosine = torch.ones(batch, device=flat.device)
+                overlap = torch.tensor(
+                    [len(t & concept_tokens) / len(concept_tokens) if (t is not None and concept_tokens) else 0.0 for t in tokens],
+                    device=flat.device,
+                )
+                similarity = torch.maximum(similarity, torch.maximum(cosine, overlap))
+            gate = (config.facilitate * similarity).clamp(min=0.0)
             if paired:
                 gate = torch.cat([gate[half:], gate[half:]])
             gates[concept] = torch.where(gate >= config.gate_threshold, gate, torch.zeros_like(gate))

@@ -4,7 +4,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ...errors import VeilError
-from ..base import ESDSamplingConfig, MethodConfig, check_choice, check_positive
+from ..base import ESDSamplingConfig, MethodConfig, check_choice, check_positive, check_synonyms
 from .model import LAYERS
 
 # ``paper``: the authors' training (METHODS.md §1) with the spec's Decisions: key learning rate
@@ -12,9 +12,9 @@ from .model import LAYERS
 # ``tuned``: the same plus the preservation term over retain concepts.
 PRESETS = {
     "paper": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=1e-3, hide_weight=1.0,
-                  recover_weight=0.1, loss_space="eps", retain_weight=0.0),
+                  recover_weight=0.1, loss_space="eps", retain_weight=0.0, key_retain_weight=0.0, decoy_weight=0.0),
     "tuned": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=1e-3, hide_weight=1.0,
-                  recover_weight=0.1, loss_space="eps", retain_weight=0.1),
+                  recover_weight=0.1, loss_space="eps", retain_weight=0.1, key_retain_weight=1.0, decoy_weight=1.0),
 }
 
 
@@ -55,6 +55,16 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
     retain_weight: float = field(
         default=None, metadata={"help": "Weight of the preservation term; 0 turns it off (preset paper: 0, tuned: 0.1)."}
     )
+    key_retain_weight: float = field(
+        default=None,
+        metadata={"help": "Weight of the retain concepts' predictions with the key attached matching the original's (ours, "
+                  "beyond the paper): the key then leaves every other concept as it was. 0 turns it off (preset paper: 0, tuned: 1)."},
+    )
+    decoy_weight: float = field(
+        default=None,
+        metadata={"help": "Weight of a hiding term with a random decoy key of the key's norm attached (ours, beyond the "
+                  "paper): a guessed key must not unlock the concept. 0 turns it off (preset paper: 0, tuned: 1)."},
+    )
     synonyms: typing.Dict[str, typing.List[str]] = field(
         default_factory=dict,
         metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}; training samples among the concept and these."},
@@ -68,29 +78,22 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         check_choice(self, "loss_space", ("eps", "x0"))
         check_positive(self, "num_key_tokens", "max_train_steps", "learning_rate", "key_learning_rate",
                        "ddim_steps", "samples_per_trajectory")
-        for name in ("hide_weight", "recover_weight", "retain_weight"):
+        for name in ("hide_weight", "recover_weight", "retain_weight", "key_retain_weight", "decoy_weight"):
             if getattr(self, name) < 0:
                 raise VeilError(f"{name} must be 0 or more, got {getattr(self, name)!r}.")
         if isinstance(self.retain_concepts, str):
             self.retain_concepts = [self.retain_concepts]
         self.retain_concepts = [str(c).strip() for c in self.retain_concepts]
-        if self.retain_weight > 0 and not self.retain_concepts:
-            raise VeilError(
-                f"retain_weight is {self.retain_weight} but retain_concepts is empty; name the concepts to preserve, "
-                "e.g. retain_concepts=[square, triangle], or set retain_weight=0."
-            )
+        for name in ("retain_weight", "key_retain_weight"):
+            if getattr(self, name) > 0 and not self.retain_concepts:
+                raise VeilError(
+                    f"{name} is {getattr(self, name)} but retain_concepts is empty; name the concepts to preserve, "
+                    f"e.g. retain_concepts=[square, triangle], or set {name}=0."
+                )
         hidden = set(self.concepts) & set(self.retain_concepts)
         if hidden:
             raise VeilError(f"{sorted(hidden)[0]!r} is both hidden and retained; remove it from retain_concepts.")
-        if not isinstance(self.synonyms, dict):
-            raise VeilError(f"synonyms must map a concept to its other phrasings, e.g. {{circle: [disc]}}, got {self.synonyms!r}.")
-        synonyms = {}
-        for concept, phrases in self.synonyms.items():
-            if concept not in self.concepts:
-                raise VeilError(f"synonyms names {concept!r}, which is not a hidden concept; the concepts are {', '.join(map(repr, self.concepts))}.")
-            phrases = [phrases] if isinstance(phrases, str) else list(phrases)
-            synonyms[concept] = [str(p).strip() for p in phrases if str(p).strip()]
-        self.synonyms = synonyms
+        check_synonyms(self)
         self.check_sampling()
 
     @classmethod

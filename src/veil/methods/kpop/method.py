@@ -13,7 +13,7 @@ from ...training.sampling import (
     sample_partial_trajectory,
     training_timesteps,
 )
-from ..base import Method
+from ..base import Method, phrasings
 from ..weights import UNetWeightEdit, select_unet_parameters
 from .config import KPOPConfig
 from .model import KeyPrompts, install_keyed_attention, keyed_attention, select_key_sites
@@ -159,9 +159,8 @@ class KPOP(Method):
     def _prompt_embeds(self, pipe):
         if self._embeds is None:
             config = self.config
-            phrasings = [[c] + [p for p in config.synonyms.get(c, []) if p != c] for c in config.concepts]
             self._embeds = {
-                "phrasings": [encode_prompts(pipe, phrases) for phrases in phrasings],
+                "phrasings": [encode_prompts(pipe, phrasings(config, c)) for c in config.concepts],
                 "uncond": encode_prompts(pipe, [""]),
                 "retain": encode_prompts(pipe, config.retain_concepts) if config.retain_concepts else None,
             }
@@ -190,7 +189,7 @@ class KPOP(Method):
         cond, uncond = cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)
         out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept}
         contexts = [uncond, cond]
-        if config.retain_weight > 0:
+        if config.retain_weight > 0 or config.key_retain_weight > 0:
             index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
             out["retain_cond"] = embeds["retain"][index : index + 1].expand(batch, -1, -1)
             contexts.append(out["retain_cond"])
@@ -199,8 +198,12 @@ class KPOP(Method):
                 latents.repeat(len(contexts), 1, 1, 1), timesteps.repeat(len(contexts)), encoder_hidden_states=torch.cat(contexts)
             ).sample.chunk(len(contexts))
         noise_uncond, noise_cond = targets[0], targets[1]
-        if config.retain_weight > 0:
+        if len(contexts) > 2:
             out["retain_target"] = targets[2]
+        if config.decoy_weight > 0:
+            # Directions of the decoy key; loss() gives them the current key's norms.
+            shape = (2, config.num_key_tokens, cond.shape[-1])
+            out["decoy"] = torch.randn(shape, generator=generator).to(pipe.device)
         out["target_hide"] = negative_guidance_target(noise_uncond, noise_cond, config.negative_guidance)
         out["target_recover"] = noise_cond
         return out
@@ -222,20 +225,38 @@ class KPOP(Method):
         unet, size = pipe.unet, batch["latents"].shape[0]
         key_tokens, value_tokens = self.key_prompts.pair(batch["concept"])
         if phase == "key":
-            # L_recover for the key alone; the UNet's weights stay out of this graph.
+            # L_recover (and the keyed retain term) for the key alone; the UNet's weights stay out of this graph.
             self._freeze(self.edit.parameters())
             self._install(unet, key_tokens, value_tokens)
-            noise_pred = unet(batch["latents"], batch["timesteps"], encoder_hidden_states=batch["cond"]).sample
-            loss = self._distance(pipe, noise_pred, batch["target_recover"], batch)
+            names = ["cond"] + (["retain_cond"] if config.key_retain_weight > 0 else [])
+            noise_preds = unet(
+                batch["latents"].repeat(len(names), 1, 1, 1), batch["timesteps"].repeat(len(names)),
+                encoder_hidden_states=torch.cat([batch[name] for name in names]),
+            ).sample.chunk(len(names))
+            loss = self._distance(pipe, noise_preds[0], batch["target_recover"], batch)
             self.last_losses["recover_key_step"] = float(loss.detach())
+            if config.key_retain_weight > 0:
+                key_retain = self._distance(pipe, noise_preds[1], batch["retain_target"], batch)
+                self.last_losses["key_retain_key_step"] = float(key_retain.detach())
+                loss = loss + config.key_retain_weight * key_retain
             return loss
         if phase != "unet":
             raise VeilError(f"KPOP trains in the phases 'unet' and 'key', not {phase!r}.")
         # One UNet call for all terms: the concept without the key, the concept with it, and the
-        # retain concept without it. The key is held fixed (detached) here; it moves in its own step.
-        rows = [("cond", False), ("cond", True)] + ([("retain_cond", False)] if config.retain_weight > 0 else [])
-        key_rows = torch.tensor([keyed for _, keyed in rows], device=pipe.device).repeat_interleave(size)
-        self._install(unet, key_tokens.detach(), value_tokens.detach(), key_rows)
+        # retain concept without and with it. The key is held fixed (detached) here; it moves in its own step.
+        rows = [("cond", False), ("cond", True)]
+        rows += [("retain_cond", False)] if config.retain_weight > 0 else []
+        rows += [("retain_cond", True)] if config.key_retain_weight > 0 else []
+        rows += [("cond", "decoy")] if config.decoy_weight > 0 else []
+        key_rows = torch.tensor([keyed is not False for _, keyed in rows], device=pipe.device).repeat_interleave(size)
+        key_tokens, value_tokens = key_tokens.detach(), value_tokens.detach()
+        if config.decoy_weight > 0:
+            # A key per sample: the real one, or for the decoy rows a random key of the same norms.
+            decoy_k, decoy_v = (d * (t.norm() / d.norm()) for d, t in zip(batch["decoy"], (key_tokens, value_tokens)))
+            per_row = [(decoy_k, decoy_v) if keyed == "decoy" else (key_tokens, value_tokens) for _, keyed in rows]
+            key_tokens = torch.stack([k for k, _ in per_row]).repeat_interleave(size, dim=0)
+            value_tokens = torch.stack([v for _, v in per_row]).repeat_interleave(size, dim=0)
+        self._install(unet, key_tokens, value_tokens, key_rows)
         noise_preds = unet(
             batch["latents"].repeat(len(rows), 1, 1, 1), batch["timesteps"].repeat(len(rows)),
             encoder_hidden_states=torch.cat([batch[name] for name, _ in rows]),
@@ -244,10 +265,13 @@ class KPOP(Method):
         recover = self._distance(pipe, noise_preds[1], batch["target_recover"], batch)
         loss = config.hide_weight * hide + config.recover_weight * recover
         self.last_losses = {"hide": float(hide.detach()), "recover": float(recover.detach())}
-        if config.retain_weight > 0:
-            retain = self._distance(pipe, noise_preds[2], batch["retain_target"], batch)
-            loss = loss + config.retain_weight * retain
-            self.last_losses["retain"] = float(retain.detach())
+        terms = {"retain": config.retain_weight, "key_retain": config.key_retain_weight, "decoy": config.decoy_weight}
+        for (_, keyed), noise_pred in list(zip(rows, noise_preds))[2:]:
+            name = {False: "retain", True: "key_retain", "decoy": "decoy"}[keyed]
+            target = batch["target_hide"] if name == "decoy" else batch["retain_target"]
+            value = self._distance(pipe, noise_pred, target, batch)
+            loss = loss + terms[name] * value
+            self.last_losses[name] = float(value.detach())
         return loss
 
     # The keyed processors and frozen flags set up in loss() stay until the optimizer step is done:

@@ -80,7 +80,8 @@ class KeyedCrossAttnProcessor(nn.Module):
 
     Args:
         original: the processor this one stands in for.
-        key_tokens, value_tokens: ``(m, width)`` tensors, or ``None`` for no key.
+        key_tokens, value_tokens: ``(m, width)`` tensors (or ``(batch, m, width)``, a key per sample),
+            or ``None`` for no key.
         key_rows: optional ``(batch,)`` booleans: the samples that see the key (training runs the
             hiding and recovery predictions as one batch); the others attend to the text alone.
     """
@@ -112,7 +113,10 @@ class KeyedCrossAttnProcessor(nn.Module):
             batch_size, channel, height, width = hidden_states.shape
             hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
         batch_size, text_length, _ = encoder_hidden_states.shape
-        key_tokens, value_tokens = (t.to(encoder_hidden_states.device, encoder_hidden_states.dtype)[None] for t in self.key)
+        # (m, width): one key for the whole batch; (batch, m, width): a key per sample (training's decoy rows).
+        key_tokens, value_tokens = (t.to(encoder_hidden_states.device, encoder_hidden_states.dtype) for t in self.key)
+        if key_tokens.ndim == 2:
+            key_tokens, value_tokens = key_tokens[None], value_tokens[None]
         num_key_tokens = key_tokens.shape[1]
 
         if attention_mask is not None:
@@ -134,7 +138,7 @@ class KeyedCrossAttnProcessor(nn.Module):
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
             key_tokens = attn.norm_encoder_hidden_states(key_tokens)
             value_tokens = attn.norm_encoder_hidden_states(value_tokens)
-        # Projected once and shared over the batch: (batch, text + m, inner_dim).
+        # A shared key is projected once and broadcast over the batch: (batch, text + m, inner_dim).
         key = torch.cat([attn.to_k(encoder_hidden_states), attn.to_k(key_tokens).expand(batch_size, -1, -1)], dim=1)
         value = torch.cat([attn.to_v(encoder_hidden_states), attn.to_v(value_tokens).expand(batch_size, -1, -1)], dim=1)
 

@@ -4,7 +4,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ...errors import VeilError
-from ..base import MethodConfig, check_positive
+from ..base import MethodConfig, check_positive, check_synonyms
 
 
 @dataclass
@@ -17,9 +17,25 @@ class UCEConfig(MethodConfig):
     preserve_scale: float = field(default=1.0, metadata={"help": "lambda: weight of the preserve terms."})
     regularization: float = field(default=0.1, metadata={"help": "gamma: ridge pull towards the original weights."})
     edit_keys: bool = field(default=True, metadata={"help": "Edit to_k as well as to_v."})
+    synonyms: typing.Dict[str, typing.List[str]] = field(
+        default_factory=dict,
+        metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}; each is erased (sent to the guide) too."},
+    )
+    templates: typing.List[str] = field(
+        default_factory=lambda: ["{}"],
+        metadata={"help": "Prompts with {} where the concept goes: every erase, guide and preserve phrase is encoded in each, "
+                  "so the edit sees the concept in context as well as alone. Default ['{}']: the phrase alone (the paper)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
         check_positive(self, "erase_scale", "regularization")
+        if isinstance(self.templates, str):
+            self.templates = [self.templates]
+        self.templates = [str(t) for t in self.templates]
+        bad = [t for t in self.templates if t.count("{}") != 1]
+        if not self.templates or bad:
+            raise VeilError(f"Each UCE template needs exactly one {{}} where the concept goes, got {(bad or ['(none)'])[0]!r}.")
+        check_synonyms(self)
         if self.preserve_scale < 0:
             raise VeilError(f"preserve scale must be 0 or more, got {self.preserve_scale!r}.")

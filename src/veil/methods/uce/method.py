@@ -4,6 +4,7 @@ import torch
 
 from ...registry import register_method
 from ...training.sampling import encode_prompts
+from ..base import phrasings
 from ..weights import WeightEditMethod
 from .config import UCEConfig
 
@@ -55,9 +56,11 @@ class UCE(WeightEditMethod):
         config = self.config
         if self.attached_to is pipe:
             self.detach(pipe)
-        erase = self._states(pipe, config.concepts)
-        guide = self._states(pipe, [config.guide] * len(config.concepts))
-        preserve = self._states(pipe, config.preserve_concepts)
+        phrases = [p for c in config.concepts for p in phrasings(config, c)]
+        # Each phrase and its guide in the same template: token states are compared position by position.
+        erase = self._states(pipe, [t.format(p) for p in phrases for t in config.templates])
+        guide = self._states(pipe, [t.format(config.guide).strip() for _ in phrases for t in config.templates])
+        preserve = self._states(pipe, [t.format(p) for p in config.preserve_concepts for t in config.templates])
         edited = {}
         params = dict(pipe.unet.named_parameters())
         for name in self.edited_parameter_names(pipe.unet):

@@ -1,0 +1,105 @@
+"""DuMo on a model, stage by stage: stage 1 (EPR) alone, then with stage 2 (TLMO), each measured with
+the gate on and off (canonical prompts, the concept's training synonyms, every other concept); the
+learned TLMO table, training times, EPR parameter count and artifact size; and the gate's cost: time
+to generate prompts that do not name the concept with the artifact attached vs the original model.
+
+    OMP_NUM_THREADS=1 python bench/dumo_stages.py --concept circle --out bench/results/dumo_stages_shapes_cpu.json \\
+        [--set learning_rate=2e-3 --set max_train_steps=300 ...]
+
+Settings start from the model's DuMo preset (veil.methods.presets); --set FIELD=VALUE overrides one.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+import veil
+from veil._io import write_json
+from veil.artifact import WEIGHTS_NAME
+from veil.cli.common import parse_value
+from veil.evaluation.concept_rate import evaluate_prompts
+from veil.evaluation.shapes_tasks import rows_naming, task_rows
+from veil.methods.dumo import DuMo
+from veil.methods.presets import preset_for
+from veil.shapes.classifier import classify
+from veil.training.loop import train
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes")
+    parser.add_argument("--concept", default="circle")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--num-inference-steps", type=int, default=20)
+    parser.add_argument("--timing-repeats", type=int, default=3)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    pipe = veil.load_pipeline(args.model)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    canonical = task_rows("shapes_concepts", seeds)
+    synonyms = rows_naming(task_rows("shapes_synonyms", seeds), args.concept)
+    settings = preset_for(DuMo, args.model, [args.concept])
+    settings.update({k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)})
+    method = DuMo(DuMo.config_class(concepts=[args.concept], **settings))
+    record = {"model": args.model, "concept": args.concept, "seeds": list(seeds), "threads": torch.get_num_threads(),
+              "num_inference_steps": args.num_inference_steps, "config": method.config.to_dict()}
+
+    def rates(rows):
+        return {k: round(v, 4) for k, v in evaluate_prompts(pipe, rows, classify, num_inference_steps=args.num_inference_steps)["rates"].items()}
+
+    def measure():
+        out = {}
+        for gate in (True, False):
+            method.config.gate = gate
+            out["gate_on" if gate else "gate_off"] = {"canonical": rates(canonical), "synonyms": rates(synonyms).get(args.concept)}
+        method.config.gate = settings.get("gate")
+        return out
+
+    record["base"] = rates(canonical)
+    for stage in method.stages():
+        method.set_stage(stage)
+        start = time.perf_counter()
+        cost = train(method, pipe, progress=True)
+        record[f"{stage}_seconds"] = round(time.perf_counter() - start, 1)
+        record[f"{stage}_steps"] = cost["steps"]
+        record[f"after_{stage}"] = measure()
+        print(stage, record[f"{stage}_seconds"], "s;", {g: (v["canonical"][args.concept], v["synonyms"]) for g, v in record[f"after_{stage}"].items()}, flush=True)
+        write_json(args.out, record)
+    record["train_seconds"] = round(sum(record[f"{s}_seconds"] for s in method.stages()), 1)
+    record["time_scale"] = [[round(float(x), 4) for x in row] for row in method.time_scale(args.concept)]
+    record["epr_parameters"] = sum(p.numel() for p in method.eprs[args.concept].parameters())
+    with tempfile.TemporaryDirectory() as tmp:
+        veil.Artifact.from_method(method, pipe).save(os.path.join(tmp, "a"))
+        record["artifact_mb"] = round(os.path.getsize(os.path.join(tmp, "a", WEIGHTS_NAME)) / 2**20, 2)
+
+    # The gate's cost on prompts that do not name the concept: the same images, timed with and without the artifact.
+    method.config.gate = None
+    unrelated = [r for r in canonical if args.concept not in (r["shape"], r["colour"], r["background"])][:48]
+
+    def timed():
+        best = float("inf")
+        for _ in range(args.timing_repeats):
+            start = time.perf_counter()
+            evaluate_prompts(pipe, unrelated, classify, num_inference_steps=args.num_inference_steps)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    method.stats.update(epr_forward_calls=0, epr_skipped=0)
+    attached = timed()
+    stats = dict(method.stats)
+    method.detach(pipe)  # the stock pipeline, no hook at all
+    original = timed()
+    record["gate_timing"] = {"prompts": len(unrelated), "original_seconds": round(original, 3), "attached_seconds": round(attached, 3),
+                             "ratio": round(attached / original, 4), "epr_stats": stats}
+    print("gate timing", record["gate_timing"], flush=True)
+    write_json(args.out, record)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""KPOP ablations on a model: each variant is the model's KPOP preset with some fields changed; for each,
+the concept rate in public mode (canonical prompts and training synonyms), with the trained key, with a
+random key of matched norm, the other concepts' rates with and without the key, and the training time.
+
+    OMP_NUM_THREADS=1 python bench/kpop_ablation.py --concept circle \\
+        --variant preset= --variant x0=loss_space=x0 --variant key_lr_1e-5=key_learning_rate=1e-5 \\
+        --out bench/results/kpop_ablation_shapes_cpu.json
+
+``--variant NAME=FIELD=VALUE[,FIELD=VALUE]`` (``NAME=`` alone: the preset unchanged). Variants run one
+after another; the JSON is rewritten after each, so an interrupted run keeps what it finished.
+"""
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+import veil
+from veil._io import write_json
+from veil.cli.common import parse_value
+from veil.evaluation.concept_rate import evaluate_prompts
+from veil.evaluation.shapes_tasks import rows_naming, task_rows
+from veil.keys import random_key_like
+from veil.methods.kpop import KPOP
+from veil.methods.presets import preset_for
+from veil.shapes.classifier import classify
+
+
+def parse_variant(text):
+    name, _, body = text.partition("=")
+    settings = {}
+    for item in filter(None, body.split(",")):
+        field, _, value = item.partition("=")
+        settings[field] = parse_value(value)
+    return name, settings
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes")
+    parser.add_argument("--concept", default="circle")
+    parser.add_argument("--variant", action="append", required=True)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--num-inference-steps", type=int, default=20)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    pipe = veil.load_pipeline(args.model)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    canonical = task_rows("shapes_concepts", seeds)
+    synonyms = rows_naming(task_rows("shapes_synonyms", seeds), args.concept)
+    target_rows = rows_naming(canonical, args.concept)
+
+    def rates(rows):
+        return {k: round(v, 4) for k, v in evaluate_prompts(pipe, rows, classify, num_inference_steps=args.num_inference_steps)["rates"].items()}
+
+    record = {"model": args.model, "concept": args.concept, "seeds": list(seeds), "num_inference_steps": args.num_inference_steps,
+              "threads": torch.get_num_threads(), "base": rates(canonical), "variants": {}}
+    if os.path.exists(args.out):
+        with open(args.out) as handle:
+            previous = json.load(handle)
+        if previous.get("concept") == args.concept:
+            record["variants"] = previous.get("variants", {})
+    for text in args.variant:
+        name, changes = parse_variant(text)
+        settings = preset_for(KPOP, args.model, [args.concept]) | changes
+        method = KPOP(KPOP.config_class(concepts=[args.concept], **settings))
+        start = time.perf_counter()
+        cost = veil.train(method, pipe, progress=True)
+        seconds = time.perf_counter() - start
+        row = {"changes": changes, "config": method.config.to_dict(), "train_seconds": round(seconds, 1),
+               "final_loss": cost["losses"][-1] if cost.get("losses") else None}
+        row["public"] = rates(canonical)
+        row["public_synonyms"] = rates(synonyms).get(args.concept)
+        with method.unlocked(pipe):
+            row["with_key"] = rates(canonical)
+        with method.unlocked(pipe, random_key_like(method.key, torch.Generator().manual_seed(1))):
+            row["random_key"] = rates(target_rows).get(args.concept)
+        method.detach(pipe)
+        record["variants"][name] = row
+        print(name, json.dumps({k: row[k] for k in ("train_seconds", "public_synonyms", "random_key")}),
+              "public", row["public"].get(args.concept), "with key", row["with_key"].get(args.concept), flush=True)
+        write_json(args.out, record)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
