@@ -94,6 +94,19 @@ def test_gate_skips_unrelated_prompts(tiny_pipe):
     assert gates[0] == gates[2] == 1.0 and gates[1] == gates[3] == 0.0
 
 
+def test_gate_is_computed_once_per_generation(tiny_pipe, monkeypatch):
+    method = DuMo(concepts=["circle"])
+    method.attach(tiny_pipe)
+    calls = []
+    compute = method._compute_gates
+    monkeypatch.setattr(method, "_compute_gates", lambda *a: calls.append(1) or compute(*a))
+    render(tiny_pipe, [UNRELATED], steps=3)
+    assert len(calls) == 1 and method.stats["epr_skipped"] == 3  # the same text states at every step
+    render(tiny_pipe, ["a circle"], steps=2)
+    assert len(calls) == 2 and method.stats["epr_forward_calls"] == 2  # a new prompt: computed afresh
+    method.detach(tiny_pipe)
+
+
 def test_gate_opens_for_synonyms_and_anchors_leave_them_out(tiny_pipe):
     method = DuMo(concepts=["circle"], synonyms={"circle": ["round disk"]},
                   anchor_prompts=["a round disk on a table", "a disk", "a square", "a circle"])

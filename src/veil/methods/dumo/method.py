@@ -61,6 +61,7 @@ class DuMo(Method):
         self._num_train_timesteps = 1000
         self._special_ids = frozenset()
         self.stats = {"epr_forward_calls": 0, "epr_skipped": 0}
+        self._gate_cache = None  # (text states, (their version, gate settings), gates) of the last call
 
     # the loop reads `config.max_train_steps` / `config.learning_rate` of the current stage ----------
     @property
@@ -105,7 +106,7 @@ class DuMo(Method):
             return
         for handle in self._handles:
             handle.remove()
-        self._handles, self._captured = [], collections.OrderedDict()
+        self._handles, self._captured, self._gate_cache = [], collections.OrderedDict(), None
         self.attached_to = None
 
     @contextlib.contextmanager
@@ -334,13 +335,27 @@ class DuMo(Method):
         if not config.gate_enabled:
             return None
         batch = encoder_hidden_states.shape[0]
+        half = batch // 2
+        paired = batch % 2 == 0 and half > 0 and torch.equal(sample[:half], sample[half:])
+        # A pipeline hands the UNet the same text-state tensor at every denoising step: compute its gates
+        # once. The cache holds the tensor itself, so its memory cannot be reused by another meanwhile.
+        settings = (paired, config.facilitate, config.gate_threshold, tuple(config.concepts))
+        cached = self._gate_cache
+        if cached is not None and cached[0] is encoder_hidden_states and cached[1] == (encoder_hidden_states._version, settings):
+            return cached[2]
+        gates = self._compute_gates(encoder_hidden_states, paired)
+        self._gate_cache = (encoder_hidden_states, (encoder_hidden_states._version, settings), gates)
+        return gates
+
+    def _compute_gates(self, encoder_hidden_states, paired):
+        config = self._config
+        batch = encoder_hidden_states.shape[0]
         flat = encoder_hidden_states.reshape(batch, -1).float()
         tokens = [self._tokens_of(row) for row in encoder_hidden_states.detach()]
         # A classifier-free-guidance batch repeats the latents: [uncond; cond]. Both halves take the
         # conditional prompt's gate, so the eraser acts on both as in the paper and the empty
         # prompt's low similarity does not switch it off for half of the guidance.
         half = batch // 2
-        paired = batch % 2 == 0 and half > 0 and torch.equal(sample[:half], sample[half:])
         gates = {}
         for concept in config.concepts:
             similarity = torch.zeros(batch, device=flat.device)
