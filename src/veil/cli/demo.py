@@ -76,7 +76,7 @@ def run(args):
         grid = labelled_grid(
             [[images[name][index[p]] for p in showcase] for name, _ in variants],
             [name for name, _ in variants],
-            column_labels=[p.replace(" on a ", " / ").replace(" background", "") for p in showcase],
+            column_labels=[p.split(" ", 1)[1].replace(" on a ", "/").replace(" background", "") for p in showcase],
             label_width=90,
         )
         grid.save(os.path.join(tmp, "grid.png"))
@@ -88,6 +88,8 @@ def run(args):
         print(f"  {name:<10}{report[name][args.concept]:>10.0%}{report[name][other]:>10.0%}")
     print(f"  training took {cost.get('seconds', 0):.0f} s; grid: {os.path.join(args.out, 'grid.png')}")
     if keyed:
+        if report["unlocked"][other] < 0.9 * report["original"][other]:
+            print(f"  (a key is for prompts of its own concept: attached to a {other} prompt it draws a {args.concept})")
         print(f"  public artifact: {os.path.join(args.out, 'public')}; key: {os.path.join(args.out, 'key', args.concept + '.veilkey')}")
 
 
