@@ -381,7 +381,8 @@ def find_chromium():
 
 
 def _chromium(html_path, *flags, timeout=120):
-    with tempfile.TemporaryDirectory(prefix="veil-chromium-") as profile:
+    # Chromium's helper processes may still be writing to the profile when it exits: never fail on its removal.
+    with tempfile.TemporaryDirectory(prefix="veil-chromium-", ignore_cleanup_errors=True) as profile:
         command = [find_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
                    f"--user-data-dir={profile}", "--virtual-time-budget=10000", *flags,
