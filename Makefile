@@ -17,4 +17,4 @@ test: setup
 	$(PYTHON) -m pytest -q
 
 bench: setup
-	$(PYTHON) -m veil.cli.main bench --methods esd --concepts circle,square --out bench/results/shapes
+	$(PYTHON) -m veil.cli.main bench --methods esd,uce,sld,kpop,dumo --concepts circle,square --out bench/results/shapes-all --resume
