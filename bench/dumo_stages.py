@@ -9,48 +9,32 @@ to generate prompts that do not name the concept with the artifact attached vs t
 Settings start from the model's DuMo preset (veil.methods.presets); --set FIELD=VALUE overrides one.
 """
 
-import argparse
 import os
 import tempfile
 import time
 
-import torch
-
 import veil
+from _common import ShapesProbe, shapes_parser
 from veil._io import write_json
 from veil.artifact import WEIGHTS_NAME
 from veil.cli.common import parse_value
-from veil.evaluation.concept_rate import evaluate_prompts
-from veil.evaluation.shapes_tasks import rows_naming, task_rows
 from veil.methods.dumo import DuMo
 from veil.methods.presets import preset_for
-from veil.shapes.classifier import classify
 from veil.training.loop import train
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="shapes")
-    parser.add_argument("--concept", default="circle")
+    parser = shapes_parser(__doc__)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--num-inference-steps", type=int, default=20)
     parser.add_argument("--timing-repeats", type=int, default=3)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    pipe = veil.load_pipeline(args.model)
-    seeds = tuple(int(s) for s in args.seeds.split(","))
-    canonical = task_rows("shapes_concepts", seeds)
-    synonyms = rows_naming(task_rows("shapes_synonyms", seeds), args.concept)
+    probe = ShapesProbe(args)
+    pipe, canonical, synonyms, rates = probe.pipe, probe.canonical, probe.synonyms, probe.rates
     settings = preset_for(DuMo, args.model, [args.concept])
     settings.update({k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)})
-    method = DuMo(DuMo.config_class(concepts=[args.concept], **settings))
-    record = {"model": args.model, "concept": args.concept, "seeds": list(seeds), "threads": torch.get_num_threads(),
-              "num_inference_steps": args.num_inference_steps, "config": method.config.to_dict()}
-
-    def rates(rows):
-        return {k: round(v, 4) for k, v in evaluate_prompts(pipe, rows, classify, num_inference_steps=args.num_inference_steps)["rates"].items()}
+    method = DuMo(DuMo.config_class.from_dict({**settings, "concepts": [args.concept]}))
+    record = probe.record(config=method.config.to_dict())
 
     def measure():
         out = {}
@@ -85,7 +69,7 @@ def main():
         best = float("inf")
         for _ in range(args.timing_repeats):
             start = time.perf_counter()
-            evaluate_prompts(pipe, unrelated, classify, num_inference_steps=args.num_inference_steps)
+            rates(unrelated)
             best = min(best, time.perf_counter() - start)
         return best
 

@@ -10,7 +10,6 @@ random key of matched norm, the other concepts' rates with and without the key, 
 after another; the JSON is rewritten after each, so an interrupted run keeps what it finished.
 """
 
-import argparse
 import json
 import os
 import time
@@ -18,14 +17,12 @@ import time
 import torch
 
 import veil
+from _common import ShapesProbe, shapes_parser
 from veil._io import write_json
 from veil.cli.common import parse_value
-from veil.evaluation.concept_rate import evaluate_prompts
-from veil.evaluation.shapes_tasks import rows_naming, task_rows
 from veil.keys import random_key_like
 from veil.methods.kpop import KPOP
 from veil.methods.presets import preset_for
-from veil.shapes.classifier import classify
 
 
 def parse_variant(text):
@@ -38,26 +35,13 @@ def parse_variant(text):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="shapes")
-    parser.add_argument("--concept", default="circle")
+    parser = shapes_parser(__doc__)
     parser.add_argument("--variant", action="append", required=True)
-    parser.add_argument("--seeds", default="0")
-    parser.add_argument("--num-inference-steps", type=int, default=20)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    pipe = veil.load_pipeline(args.model)
-    seeds = tuple(int(s) for s in args.seeds.split(","))
-    canonical = task_rows("shapes_concepts", seeds)
-    synonyms = rows_naming(task_rows("shapes_synonyms", seeds), args.concept)
-    target_rows = rows_naming(canonical, args.concept)
-
-    def rates(rows):
-        return {k: round(v, 4) for k, v in evaluate_prompts(pipe, rows, classify, num_inference_steps=args.num_inference_steps)["rates"].items()}
-
-    record = {"model": args.model, "concept": args.concept, "seeds": list(seeds), "num_inference_steps": args.num_inference_steps,
-              "threads": torch.get_num_threads(), "base": rates(canonical), "variants": {}}
+    probe = ShapesProbe(args)
+    pipe, canonical, synonyms, target_rows, rates = probe.pipe, probe.canonical, probe.synonyms, probe.target_rows, probe.rates
+    record = probe.record(base=rates(canonical), variants={})
     if os.path.exists(args.out):
         with open(args.out) as handle:
             previous = json.load(handle)
@@ -66,7 +50,7 @@ def main():
     for text in args.variant:
         name, changes = parse_variant(text)
         settings = preset_for(KPOP, args.model, [args.concept]) | changes
-        method = KPOP(KPOP.config_class(concepts=[args.concept], **settings))
+        method = KPOP(KPOP.config_class.from_dict({**settings, "concepts": [args.concept]}))
         start = time.perf_counter()
         cost = veil.train(method, pipe, progress=True)
         seconds = time.perf_counter() - start

@@ -5,18 +5,14 @@ other concepts, along the sampling trajectory — the measurement behind "why ME
     OMP_NUM_THREADS=1 python bench/sld_presets.py --concept circle --out bench/results/sld_presets_shapes_cpu.json
 """
 
-import argparse
 import time
 
 import torch
 
-import veil
+from _common import ShapesProbe, shapes_parser
 from veil._io import write_json
-from veil.evaluation.concept_rate import evaluate_prompts
 from veil.methods.sld import SLD, SLDConfig
 from veil.methods.sld.config import PRESETS
-from veil.shapes.classifier import classify
-from veil.shapes.data import canonical_prompts
 from veil.training.sampling import encode_prompts
 
 
@@ -27,7 +23,8 @@ def mask_fractions(pipe, concept, prompts, steps, guidance_scale, seed=0):
     unsafe = encode_prompts(pipe, [concept] * len(prompts))
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps)
-    latents = torch.randn((len(prompts), pipe.unet.config.in_channels, 8, 8), generator=torch.Generator().manual_seed(seed))
+    size = pipe.unet.config.sample_size
+    latents = torch.randn((len(prompts), pipe.unet.config.in_channels, size, size), generator=torch.Generator().manual_seed(seed))
     shares = {name: torch.zeros(len(prompts)) for name in PRESETS}
     for t in scheduler.timesteps:
         with torch.no_grad():
@@ -42,25 +39,18 @@ def mask_fractions(pipe, concept, prompts, steps, guidance_scale, seed=0):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="shapes")
-    parser.add_argument("--concept", default="circle")
-    parser.add_argument("--num-inference-steps", type=int, default=20)
+    parser = shapes_parser(__doc__)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    pipe = veil.load_pipeline(args.model)
-    rows = canonical_prompts(seeds=(0,))
-    record = {"model": args.model, "concept": args.concept, "num_inference_steps": args.num_inference_steps,
-              "guidance_scale": args.guidance_scale, "images": len(rows), "presets": {}}
-    record["base"] = evaluate_prompts(pipe, rows, classify, num_inference_steps=args.num_inference_steps)["rates"]
+    probe = ShapesProbe(args)
+    pipe, rows = probe.pipe, probe.canonical
+    record = probe.record(guidance_scale=args.guidance_scale, images=len(rows), presets={}, base=probe.rates(rows))
     for preset in PRESETS:
         method = SLD(SLDConfig(concepts=[args.concept], preset=preset))
         method.attach(pipe)
         start = time.perf_counter()
-        rates = evaluate_prompts(pipe, rows, classify, num_inference_steps=args.num_inference_steps,
-                                 guidance_scale=args.guidance_scale)["rates"]
+        rates = probe.rates(rows, guidance_scale=args.guidance_scale)
         method.detach(pipe)
         others = {c: r for c, r in rates.items() if c != args.concept}
         record["presets"][preset] = {"target_rate": rates[args.concept], "min_other": min(others.values()),

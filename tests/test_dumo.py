@@ -114,7 +114,6 @@ def test_gate_opens_for_synonyms_and_anchors_leave_them_out(tiny_pipe):
     cond = encode_prompts(tiny_pipe, ["a round disk", UNRELATED])
     uncond = encode_prompts(tiny_pipe, ["", ""])
     latents = torch.randn(2, 4, 8, 8)
-    tiny_pipe.text_encoder(tiny_pipe.tokenizer(["a round disk", UNRELATED], padding="max_length", return_tensors="pt").input_ids)
     gates = method.gates(torch.cat([latents, latents]), torch.cat([uncond, cond]))["circle"]
     assert gates[2] == 1.0 and gates[3] == 0.0  # the synonym's tokens open the gate; the unrelated prompt stays shut
     assert method.anchor_pool("circle") == ["a disk", "a square"]  # whole phrases, not single shared words

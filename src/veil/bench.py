@@ -99,7 +99,7 @@ def run_bench(
             kind = CONCEPT_KIND[concept]
             config = preset_for(method_cls, model_name, [concept])
             config.update((overrides or {}).get(method_cls.name, {}))
-            method = method_cls(method_cls.config_class(concepts=[concept], **config))
+            method = method_cls(method_cls.config_class.from_dict({**config, "concepts": [concept]}))
             log(f"{method_cls.name} × {concept}: fitting")
             start = time.perf_counter()
             cost = fit_method(method, pipe, progress=progress)
@@ -138,11 +138,12 @@ def run_bench(
                 "config": method.config.to_dict(),
             }
             row.update(_key_rows(method, pipe, concept, rows_naming(rows_by_set["canonical"], concept), classify, settings))
-            if getattr(method, "key", None) is not None:
+            keyed = getattr(method, "key", None) is not None
+            if keyed:
                 trained_keys[concept] = (artifact_dir, method.key, row)
             if attacks:
                 row["attacks"] = _attack_rows(method, pipe, concept, attacks, attack_configs, classify, attack_seeds, settings, log)
-            if "key_forging" in attacks and getattr(method, "key", None) is not None:
+            if "key_forging" in attacks and keyed:
                 row["forging_curve"] = _forging_curve(method, pipe, concept, attack_configs, classify, attack_seeds,
                                                       forging_eval_steps, settings, log)
             results.append(row)

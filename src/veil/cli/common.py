@@ -62,16 +62,11 @@ def check_output(path, overwrite):
 
 
 def parse_value(text):
-    """A ``--set`` value as YAML, except that numbers such as ``1e-3`` (a string in YAML 1.1) are numbers."""
+    """A ``--set`` value as YAML; numbers YAML 1.1 reads as text (``1e-3``) are mended per field by
+    :func:`veil.config.coerce_numbers` when the config is built."""
     import yaml
 
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity") else value
-        except ValueError:
-            pass
-    return value
+    return yaml.safe_load(text)
 
 
 def method_config(method_cls, concepts, config_file=None, settings=(), model=None, **overrides):

@@ -39,7 +39,7 @@ PRESETS = {
         # off; other concepts 100 % gated (bench/results/dumo_stages_shapes_cpu.json).
         # UCE: the concept's token states sent to another concept of its kind's (the empty guide left
         # circle at 96 %), its synonyms erased too, every other concept preserved. Circle and square: 0 %,
-        # synonyms 0 %, others 100 %, fit < 0.5 s (bench/results/shapes-all). Functions take the concepts.
+        # synonyms 2.1 % / 0 %, others 100 %, fit 0.3 s (bench/results/shapes-all). Functions take the concepts.
         "uce": {"guide": _anchor, "preserve_concepts": _all_but_concepts_and_anchor},
         "dumo": {"max_train_steps": 300, "learning_rate": 1.2e-3, "ddim_steps": 25, "tlmo_max_train_steps": 100,
                  "tlmo_learning_rate": 1e-2, "preserve_weight": 0.03},
@@ -69,6 +69,7 @@ def preset_for(method, model_name, concepts=()):
     if settings.get("retain_weight") and "retain_concepts" in fields and known:
         # The other concepts as bare words: whole captions ("a red square on a plain background") share
         # their colour and background words with the concept's own captions, and preserving those held
-        # the circle back (KPOP on circle: public rate 100 % / 67 % with captions, 0-29 % with words).
+        # the circle back (KPOP on circle, 200-step trials: public rate 100 % and 67 % with captions; the
+        # preset with words: 0 %).
         settings["retain_concepts"] = [c for c in CONCEPT_KIND if c not in concepts]
     return settings

@@ -1,0 +1,43 @@
+"""What the shapes-world bench scripts share: their common flags, the model, the prompt rows and rates."""
+
+import argparse
+
+import torch
+
+import veil
+from veil.evaluation.concept_rate import evaluate_prompts
+from veil.evaluation.shapes_tasks import rows_naming, task_rows
+from veil.shapes.classifier import classify
+
+
+def shapes_parser(doc):
+    """An argument parser with --model, --concept, --seeds, --num-inference-steps and --out."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="shapes")
+    parser.add_argument("--concept", default="circle")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--num-inference-steps", type=int, default=20)
+    parser.add_argument("--out", required=True)
+    return parser
+
+
+class ShapesProbe:
+    """The model of ``args`` with the canonical rows, the concept's training-synonym rows and its canonical rows."""
+
+    def __init__(self, args):
+        self.args = args
+        self.pipe = veil.load_pipeline(args.model)
+        self.seeds = tuple(int(s) for s in args.seeds.split(","))
+        self.canonical = task_rows("shapes_concepts", self.seeds)
+        self.synonyms = rows_naming(task_rows("shapes_synonyms", self.seeds), args.concept)
+        self.target_rows = rows_naming(self.canonical, args.concept)
+
+    def rates(self, rows, **settings):
+        """``{concept: rate}`` (4 decimals) of ``rows`` drawn by the pipeline as it is now."""
+        result = evaluate_prompts(self.pipe, rows, classify, num_inference_steps=self.args.num_inference_steps, **settings)
+        return {k: round(v, 4) for k, v in result["rates"].items()}
+
+    def record(self, **extra):
+        """The fields every result file starts with."""
+        return {"model": self.args.model, "concept": self.args.concept, "seeds": list(self.seeds),
+                "num_inference_steps": self.args.num_inference_steps, "threads": torch.get_num_threads(), **extra}
