@@ -3,13 +3,14 @@
 import json
 
 import pytest
+import torch
 
 import veil
 from veil import bench
 
 
 def test_bench_refuses_an_earlier_bench_or_resumes_it(tmp_path):
-    protocol = {"model": "tiny", "seeds": [0], "num_inference_steps": 1, "guidance_scale": 3.0, "attacks": []}
+    protocol = {"model": "tiny", "seeds": [0], "num_inference_steps": 1, "guidance_scale": 3.0}
     row = {"method": "esd", "concept": "circle", "target_rate": 0.0}
     (tmp_path / "bench.json").write_text(json.dumps({**protocol, "rows": [row]}))
     with pytest.raises(veil.VeilError, match="--resume"):
@@ -17,3 +18,65 @@ def test_bench_refuses_an_earlier_bench_or_resumes_it(tmp_path):
     assert bench._finished_rows(str(tmp_path), protocol, resume=True) == {("esd", "circle"): row}
     with pytest.raises(veil.VeilError, match="seeds"):
         bench._finished_rows(str(tmp_path), {**protocol, "seeds": [0, 1]}, resume=True)
+
+
+def _row(method, concept, **extra):
+    """A bench row as run_bench writes it (rates and costs zero)."""
+    fields = ["base_target_rate", "target_rate", "base_synonym_rate", "synonym_rate", "base_paraphrase_rate", "paraphrase_rate",
+              "nontarget_share", "nontarget_min_share", "other_kinds_share", "seconds", "peak_mem_mb", "artifact_mb"]
+    return {"method": method, "concept": concept, **dict.fromkeys(fields, 0.0), **extra}
+
+
+def test_resume_attacks_the_kept_rows_saved_artifacts_without_refitting(tiny_pipe, tmp_path, monkeypatch):
+    from veil.methods.esd import ESD
+
+    method = ESD(concepts=["circle"], max_train_steps=1, ddim_steps=2, samples_per_trajectory=1)
+    veil.train(method, tiny_pipe, progress=False)
+    veil.Artifact.from_method(method, tiny_pipe).save(str(tmp_path / "artifacts" / "esd-circle"))
+    method.detach(tiny_pipe)
+    before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    protocol = {"model": "tiny", "seeds": [0], "num_inference_steps": 1, "guidance_scale": 3.0}
+    rows = [_row("esd", "circle", artifact="artifacts/esd-circle"),
+            _row("uce", "square")]  # outside this run: kept as it is
+    (tmp_path / "bench.json").write_text(json.dumps({**protocol, "attacks": [], "rows": rows}))
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("a kept row was fitted again")
+
+    calls = []
+
+    def fake_attacks(method, pipe, concept, attacks, *args):
+        calls.append((method.name, method.attached_to is pipe, concept, list(attacks)))
+        return {"concept": concept, "seeds": [0], "before": 0.0, "attacks": {a: {"attack_success_rate": 0.5} for a in attacks}}
+
+    empty = {"rates": {}, "kinds": {}, "counts": {}, "images": [], "labels": {}}
+    monkeypatch.setattr(bench, "fit_method", no_fit)
+    monkeypatch.setattr(bench, "_evaluate", lambda *args: empty)
+    monkeypatch.setattr(bench, "_attack_rows", fake_attacks)
+    run = dict(classify=None, seeds=(0,), num_inference_steps=1, resume=True, progress=False, log=lambda m: None)
+    report = bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), attacks=("prompt_search",), **run)
+
+    assert calls == [("esd", True, "circle", ["prompt_search"])]
+    assert [(r["method"], r["concept"]) for r in report["rows"]] == [("esd", "circle"), ("uce", "square")]
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["attacks"] == ["prompt_search"]
+    assert saved["rows"][0]["attacks"]["attacks"]["prompt_search"]["attack_success_rate"] == 0.5
+    assert all(torch.equal(v, before[k]) for k, v in tiny_pipe.unet.state_dict().items())  # detached again
+
+    # A second attack adds to the row; one it already has is not run again.
+    bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), attacks=("prompt_search", "concept_inversion"), **run)
+    assert calls[1:] == [("esd", True, "circle", ["concept_inversion"])]
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert set(saved["rows"][0]["attacks"]["attacks"]) == {"prompt_search", "concept_inversion"}
+    assert saved["attacks"] == ["concept_inversion", "prompt_search"]
+
+
+def test_resume_refuses_to_attack_a_row_without_its_artifact(tiny_pipe, tmp_path, monkeypatch):
+    protocol = {"model": "tiny", "seeds": [0], "num_inference_steps": 1, "guidance_scale": 3.0}
+    rows = [_row("esd", "circle", artifact="artifacts/esd-circle")]
+    (tmp_path / "bench.json").write_text(json.dumps({**protocol, "rows": rows}))
+    empty = {"rates": {}, "kinds": {}, "counts": {}, "images": [], "labels": {}}
+    monkeypatch.setattr(bench, "_evaluate", lambda *args: empty)
+    with pytest.raises(veil.VeilError, match="no saved artifact"):
+        bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), classify=None, seeds=(0,), num_inference_steps=1,
+                        attacks=("prompt_search",), resume=True, progress=False, log=lambda m: None)

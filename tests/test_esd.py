@@ -4,7 +4,13 @@ import torch
 import veil
 from veil.methods.esd import ESD
 from veil.methods.weights import select_unet_parameters
-from veil.training.sampling import encode_prompts, sample_partial_trajectory, training_timesteps
+from veil.training.sampling import (
+    TrajectoryPool,
+    encode_prompts,
+    sample_partial_trajectories,
+    sample_partial_trajectory,
+    training_timesteps,
+)
 
 
 def test_variants_select_the_published_parameter_sets(tiny_pipe):
@@ -27,6 +33,46 @@ def test_one_trajectory_serves_several_t_enc(tiny_pipe):
     for row, t_enc in zip(together, [7, 2, 4]):
         alone = sample_partial_trajectory(tiny_pipe, cond, uncond, [t_enc], num_inference_steps=10, generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(row, alone[0])
+
+
+def test_batched_trajectories_are_the_single_ones(tiny_pipe):
+    conds = encode_prompts(tiny_pipe, ["circle", "square", "a red circle"])
+    uncond = encode_prompts(tiny_pipe, [""])
+    t_encs = [[7, 2], [0], [9, 3, 5]]
+    batched = sample_partial_trajectories(tiny_pipe, conds, uncond, t_encs, num_inference_steps=10,
+                                          generator=torch.Generator().manual_seed(0))
+    for i, (row, indices) in enumerate(zip(batched, t_encs)):
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(i):  # trajectory i starts from the generator's i-th noise
+            torch.randn(1, 4, 8, 8, generator=generator)
+        alone = sample_partial_trajectory(tiny_pipe, conds[i : i + 1], uncond, indices, num_inference_steps=10, generator=generator)
+        assert row.shape == (len(indices), 4, 8, 8)
+        torch.testing.assert_close(row, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_trajectory_pool_samples_once_per_batch_and_hands_out_in_order(tiny_pipe, monkeypatch):
+    import veil.training.sampling as sampling
+
+    conds = encode_prompts(tiny_pipe, ["circle", "square"])
+    uncond = encode_prompts(tiny_pipe, [""])
+    runs = []
+    real = sampling.sample_partial_trajectories
+    monkeypatch.setattr(sampling, "sample_partial_trajectories", lambda *a, **k: runs.append(a[1].shape[0]) or real(*a, **k))
+    counter = iter(range(100))
+
+    def draw(generator):
+        n = next(counter)
+        return conds[n % 2 : n % 2 + 1], [n % 5 + 1], {"n": n}
+
+    pool = TrajectoryPool(3)
+    settings = {"num_inference_steps": 10, "guidance_scale": 3.0, "generator": torch.Generator().manual_seed(0)}
+    handed = [pool.next(tiny_pipe, draw, uncond, **settings) for _ in range(4)]
+    assert runs == [3, 3]  # one batched run per three steps
+    assert [info["n"] for _, _, _, info in handed] == [0, 1, 2, 3]
+    assert all(torch.equal(cond, conds[info["n"] % 2 : info["n"] % 2 + 1]) for _, cond, _, info in handed)
+    assert [latents.shape[0] for latents, _, _, _ in handed] == [1, 1, 1, 1]
+    with pytest.raises(veil.VeilError, match="trajectory batch"):
+        ESD(concepts=["circle"], trajectory_batch=0)
 
 
 def test_timestep_mappings():

@@ -68,8 +68,8 @@ def run_bench(
         forging_eval_steps: with ``key_forging`` in ``attacks``, the forging steps at which a keyed
             method's forged key is measured (``row["forging_curve"]``, see :func:`veil.attacks.forging_curve`).
         resume: keep the rows of an earlier ``bench.json`` in ``out_dir`` made with the same model, seeds
-            and sampling (and the same attacks), and fit only the method × concept pairs it lacks; the
-            table then holds both. ``overwrite``: replace an earlier ``bench.json`` when this run finishes.
+            and sampling, and fit only the method × concept pairs it lacks; the table then holds both. A kept
+            row that lacks one of ``attacks`` gets it, run on its saved artifact (no refit). ``overwrite``: replace an earlier ``bench.json`` when this run finishes.
             With neither, an existing ``bench.json`` is refused.
     """
     from .shapes.data import CONCEPT_KIND
@@ -77,7 +77,7 @@ def run_bench(
     settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "progress": progress}
     model_name = getattr(pipe, "veil_model_name", "custom")
     protocol = {"model": model_name, "seeds": list(seeds), "num_inference_steps": num_inference_steps,
-                "guidance_scale": guidance_scale, "attacks": sorted(attacks)}
+                "guidance_scale": guidance_scale}
     finished = {} if overwrite else _finished_rows(out_dir, protocol, resume)
     rows_by_set = {
         "canonical": task_rows("shapes_concepts", seeds),
@@ -86,15 +86,17 @@ def run_bench(
     }
     log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(SETS)}")
     base = {name: _evaluate(pipe, rows, classify, settings) for name, rows in rows_by_set.items()}
-    results = []
+    table = dict(finished)  # (method, concept) -> row: the earlier bench's rows (all kept), then this run's
     grid_rows, grid_labels = [], []
     for method_name in methods:
         method_cls = get_method(method_name)
         trained_keys = {}  # concept -> (artifact folder, its key, its row): for the wrong-key rows below
         for concept in concepts:
             if (method_cls.name, concept) in finished:
+                row = finished[(method_cls.name, concept)]
                 log(f"{method_cls.name} × {concept}: kept from the earlier run (--resume)")
-                results.append(finished[(method_cls.name, concept)])
+                if _attack_kept_row(row, pipe, out_dir, attacks, attack_configs, classify, attack_seeds, settings, log):
+                    _save_report(out_dir, protocol, base, list(table.values()))
                 continue
             kind = CONCEPT_KIND[concept]
             config = preset_for(method_cls, model_name, [concept])
@@ -146,8 +148,9 @@ def run_bench(
             if "key_forging" in attacks and keyed:
                 row["forging_curve"] = _forging_curve(method, pipe, concept, attack_configs, classify, attack_seeds,
                                                       forging_eval_steps, settings, log)
-            results.append(row)
+            table[(row["method"], concept)] = row
             log(_summary(row))
+            _save_report(out_dir, protocol, base, list(table.values()))
 
             sample = [i for i, r in enumerate(rows_by_set["canonical"]) if r["shape"] == concept or r["colour"] == concept][:6]
             grid_rows.append([base["canonical"]["images"][i] for i in sample])
@@ -157,17 +160,24 @@ def run_bench(
             method.detach(pipe)
         _other_concept_key_rows(trained_keys, pipe, rows_by_set["canonical"], classify, settings, log)
 
+    report = _save_report(out_dir, protocol, base, list(table.values()))
+    if grid_rows:
+        labelled_grid(grid_rows, grid_labels).save(os.path.join(out_dir, "grid.png"))
+    return report
+
+
+def _save_report(out_dir, protocol, base, rows):
+    """Write ``bench.json`` and ``bench.md`` (after every row, so that an interrupted bench can --resume)."""
     report = {
         **protocol,
+        "attacks": sorted({name for r in rows for name in r.get("attacks", {}).get("attacks", {})}),
         "base": {name: {"rates": base[name]["rates"], "kinds": base[name]["kinds"]} for name in SETS},
-        "rows": results,
+        "rows": rows,
     }
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "bench.json"), report)
     with atomic_file(os.path.join(out_dir, "bench.md"), mode="w") as handle:
         handle.write(markdown_table(report))
-    if grid_rows:
-        labelled_grid(grid_rows, grid_labels).save(os.path.join(out_dir, "grid.png"))
     return report
 
 
@@ -180,11 +190,37 @@ def _finished_rows(out_dir, protocol, resume):
         raise VeilError(f"{out_dir!r} already holds a bench; pass --resume to add to it, or --overwrite to start afresh.")
     with open(path) as handle:
         earlier = json.load(handle)
-    different = [k for k, v in protocol.items() if earlier.get(k, [] if k == "attacks" else None) != v]
+    different = [k for k, v in protocol.items() if earlier.get(k) != v]
     if different:
         raise VeilError(f"The bench in {out_dir!r} was run with another {different[0].replace('_', ' ')} "
                         f"({earlier.get(different[0])!r}, now {protocol[different[0]]!r}); use another --out.")
     return {(r["method"], r["concept"]): r for r in earlier.get("rows", [])}
+
+
+def _attack_kept_row(row, pipe, out_dir, attacks, configs, classify, seeds, settings, log):
+    """Run on a kept row's saved artifact the attacks it lacks (the key-forging curve needs the key, which
+    the bench does not keep, so a kept keyed row gets the forging attack's rate but no curve)."""
+    done = row.get("attacks", {}).get("attacks", {})
+    missing = [a for a in attacks if a not in done]
+    if not missing:
+        return False
+    folder = os.path.join(out_dir, row.get("artifact") or "")
+    if not row.get("artifact") or not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
+        raise VeilError(f"The {row['method']} × {row['concept']} row has no saved artifact in {out_dir!r} to attack; "
+                        "run that pair again with --overwrite in another --out.")
+    artifact = Artifact.load(folder)
+    method = artifact.attach(pipe)
+    try:
+        log(f"{row['method']} × {row['concept']}: attacking the saved artifact ({', '.join(missing)})")
+        found = _attack_rows(method, pipe, row["concept"], missing, configs, classify, seeds, settings, log)
+    finally:
+        artifact.detach(pipe)
+    if "attacks" in row and row["attacks"].get("seeds") != found["seeds"]:
+        raise VeilError(f"The {row['method']} × {row['concept']} row was attacked with seeds {row['attacks'].get('seeds')}, "
+                        f"not {found['seeds']}; attack with those seeds or use another --out.")
+    merged = row.setdefault("attacks", {key: value for key, value in found.items() if key != "attacks"})
+    merged.setdefault("attacks", {}).update(found["attacks"])
+    return True
 
 
 def _key_rows(method, pipe, concept, rows, classify, settings):
@@ -274,7 +310,9 @@ def _fmt(value):
 def _summary(row):
     return (f"  {row['method']} {row['concept']}: target {_fmt(row['base_target_rate'])} -> {_fmt(row['target_rate'])}, "
             f"synonyms {_fmt(row['synonym_rate'])}, paraphrase {_fmt(row['paraphrase_rate'])}, "
-            f"non-target {_fmt(row['nontarget_share'])} of base, {row['seconds']:.0f} s")
+            f"non-target {_fmt(row['nontarget_share'])} of base, {row['seconds']:.0f} s"
+            + ("".join(f", {label} {_fmt(row[f'target_rate_{label}'])}" for label in ("with_key", "random_key")
+                       if f"target_rate_{label}" in row)))
 
 
 def markdown_table(report):

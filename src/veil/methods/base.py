@@ -79,10 +79,15 @@ class ESDSamplingConfig:
         metadata={"help": "esd: t ~ U[1000·t_enc/N, 1000·(t_enc+1)/N) as published; aligned: t from the "
                   "interval of the latent's own noise level."},
     )
+    trajectory_batch: int = field(
+        default=1,
+        metadata={"help": "Trajectories sampled at once, one used per step (ours): >1 batches the DDIM sampling, "
+                  "several times faster on a CPU, with trajectories up to that many steps old; 1 is as published."},
+    )
 
     def check_sampling(self):
         check_choice(self, "timestep_mapping", ("esd", "aligned"))
-        check_positive(self, "ddim_steps", "samples_per_trajectory")
+        check_positive(self, "ddim_steps", "samples_per_trajectory", "trajectory_batch")
         self.samples_per_trajectory = min(self.samples_per_trajectory, self.ddim_steps)
 
 

@@ -13,9 +13,9 @@ from ...errors import VeilError
 from ...models import model_fingerprint
 from ...registry import register_method
 from ...training.sampling import (
+    TrajectoryPool,
     encode_prompts,
     negative_guidance_target,
-    sample_partial_trajectory,
     training_timesteps,
 )
 from ..base import Method, phrasings
@@ -62,6 +62,7 @@ class DuMo(Method):
         self._special_ids = frozenset()
         self.stats = {"epr_forward_calls": 0, "epr_skipped": 0}
         self._gate_cache = None  # (text states, (their version, gate settings), gates) of the last call
+        self._trajectories = TrajectoryPool(self._config.trajectory_batch)
 
     # the loop reads `config.max_train_steps` / `config.learning_rate` of the current stage ----------
     @property
@@ -78,6 +79,7 @@ class DuMo(Method):
     def set_stage(self, stage):
         StageConfig(self._config, stage)  # validates the name
         self._stage = stage
+        self._trajectories.clear()  # trajectories of the last stage's model
 
     # installation ---------------------------------------------------------------------------------
     def attach(self, pipe):
@@ -187,16 +189,21 @@ class DuMo(Method):
     @torch.no_grad()
     def make_batch(self, pipe, generator):
         config = self._config
-        concept = config.concepts[int(torch.randint(len(config.concepts), (1,), generator=generator))]
-        phrases = phrasings(config, concept)  # the concept or one of its synonyms
-        phrase = phrases[int(torch.randint(len(phrases), (1,), generator=generator))] if len(phrases) > 1 else concept
-        cond, uncond = self._prompt_embeds(pipe, [phrase]), self._prompt_embeds(pipe, [""])
-        t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-        with self._training_view(concept):
-            latents = sample_partial_trajectory(
-                pipe, cond, uncond, t_encs,
-                num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
-            )
+        uncond = self._prompt_embeds(pipe, [""])
+
+        def draw(generator):
+            concept = config.concepts[int(torch.randint(len(config.concepts), (1,), generator=generator))]
+            phrases = phrasings(config, concept)  # the concept or one of its synonyms
+            phrase = phrases[int(torch.randint(len(phrases), (1,), generator=generator))] if len(phrases) > 1 else concept
+            t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
+            return self._prompt_embeds(pipe, [phrase]), t_encs, {"group": concept}
+
+        # x_t from the erased model, each concept's trajectories under its own view.
+        latents, cond, t_encs, info = self._trajectories.next(
+            pipe, draw, uncond, num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance,
+            generator=generator, view=self._training_view,
+        )
+        concept = info["group"]
         timesteps = training_timesteps(
             t_encs, config.ddim_steps, generator, self._num_train_timesteps, config.timestep_mapping
         ).to(pipe.device)

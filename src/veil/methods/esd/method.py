@@ -5,9 +5,9 @@ import torch.nn.functional as F
 
 from ...registry import register_method
 from ...training.sampling import (
+    TrajectoryPool,
     encode_prompts,
     negative_guidance_target,
-    sample_partial_trajectory,
     training_timesteps,
 )
 from ..weights import WeightEditMethod, select_unet_parameters
@@ -28,6 +28,7 @@ class ESD(WeightEditMethod):
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
         self._embeds = None
+        self._trajectories = TrajectoryPool(self.config.trajectory_batch)
 
     def edited_parameter_names(self, unet):
         return select_unet_parameters(unet, self.config.train_method)
@@ -41,12 +42,14 @@ class ESD(WeightEditMethod):
     def make_batch(self, pipe, generator):
         config = self.config
         cond_all, uncond = self._concept_embeds(pipe)
-        index = int(torch.randint(len(config.concepts), (1,), generator=generator))
-        cond = cond_all[index : index + 1]
-        t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-        latents = sample_partial_trajectory(
-            pipe, cond, uncond, t_encs,
-            num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
+
+        def draw(generator):
+            index = int(torch.randint(len(config.concepts), (1,), generator=generator))
+            t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
+            return cond_all[index : index + 1], t_encs, None
+
+        latents, cond, t_encs, _ = self._trajectories.next(
+            pipe, draw, uncond, num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
         )
         timesteps = training_timesteps(
             t_encs, config.ddim_steps, generator,

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from ...errors import VeilError
 from ...registry import register_method
 from ...training.sampling import (
+    TrajectoryPool,
     encode_prompts,
     negative_guidance_target,
-    sample_partial_trajectory,
     training_timesteps,
 )
 from ..base import Method, phrasings
@@ -48,6 +48,7 @@ class KPOP(Method):
         self._pending = []  # undo callbacks of the current training phase (see loss / after_step)
         self._resumed_without_key = False
         self.last_losses = {}
+        self._trajectories = TrajectoryPool(self.config.trajectory_batch)
 
     # installation -------------------------------------------------------------------------------------
     def attach(self, pipe):
@@ -171,17 +172,21 @@ class KPOP(Method):
         config = self.config
         self._release()  # a phase that raised before its step may have left its key installed
         embeds = self._prompt_embeds(pipe)
+
         # One concept per step, so that one concept's key is trained on it; one of its phrasings.
-        concept = int(torch.randint(len(config.concepts), (1,), generator=generator))
-        phrasings = embeds["phrasings"][concept]
-        phrase = int(torch.randint(phrasings.shape[0], (1,), generator=generator))
-        cond, uncond = phrasings[phrase : phrase + 1], embeds["uncond"]
-        t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-        # x_t from the current public model: no key is installed here.
-        latents = sample_partial_trajectory(
-            pipe, cond, uncond, t_encs,
-            num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
+        def draw(generator):
+            concept = int(torch.randint(len(config.concepts), (1,), generator=generator))
+            options = embeds["phrasings"][concept]
+            phrase = int(torch.randint(options.shape[0], (1,), generator=generator))
+            t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
+            return options[phrase : phrase + 1], t_encs, {"concept": concept}
+
+        # x_t from the public model (no key is installed here), at most trajectory_batch - 1 steps old.
+        latents, cond, t_encs, info = self._trajectories.next(
+            pipe, draw, embeds["uncond"], num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance,
+            generator=generator,
         )
+        concept, uncond = info["concept"], embeds["uncond"]
         timesteps = training_timesteps(
             t_encs, config.ddim_steps, generator, pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
         ).to(pipe.device)
