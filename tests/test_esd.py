@@ -105,3 +105,30 @@ def test_esd_moves_the_concept_towards_the_negative_guidance_target(tiny_pipe):
     concept = _noise_shift(tiny_pipe, method, "a red circle", latents, timesteps)
     unrelated = _noise_shift(tiny_pipe, method, "the quick brown fox jumps over the lazy dog", latents, timesteps)
     assert concept > 2 * unrelated, (concept, unrelated)
+
+
+@pytest.mark.parametrize("method_name", ["esd", "kpop", "dumo"])
+def test_contexts_anchor_the_target_at_the_context_without_the_concept(tiny_pipe, method_name):
+    from veil.training.sampling import negative_guidance_target
+
+    method = veil.get_method(method_name)(concepts=["circle"], contexts=["a red {} on a table"], context_probability=1.0,
+                                          ddim_steps=4, samples_per_trajectory=2, max_train_steps=1)
+    method.attach(tiny_pipe)
+    batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
+    cond = encode_prompts(tiny_pipe, ["a red circle on a table"])
+    torch.testing.assert_close(batch["cond"][:1], cond, atol=1e-5, rtol=1e-5)
+    latents, timesteps = batch["latents"], batch["timesteps"]
+    size = latents.shape[0]
+    with torch.no_grad(), method.disabled(tiny_pipe):
+        anchor = tiny_pipe.unet(latents, timesteps, encoder_hidden_states=encode_prompts(tiny_pipe, ["a red on a table"]).expand(size, -1, -1)).sample
+        concept = tiny_pipe.unet(latents, timesteps, encoder_hidden_states=cond.expand(size, -1, -1)).sample
+    target = batch["target_hide"] if method_name == "kpop" else batch["target"]
+    torch.testing.assert_close(target, negative_guidance_target(anchor, concept, 1.0), atol=1e-4, rtol=1e-4)
+    method.detach(tiny_pipe)
+
+
+def test_contexts_need_one_placeholder():
+    with pytest.raises(veil.VeilError, match="exactly one"):
+        ESD(concepts=["circle"], contexts=["a red circle"])
+    with pytest.raises(veil.VeilError, match="context_probability"):
+        ESD(concepts=["circle"], contexts=["a {}"], context_probability=1.5)

@@ -9,6 +9,8 @@ import contextlib
 import typing
 from dataclasses import dataclass, field
 
+import torch
+
 from ..config import Settings
 from ..errors import VeilError
 
@@ -79,6 +81,15 @@ class ESDSamplingConfig:
         metadata={"help": "esd: t ~ U[1000·t_enc/N, 1000·(t_enc+1)/N) as published; aligned: t from the "
                   "interval of the latent's own noise level."},
     )
+    contexts: typing.List[str] = field(
+        default_factory=list,
+        metadata={"help": "Prompt templates with {} where the concept goes (ours), e.g. 'a red {} on a dotted background'. "
+                  "With probability context_probability a step puts the concept in one, and its target is anchored "
+                  "at the template without the concept instead of the empty prompt, so what surrounds it is kept."},
+    )
+    context_probability: float = field(
+        default=0.5, metadata={"help": "Share of steps that put the concept in one of contexts (when there are any)."}
+    )
     trajectory_batch: int = field(
         default=1,
         metadata={"help": "Trajectories sampled at once, one used per step (ours): >1 batches the DDIM sampling, "
@@ -89,6 +100,22 @@ class ESDSamplingConfig:
         check_choice(self, "timestep_mapping", ("esd", "aligned"))
         check_positive(self, "ddim_steps", "samples_per_trajectory", "trajectory_batch")
         self.samples_per_trajectory = min(self.samples_per_trajectory, self.ddim_steps)
+        if isinstance(self.contexts, str):
+            self.contexts = [self.contexts]
+        self.contexts = [str(c) for c in self.contexts]
+        for context in self.contexts:
+            if context.count("{}") != 1 or "{" in context.replace("{}", "") or "}" in context.replace("{}", ""):
+                raise VeilError(f"Context {context!r} must hold exactly one {{}} where the concept goes, e.g. 'a {{}} in a park'.")
+        if not 0.0 <= self.context_probability <= 1.0:
+            raise VeilError(f"context_probability must lie in [0, 1], got {self.context_probability!r}.")
+
+    def pick_context(self, phrase, generator):
+        """``(prompt, anchor)`` of one training step: the phrase alone and the empty prompt, or, with
+        probability ``context_probability``, the phrase in a random context and that context without it."""
+        if not self.contexts or float(torch.rand(1, generator=generator)) >= self.context_probability:
+            return phrase, ""
+        context = self.contexts[int(torch.randint(len(self.contexts), (1,), generator=generator))]
+        return " ".join(context.format(phrase).split()), " ".join(context.format("").split())
 
 
 class Method:

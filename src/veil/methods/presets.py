@@ -23,6 +23,21 @@ def _all_but_concepts_and_anchor(concepts):
     return [c for c in CONCEPT_KIND if c not in concepts and c != _anchor(concepts)]
 
 
+def _contexts(concepts):
+    """The shapes world's training captions with the concepts' slot left open ('a red {} on a dotted background'):
+    every template × value of the other two axes; none when the concepts are of different kinds."""
+    from ..shapes.data import AXES, CONCEPT_KIND, TRAIN_TEMPLATES, fill
+
+    kinds = {CONCEPT_KIND.get(c) for c in concepts}
+    if len(kinds) != 1 or None in kinds:
+        return []
+    kind = kinds.pop()
+    slot = {"shape": "s", "colour": "c", "background": "b"}
+    others = [k for k in AXES if k != kind]
+    return [fill(t, **{slot[kind]: "{}", slot[others[0]]: a, slot[others[1]]: b})
+            for t in TRAIN_TEMPLATES for a in AXES[others[0]] for b in AXES[others[1]]]
+
+
 PRESETS = {
     "shapes": {
         # ESD-x, 4 samples per DDIM trajectory; measured in bench/results/shapes.
@@ -33,7 +48,8 @@ PRESETS = {
         # keyed retain term and random decoy keys. Circle: public 0 %, synonyms 4 %, others 100 %, with
         # the key 100 %, random key 0 % (bench/results/kpop_ablation_shapes_cpu.json).
         "kpop": {"preset": "tuned", "layers": "all", "max_train_steps": 400, "ddim_steps": 25, "learning_rate": 2e-3,
-                 "key_learning_rate": 1e-2, "retain_weight": 1.0, "key_retain_weight": 0.1, "decoy_weight": 1.0},
+                 "key_learning_rate": 1e-2, "retain_weight": 1.0, "key_retain_weight": 0.1, "decoy_weight": 1.0,
+                 "contexts": _contexts},
         # DuMo: stage 1 at 1.2e-3 for 300 steps on DDIM-25 trajectories (the spec's 1e-5 does nothing here,
         # 2e-3 also took the colour off erased circles), stage 2 with lambda 0.03. Circle: 4 % gate on or
         # off; other concepts 100 % gated (bench/results/dumo_stages_shapes_cpu.json).

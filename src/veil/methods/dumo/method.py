@@ -195,8 +195,9 @@ class DuMo(Method):
             concept = config.concepts[int(torch.randint(len(config.concepts), (1,), generator=generator))]
             phrases = phrasings(config, concept)  # the concept or one of its synonyms
             phrase = phrases[int(torch.randint(len(phrases), (1,), generator=generator))] if len(phrases) > 1 else concept
+            prompt, anchor = config.pick_context(phrase, generator)  # alone, or in a context
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            return self._prompt_embeds(pipe, [phrase]), t_encs, {"group": concept}
+            return self._prompt_embeds(pipe, [prompt]), t_encs, {"group": concept, "anchor": anchor}
 
         # x_t from the erased model, each concept's trajectories under its own view.
         latents, cond, t_encs, info = self._trajectories.next(
@@ -204,6 +205,7 @@ class DuMo(Method):
             generator=generator, view=self._training_view,
         )
         concept = info["group"]
+        anchor = self._prompt_embeds(pipe, [info["anchor"]])  # the empty prompt, or the context without the concept
         timesteps = training_timesteps(
             t_encs, config.ddim_steps, generator, self._num_train_timesteps, config.timestep_mapping
         ).to(pipe.device)
@@ -212,7 +214,7 @@ class DuMo(Method):
         with self.disabled(pipe):
             noise_uncond, noise_cond = pipe.unet(
                 torch.cat([latents, latents]), torch.cat([timesteps, timesteps]),
-                encoder_hidden_states=torch.cat([uncond.expand(batch, -1, -1), cond]),
+                encoder_hidden_states=torch.cat([anchor.expand(batch, -1, -1), cond]),
             ).sample.chunk(2)
         target = negative_guidance_target(noise_uncond, noise_cond, config.negative_guidance)
         out = {"concept": concept, "latents": latents, "timesteps": timesteps, "cond": cond, "target": target}

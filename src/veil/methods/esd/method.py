@@ -28,10 +28,17 @@ class ESD(WeightEditMethod):
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
         self._embeds = None
+        self._texts = {}
         self._trajectories = TrajectoryPool(self.config.trajectory_batch)
 
     def edited_parameter_names(self, unet):
         return select_unet_parameters(unet, self.config.train_method)
+
+    def _encode(self, pipe, text):
+        """Text states of one context prompt, cached."""
+        if text not in self._texts:
+            self._texts[text] = encode_prompts(pipe, [text])
+        return self._texts[text]
 
     def _concept_embeds(self, pipe):
         if self._embeds is None:
@@ -45,20 +52,24 @@ class ESD(WeightEditMethod):
 
         def draw(generator):
             index = int(torch.randint(len(config.concepts), (1,), generator=generator))
+            prompt, anchor = config.pick_context(config.concepts[index], generator)  # alone, or in a context
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            return cond_all[index : index + 1], t_encs, None
+            cond = cond_all[index : index + 1] if prompt == config.concepts[index] else self._encode(pipe, prompt)
+            return cond, t_encs, {"anchor": anchor}
 
-        latents, cond, t_encs, _ = self._trajectories.next(
+        latents, cond, t_encs, info = self._trajectories.next(
             pipe, draw, uncond, num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
         )
+        # The target's anchor: the empty prompt, or the context without the concept.
+        anchor = self._encode(pipe, info["anchor"]) if info["anchor"] else uncond
         timesteps = training_timesteps(
             t_encs, config.ddim_steps, generator,
             pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
         ).to(pipe.device)
         batch = latents.shape[0]
-        cond, uncond = cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)
+        cond, anchor = cond.expand(batch, -1, -1), anchor.expand(batch, -1, -1)
         with self.disabled(pipe):
-            noise_uncond = pipe.unet(latents, timesteps, encoder_hidden_states=uncond).sample
+            noise_uncond = pipe.unet(latents, timesteps, encoder_hidden_states=anchor).sample
             noise_cond = pipe.unet(latents, timesteps, encoder_hidden_states=cond).sample
         target = negative_guidance_target(noise_uncond, noise_cond, config.negative_guidance)
         return {"latents": latents, "timesteps": timesteps, "cond": cond, "target": target}

@@ -161,11 +161,18 @@ class KPOP(Method):
         if self._embeds is None:
             config = self.config
             self._embeds = {
-                "phrasings": [encode_prompts(pipe, phrasings(config, c)) for c in config.concepts],
                 "uncond": encode_prompts(pipe, [""]),
                 "retain": encode_prompts(pipe, config.retain_concepts) if config.retain_concepts else None,
+                "texts": {},
             }
         return self._embeds
+
+    def _encode(self, pipe, text):
+        """Text states of one prompt, cached (phrasings and their contexts recur)."""
+        texts = self._prompt_embeds(pipe)["texts"]
+        if text not in texts:
+            texts[text] = encode_prompts(pipe, [text])
+        return texts[text]
 
     @torch.no_grad()
     def make_batch(self, pipe, generator):
@@ -173,43 +180,47 @@ class KPOP(Method):
         self._release()  # a phase that raised before its step may have left its key installed
         embeds = self._prompt_embeds(pipe)
 
-        # One concept per step, so that one concept's key is trained on it; one of its phrasings.
+        # One concept per step, so that one concept's key is trained on it; one of its phrasings, alone or
+        # in one of the contexts.
         def draw(generator):
             concept = int(torch.randint(len(config.concepts), (1,), generator=generator))
-            options = embeds["phrasings"][concept]
-            phrase = int(torch.randint(options.shape[0], (1,), generator=generator))
+            options = phrasings(config, config.concepts[concept])
+            phrase = options[int(torch.randint(len(options), (1,), generator=generator))]
+            prompt, anchor = config.pick_context(phrase, generator)
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            return options[phrase : phrase + 1], t_encs, {"concept": concept}
+            return self._encode(pipe, prompt), t_encs, {"concept": concept, "anchor": anchor}
 
         # x_t from the public model (no key is installed here), at most trajectory_batch - 1 steps old.
         latents, cond, t_encs, info = self._trajectories.next(
             pipe, draw, embeds["uncond"], num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance,
             generator=generator,
         )
-        concept, uncond = info["concept"], embeds["uncond"]
+        concept = info["concept"]
+        # The hiding target's anchor: the empty prompt, or the context without the concept.
+        anchor = self._encode(pipe, info["anchor"]) if info["anchor"] else embeds["uncond"]
         timesteps = training_timesteps(
             t_encs, config.ddim_steps, generator, pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
         ).to(pipe.device)
         batch = latents.shape[0]
-        cond, uncond = cond.expand(batch, -1, -1), uncond.expand(batch, -1, -1)
+        cond, anchor = cond.expand(batch, -1, -1), anchor.expand(batch, -1, -1)
         out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept}
-        contexts = [uncond, cond]
+        states = [anchor, cond]
         if config.retain_weight > 0 or config.key_retain_weight > 0:
             index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
             out["retain_cond"] = embeds["retain"][index : index + 1].expand(batch, -1, -1)
-            contexts.append(out["retain_cond"])
+            states.append(out["retain_cond"])
         with self.disabled(pipe):  # the original model's predictions, in one call
             targets = pipe.unet(
-                latents.repeat(len(contexts), 1, 1, 1), timesteps.repeat(len(contexts)), encoder_hidden_states=torch.cat(contexts)
-            ).sample.chunk(len(contexts))
-        noise_uncond, noise_cond = targets[0], targets[1]
-        if len(contexts) > 2:
+                latents.repeat(len(states), 1, 1, 1), timesteps.repeat(len(states)), encoder_hidden_states=torch.cat(states)
+            ).sample.chunk(len(states))
+        noise_anchor, noise_cond = targets[0], targets[1]
+        if len(states) > 2:
             out["retain_target"] = targets[2]
         if config.decoy_weight > 0:
             # Directions of the decoy key; loss() gives them the current key's norms.
             shape = (2, config.num_key_tokens, cond.shape[-1])
             out["decoy"] = torch.randn(shape, generator=generator).to(pipe.device)
-        out["target_hide"] = negative_guidance_target(noise_uncond, noise_cond, config.negative_guidance)
+        out["target_hide"] = negative_guidance_target(noise_anchor, noise_cond, config.negative_guidance)
         out["target_recover"] = noise_cond
         return out
 
