@@ -80,3 +80,43 @@ def test_resume_refuses_to_attack_a_row_without_its_artifact(tiny_pipe, tmp_path
     with pytest.raises(veil.VeilError, match="no saved artifact"):
         bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), classify=None, seeds=(0,), num_inference_steps=1,
                         attacks=("prompt_search",), resume=True, progress=False, log=lambda m: None)
+
+
+def test_resume_draws_the_forging_curve_of_a_kept_keyed_row_from_its_key_file(tiny_pipe, tmp_path, monkeypatch):
+    from veil.keys import save_key
+    from veil.methods.kpop import KPOP
+
+    method = KPOP(concepts=["circle"], max_train_steps=1, ddim_steps=2, samples_per_trajectory=1, num_key_tokens=2)
+    veil.train(method, tiny_pipe, progress=False)
+    artifact = veil.Artifact.from_method(method, tiny_pipe)
+    artifact.save(str(tmp_path / "artifacts" / "kpop-circle"))
+    save_key(method.key, str(tmp_path / "artifacts" / "kpop-circle.veilkey"), artifact=artifact)
+    fingerprint = method.key.fingerprints()
+    method.detach(tiny_pipe)
+    protocol = {"model": "tiny", "seeds": [0], "num_inference_steps": 1, "guidance_scale": 3.0}
+    (tmp_path / "bench.json").write_text(json.dumps({**protocol, "rows": [_row("kpop", "circle", artifact="artifacts/kpop-circle")]}))
+    keys = []
+    empty = {"rates": {}, "kinds": {}, "counts": {}, "images": [], "labels": {}}
+    monkeypatch.setattr(bench, "_evaluate", lambda *args: empty)
+    monkeypatch.setattr(bench, "_attack_rows", lambda method, pipe, concept, attacks, *a: {
+        "concept": concept, "seeds": [0], "before": 0.0, "attacks": {n: {"attack_success_rate": 0.0} for n in attacks}})
+    monkeypatch.setattr(bench, "_forging_curve", lambda method, pipe, concept, key, *a: keys.append(key) or {"steps_to_half": 5})
+    bench.run_bench(tiny_pipe, ["kpop"], ["circle"], str(tmp_path), classify=None, seeds=(0,), num_inference_steps=1,
+                    attacks=("key_forging",), resume=True, progress=False, log=lambda m: None)
+    assert [k.fingerprints() for k in keys] == [fingerprint]  # the row's own key, read from its file
+    saved = json.loads((tmp_path / "bench.json").read_text())["rows"][0]
+    assert saved["forging_curve"] == {"steps_to_half": 5} and "key_forging" in saved["attacks"]["attacks"]
+
+
+def test_a_keyed_row_keeps_its_key_beside_the_artifact_and_not_in_it(tiny_pipe, tmp_path, monkeypatch):
+    from veil.keys import load_key_for
+
+    monkeypatch.setattr(bench, "_evaluate", lambda pipe, rows, *args: {"rates": {}, "kinds": {}, "images": [None] * len(rows)})
+    monkeypatch.setattr(bench, "labelled_grid", lambda rows, labels: type("G", (), {"save": lambda self, path: None})())
+    overrides = {"kpop": {"max_train_steps": 1, "ddim_steps": 2, "samples_per_trajectory": 1, "num_key_tokens": 2}}
+    bench.run_bench(tiny_pipe, ["kpop"], ["circle"], str(tmp_path), classify=None, seeds=(0,), num_inference_steps=1,
+                    overrides=overrides, progress=False, log=lambda m: None)
+    folder = tmp_path / "artifacts" / "kpop-circle"
+    key = load_key_for(str(folder) + ".veilkey", str(folder))
+    secret = key["circle"][0].numpy().tobytes()
+    assert all(secret not in path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and path.suffix != ".veilkey")

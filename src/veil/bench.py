@@ -22,6 +22,7 @@ from .registry import get_method
 from .training.loop import fit_method
 
 SETS = ("canonical", "synonyms", "paraphrase")
+KEY_SUFFIX = ".veilkey"  # a keyed method's key, next to its artifact folder
 
 
 def _evaluate(pipe, rows, classify, settings):
@@ -95,7 +96,8 @@ def run_bench(
             if (method_cls.name, concept) in finished:
                 row = finished[(method_cls.name, concept)]
                 log(f"{method_cls.name} × {concept}: kept from the earlier run (--resume)")
-                if _attack_kept_row(row, pipe, out_dir, attacks, attack_configs, classify, attack_seeds, settings, log):
+                if _attack_kept_row(row, pipe, out_dir, attacks, attack_configs, classify, attack_seeds, settings, log,
+                                    forging_eval_steps):
                     _save_report(out_dir, protocol, base, list(table.values()))
                 continue
             kind = CONCEPT_KIND[concept]
@@ -109,6 +111,11 @@ def run_bench(
             artifact_dir = os.path.join(out_dir, "artifacts", f"{method_cls.name}-{concept.replace(' ', '_')}")
             artifact = Artifact.from_method(method, pipe, {k: v for k, v in cost.items() if k != "losses"})
             artifact.save(artifact_dir, overwrite=True)
+            if getattr(method, "key", None) is not None:
+                # Beside its artifact (unencrypted, git-ignored), so that a later --resume can attack with it.
+                from .keys import save_key
+
+                save_key(method.key, artifact_dir + KEY_SUFFIX, artifact=artifact, overwrite=True)
             artifact_mb = os.path.getsize(os.path.join(artifact_dir, WEIGHTS_NAME)) / 2**20
 
             log(f"{method_cls.name} × {concept}: evaluating")
@@ -146,7 +153,7 @@ def run_bench(
             if attacks:
                 row["attacks"] = _attack_rows(method, pipe, concept, attacks, attack_configs, classify, attack_seeds, settings, log)
             if "key_forging" in attacks and keyed:
-                row["forging_curve"] = _forging_curve(method, pipe, concept, attack_configs, classify, attack_seeds,
+                row["forging_curve"] = _forging_curve(method, pipe, concept, method.key, attack_configs, classify, attack_seeds,
                                                       forging_eval_steps, settings, log)
             table[(row["method"], concept)] = row
             log(_summary(row))
@@ -197,12 +204,14 @@ def _finished_rows(out_dir, protocol, resume):
     return {(r["method"], r["concept"]): r for r in earlier.get("rows", [])}
 
 
-def _attack_kept_row(row, pipe, out_dir, attacks, configs, classify, seeds, settings, log):
-    """Run on a kept row's saved artifact the attacks it lacks (the key-forging curve needs the key, which
-    the bench does not keep, so a kept keyed row gets the forging attack's rate but no curve)."""
+def _attack_kept_row(row, pipe, out_dir, attacks, configs, classify, seeds, settings, log, forging_eval_steps=()):
+    """Run on a kept row's saved artifact the attacks it lacks, and the key-forging curve when asked for and
+    the row's key file is there."""
     done = row.get("attacks", {}).get("attacks", {})
     missing = [a for a in attacks if a not in done]
-    if not missing:
+    key_path = os.path.join(out_dir, (row.get("artifact") or "") + KEY_SUFFIX)
+    curve = "key_forging" in attacks and "forging_curve" not in row and os.path.isfile(key_path)
+    if not missing and not curve:
         return False
     folder = os.path.join(out_dir, row.get("artifact") or "")
     if not row.get("artifact") or not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
@@ -211,10 +220,17 @@ def _attack_kept_row(row, pipe, out_dir, attacks, configs, classify, seeds, sett
     artifact = Artifact.load(folder)
     method = artifact.attach(pipe)
     try:
-        log(f"{row['method']} × {row['concept']}: attacking the saved artifact ({', '.join(missing)})")
-        found = _attack_rows(method, pipe, row["concept"], missing, configs, classify, seeds, settings, log)
+        log(f"{row['method']} × {row['concept']}: attacking the saved artifact ({', '.join(missing) or 'forging curve'})")
+        found = _attack_rows(method, pipe, row["concept"], missing, configs, classify, seeds, settings, log) if missing else None
+        if curve:
+            from .keys import load_key_for
+
+            row["forging_curve"] = _forging_curve(method, pipe, row["concept"], load_key_for(key_path, artifact), configs,
+                                                  classify, seeds, forging_eval_steps, settings, log)
     finally:
         artifact.detach(pipe)
+    if found is None:
+        return True
     if "attacks" in row and row["attacks"].get("seeds") != found["seeds"]:
         raise VeilError(f"The {row['method']} × {row['concept']} row was attacked with seeds {row['attacks'].get('seeds')}, "
                         f"not {found['seeds']}; attack with those seeds or use another --out.")
@@ -284,13 +300,13 @@ def _attack_rows(method, pipe, concept, attacks, configs, classify, seeds, setti
                        configs=configs, log=log)
 
 
-def _forging_curve(method, pipe, concept, configs, classify, seeds, eval_steps, settings, log):
+def _forging_curve(method, pipe, concept, key, configs, classify, seeds, eval_steps, settings, log):
     """The concept rate against key-forging steps, next to the real key's (keyed methods; the canonical prompt)."""
     from .attacks import forging_curve
     from .shapes.data import CONCEPT_KIND, canonical_prompt
 
     curve = forging_curve(pipe, method, concept, render_concept_images(concept), classify, eval_steps=eval_steps,
-                          reference_key=method.key.subset([concept]), config=(configs or {}).get("key_forging"),
+                          reference_key=key.subset([concept]), config=(configs or {}).get("key_forging"),
                           prompt=canonical_prompt(**{CONCEPT_KIND[concept]: concept}), seeds=seeds,
                           num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"])
     reached = "not reached" if curve["steps_to_half"] is None else f"{curve['steps_to_half']} steps"
