@@ -108,6 +108,17 @@ def test_bench_report_shows_tlmo_heat_maps_forging_curves_and_key_columns(tmp_pa
         assert f"<th class=\"\">{column}</th>" in page
 
 
+def test_bench_report_tables_and_plots_attack_success(tmp_path):
+    attacks = {"before": 0.0, "attacks": {"prompt_search": {"attack_success_rate": 0.75}, "ring_a_bell": {"attack_success_rate": 0.125}}}
+    rows = [dict(BENCH["rows"][0], attacks=attacks), BENCH["rows"][1]]
+    (tmp_path / "bench.json").write_text(json.dumps(dict(BENCH, rows=rows)))
+    page = build_report([str(tmp_path)])
+    table = page[page.index("<h3>attack success</h3>"):]
+    assert "<th>prompt_search</th><th>ring_a_bell</th>" in table and "<td>0.75</td><td>0.125</td>" in table
+    assert ">attack success: concept rate before and after each attack</text>" in page
+    assert table.count('<td class="l">kpop</td>') == 0  # only attacked rows
+
+
 def test_heat_map_and_line_chart_are_valid_svg():
     root = ET.fromstring(heat_map(np.arange(6.0).reshape(2, 3), title="a <b>", row_label="t // 50", column_label="slot"))
     cells = [r for r in root.iter(f"{SVG}rect") if r.get("class") == "cell"]

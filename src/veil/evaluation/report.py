@@ -309,10 +309,32 @@ def _bench_section(folder, bench):
     groups = [f"{r.get('method')}·{r.get('concept')}" for r in rows]
     series = {name: [r.get(name) for r in rows] for name, _ in BENCH_BARS if any(r.get(name) is not None for r in rows)}
     out.append(bar_chart(groups, series, dict(BENCH_BARS), title="bench: target rate before and after, paraphrases, non-target share"))
+    out.append(_attack_table(rows))
     figures = [f for row in rows for f in _time_scale_maps(folder, row)] + [_forging_figure(r) for r in rows if r.get("forging_curve")]
     if figures:
         out.append('<div class="row">' + "".join(figures) + "</div>")
     out.append("</section>")
+    return "\n".join(out)
+
+
+def _attack_table(rows):
+    """Attack success (share of images labelled as the concept) before and after each attack, as a table and bars."""
+    attacked = [r for r in rows if r.get("attacks", {}).get("attacks")]
+    if not attacked:
+        return ""
+    names = list(dict.fromkeys(n for r in attacked for n in r["attacks"]["attacks"]))
+    success = {n: [r["attacks"]["attacks"].get(n, {}).get("attack_success_rate") for r in attacked] for n in names}
+    out = ['<h3>attack success</h3><table class="bench"><tr><th class="l">method</th><th class="l">concept</th><th>before</th>'
+           + "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>"]
+    for i, r in enumerate(attacked):
+        out.append(f'<tr><td class="l">{_e(r.get("method"))}</td><td class="l">{_e(r.get("concept"))}</td>'
+                   f'<td>{_fmt(r["attacks"].get("before"))}</td>' + "".join(f"<td>{_fmt(success[n][i])}</td>" for n in names) + "</tr>")
+    out.append("</table>")
+    palette = ("#7f8c8d", "#c0392b", "#e67e22", "#2471a3", "#27ae60", "#8e44ad")
+    series = {"before": [r["attacks"].get("before") for r in attacked], **success}
+    out.append(bar_chart([f"{r.get('method')}·{r.get('concept')}" for r in attacked], series,
+                         {name: palette[i % len(palette)] for i, name in enumerate(series)},
+                         title="attack success: concept rate before and after each attack"))
     return "\n".join(out)
 
 
