@@ -127,6 +127,13 @@ def test_contexts_anchor_the_target_at_the_context_without_the_concept(tiny_pipe
     method.detach(tiny_pipe)
 
 
+def test_a_context_guide_takes_the_concepts_place_in_the_anchor():
+    config = ESD(concepts=["circle"], contexts=["a red {} on a table"], context_probability=1.0, context_guide="square").config
+    assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a red disc on a table", "a red square on a table")
+    config.context_guide = ""
+    assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a red disc on a table", "a red on a table")
+
+
 def test_contexts_need_one_placeholder():
     with pytest.raises(veil.VeilError, match="exactly one"):
         ESD(concepts=["circle"], contexts=["a red circle"])

@@ -90,6 +90,11 @@ class ESDSamplingConfig:
     context_probability: float = field(
         default=0.5, metadata={"help": "Share of steps that put the concept in one of contexts (when there are any)."}
     )
+    context_guide: str = field(
+        default="",
+        metadata={"help": "What takes the concept's place in a context's anchor: nothing (default: the context without "
+                  "the concept) or a guide concept, e.g. 'triangle' ('a red triangle on a dotted background')."},
+    )
     trajectory_batch: int = field(
         default=1,
         metadata={"help": "Trajectories sampled at once, one used per step (ours): >1 batches the DDIM sampling, "
@@ -111,11 +116,12 @@ class ESDSamplingConfig:
 
     def pick_context(self, phrase, generator):
         """``(prompt, anchor)`` of one training step: the phrase alone and the empty prompt, or, with
-        probability ``context_probability``, the phrase in a random context and that context without it."""
+        probability ``context_probability``, the phrase in a random context and that context with
+        ``context_guide`` (by default nothing) in its place."""
         if not self.contexts or float(torch.rand(1, generator=generator)) >= self.context_probability:
             return phrase, ""
         context = self.contexts[int(torch.randint(len(self.contexts), (1,), generator=generator))]
-        return " ".join(context.format(phrase).split()), " ".join(context.format("").split())
+        return " ".join(context.format(phrase).split()), " ".join(context.format(self.context_guide).split())
 
 
 class Method:
