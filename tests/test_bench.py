@@ -120,3 +120,10 @@ def test_a_keyed_row_keeps_its_key_beside_the_artifact_and_not_in_it(tiny_pipe, 
     key = load_key_for(str(folder) + ".veilkey", str(folder))
     secret = key["circle"][0].numpy().tobytes()
     assert all(secret not in path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and path.suffix != ".veilkey")
+
+
+def test_a_second_bench_in_the_same_folder_is_refused(tiny_pipe, tmp_path):
+    (tmp_path / "bench.lock").write_text("12345")
+    with pytest.raises(veil.VeilError, match="Another bench is writing"):
+        bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), classify=None, progress=False, log=lambda m: None)
+    assert (tmp_path / "bench.lock").read_text() == "12345"  # not ours to remove

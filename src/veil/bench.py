@@ -7,6 +7,7 @@ key, another concept's key and a random key of matched norm; with the ``key_forg
 key-forging curve of keyed methods; and the cost (seconds, peak memory, artifact size).
 """
 
+import contextlib
 import json
 import os
 import time
@@ -73,6 +74,31 @@ def run_bench(
             row that lacks one of ``attacks`` gets it, run on its saved artifact (no refit). ``overwrite``: replace an earlier ``bench.json`` when this run finishes.
             With neither, an existing ``bench.json`` is refused.
     """
+    with _bench_lock(out_dir):
+        return _run_bench(pipe, methods, concepts, out_dir, classify, seeds, num_inference_steps, guidance_scale, overrides,
+                          attacks, attack_configs, attack_seeds, forging_eval_steps, resume, overwrite, progress, log)
+
+
+@contextlib.contextmanager
+def _bench_lock(out_dir):
+    """One bench at a time in a folder: a second would write its own idea of ``bench.json`` over the first's rows."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "bench.lock")
+    try:
+        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise VeilError(f"Another bench is writing to {out_dir!r} ({path} exists); wait for it, or delete that file if "
+                        "no bench is running there.") from None
+    try:
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
+        yield
+    finally:
+        os.remove(path)
+
+
+def _run_bench(pipe, methods, concepts, out_dir, classify, seeds, num_inference_steps, guidance_scale, overrides, attacks,
+               attack_configs, attack_seeds, forging_eval_steps, resume, overwrite, progress, log):
     from .shapes.data import CONCEPT_KIND
 
     settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "progress": progress}
