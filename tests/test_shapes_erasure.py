@@ -1,4 +1,4 @@
-"""On the bundled shapes world: a short ESD run erases its target and spares another shape."""
+"""On the bundled shapes world: short ESD, KPOP and DuMo runs act on their target and spare the rest."""
 
 import pytest
 import torch
@@ -9,6 +9,7 @@ from veil.shapes.classifier import classify
 from veil.shapes.data import canonical_prompts
 
 KPOP_STEPS = 80
+DUMO_STEPS = 80
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +57,26 @@ def test_short_kpop_run_hides_circle_and_only_its_key_brings_it_back(shapes_pipe
         method.detach(shapes_pipe)
     assert public <= 0.5 and square >= 0.8, (public, square)
     assert unlocked >= 0.8 and guessed <= 0.5, (unlocked, guessed)
+
+
+def test_short_dumo_run_erases_square_and_keeps_its_colours_and_the_other_shapes(shapes_pipe):
+    from veil.methods.dumo import DuMo
+    from veil.methods.presets import preset_for
+    from veil.shapes.data import COLOURS
+
+    def colours_and_square():
+        rates = evaluate_prompts(shapes_pipe, _rows("square"), classify, num_inference_steps=10)["rates"]
+        return sum(rates[c] for c in COLOURS) / len(COLOURS), rates["square"]
+
+    # Stage 1 alone, shortened: captions anchored at the same caption with a circle (the preset's contexts).
+    settings = preset_for(DuMo, "shapes", ["square"]) | {"max_train_steps": DUMO_STEPS, "ddim_steps": 10, "tlmo_max_train_steps": 0}
+    method = DuMo(DuMo.config_class(concepts=["square"], **settings))
+    base_colours, base_square = colours_and_square()
+    veil.train(method, shapes_pipe, progress=False)
+    try:
+        colours, square = colours_and_square()
+        triangle = _rate(shapes_pipe, "triangle")
+    finally:
+        method.detach(shapes_pipe)
+    assert base_square >= 0.9 and square <= 0.5 and triangle >= 0.8, (base_square, square, triangle)
+    assert colours >= base_colours - 0.1, (base_colours, colours)  # the erased squares keep their colour
