@@ -286,22 +286,3 @@ def test_an_interrupted_two_stage_run_resumes_to_the_same_weights(tmp_path):
     veil.fit_method(resumed, build_tiny_pipeline(), work_dir=tmp_path, resume=True, checkpoint_every=2, progress=False)
     expected, actual = straight.state_dict(), resumed.state_dict()
     assert set(expected) == set(actual) and all(torch.equal(expected[k], actual[k]) for k in expected)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not __import__("veil.shapes").shapes.weights_available(), reason="shapes pipeline weights not built")
-def test_dumo_erases_circle_in_the_shapes_world():
-    """The shapes preset (about 4 minutes on one CPU thread): stage 1 erases, stage 2 undoes the side effects."""
-    from veil.evaluation.concept_rate import evaluate_prompts
-    from veil.shapes.classifier import classify
-    from veil.shapes.data import canonical_prompts
-
-    pipe = veil.load_pipeline("shapes")
-    rows = [r for r in canonical_prompts(seeds=(0,)) if r["shape"] in ("circle", "square")]
-    method = DuMo(concepts=["circle"], max_train_steps=200, learning_rate=1e-3, tlmo_max_train_steps=100)
-    veil.fit_method(method, pipe, progress=False)
-    gated = evaluate_prompts(pipe, rows, classify, num_inference_steps=20)["rates"]
-    method.config.gate = False
-    ungated = evaluate_prompts(pipe, rows, classify, num_inference_steps=20)["rates"]
-    assert gated["circle"] <= 0.6 and gated["square"] == 1.0, gated  # measured: 0.375 and 1.0
-    assert ungated["square"] >= 0.9, ungated  # measured 1.0 (0.75 before stage 2)
