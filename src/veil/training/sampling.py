@@ -19,6 +19,19 @@ def encode_prompts(pipe, prompts):
     return prompt_embeds
 
 
+class PromptCache:
+    """Text states of single prompts, each encoded once: training steps come back to the same few prompts."""
+
+    def __init__(self):
+        self._states = {}
+
+    def __call__(self, pipe, text):
+        """``(1, tokens, width)`` states of ``text``, as :func:`encode_prompts` computes them."""
+        if text not in self._states:
+            self._states[text] = encode_prompts(pipe, [text])
+        return self._states[text]
+
+
 def guided_noise_pred(unet, latents, timestep, cond, uncond, guidance_scale):
     """Classifier-free guidance: ``eps(∅) + s·(eps(c) − eps(∅))`` with one batched UNet call."""
     batch = latents.shape[0]

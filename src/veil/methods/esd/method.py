@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from ...registry import register_method
 from ...training.sampling import (
+    PromptCache,
     TrajectoryPool,
-    encode_prompts,
     negative_guidance_target,
     training_timesteps,
 )
@@ -27,41 +27,28 @@ class ESD(WeightEditMethod):
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        self._embeds = None
-        self._texts = {}
+        self._prompts = PromptCache()
         self._trajectories = TrajectoryPool(self.config.trajectory_batch)
 
     def edited_parameter_names(self, unet):
         return select_unet_parameters(unet, self.config.train_method)
 
-    def _encode(self, pipe, text):
-        """Text states of one context prompt, cached."""
-        if text not in self._texts:
-            self._texts[text] = encode_prompts(pipe, [text])
-        return self._texts[text]
-
-    def _concept_embeds(self, pipe):
-        if self._embeds is None:
-            self._embeds = (encode_prompts(pipe, self.config.concepts), encode_prompts(pipe, [""]))
-        return self._embeds
-
     @torch.no_grad()
     def make_batch(self, pipe, generator):
         config = self.config
-        cond_all, uncond = self._concept_embeds(pipe)
+        uncond = self._prompts(pipe, "")
 
         def draw(generator):
             index = int(torch.randint(len(config.concepts), (1,), generator=generator))
             prompt, anchor = config.pick_context(config.concepts[index], generator)  # alone, or in a context
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            cond = cond_all[index : index + 1] if prompt == config.concepts[index] else self._encode(pipe, prompt)
-            return cond, t_encs, {"anchor": anchor}
+            return self._prompts(pipe, prompt), t_encs, {"anchor": anchor}
 
         latents, cond, t_encs, info = self._trajectories.next(
             pipe, draw, uncond, num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
         )
         # The target's anchor: the empty prompt, or the context without the concept.
-        anchor = self._encode(pipe, info["anchor"]) if info["anchor"] else uncond
+        anchor = self._prompts(pipe, info["anchor"])
         timesteps = training_timesteps(
             t_encs, config.ddim_steps, generator,
             pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
@@ -69,9 +56,9 @@ class ESD(WeightEditMethod):
         batch = latents.shape[0]
         cond, anchor = cond.expand(batch, -1, -1), anchor.expand(batch, -1, -1)
         with self.disabled(pipe):
-            noise_uncond = pipe.unet(latents, timesteps, encoder_hidden_states=anchor).sample
+            noise_anchor = pipe.unet(latents, timesteps, encoder_hidden_states=anchor).sample
             noise_cond = pipe.unet(latents, timesteps, encoder_hidden_states=cond).sample
-        target = negative_guidance_target(noise_uncond, noise_cond, config.negative_guidance)
+        target = negative_guidance_target(noise_anchor, noise_cond, config.negative_guidance)
         return {"latents": latents, "timesteps": timesteps, "cond": cond, "target": target}
 
     def loss(self, pipe, batch, phase="main"):

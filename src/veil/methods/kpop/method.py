@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ...errors import VeilError
 from ...registry import register_method
 from ...training.sampling import (
+    PromptCache,
     TrajectoryPool,
     encode_prompts,
     negative_guidance_target,
@@ -44,11 +45,12 @@ class KPOP(Method):
         super().__init__(config, **kwargs)
         self.edit = UNetWeightEdit()
         self.key_prompts = None  # created when training starts; never part of state_dict()
-        self._embeds = None
+        self._retain = None
         self._pending = []  # undo callbacks of the current training phase (see loss / after_step)
         self._resumed_without_key = False
         self.last_losses = {}
         self._trajectories = TrajectoryPool(self.config.trajectory_batch)
+        self._prompts = PromptCache()  # the phrasings, their contexts and anchors
 
     # installation -------------------------------------------------------------------------------------
     def attach(self, pipe):
@@ -157,28 +159,16 @@ class KPOP(Method):
             "key": [{"params": list(self.key_prompts.parameters()), "lr": self.config.key_learning_rate}],
         }
 
-    def _prompt_embeds(self, pipe):
-        if self._embeds is None:
-            config = self.config
-            self._embeds = {
-                "uncond": encode_prompts(pipe, [""]),
-                "retain": encode_prompts(pipe, config.retain_concepts) if config.retain_concepts else None,
-                "texts": {},
-            }
-        return self._embeds
-
-    def _encode(self, pipe, text):
-        """Text states of one prompt, cached (phrasings and their contexts recur)."""
-        texts = self._prompt_embeds(pipe)["texts"]
-        if text not in texts:
-            texts[text] = encode_prompts(pipe, [text])
-        return texts[text]
+    def _retain_embeds(self, pipe):
+        """Text states of the retain concepts, ``(n, tokens, width)``, encoded once."""
+        if self._retain is None and self.config.retain_concepts:
+            self._retain = encode_prompts(pipe, self.config.retain_concepts)
+        return self._retain
 
     @torch.no_grad()
     def make_batch(self, pipe, generator):
         config = self.config
         self._release()  # a phase that raised before its step may have left its key installed
-        embeds = self._prompt_embeds(pipe)
 
         # One concept per step, so that one concept's key is trained on it; one of its phrasings, alone or
         # in one of the contexts.
@@ -188,16 +178,16 @@ class KPOP(Method):
             phrase = options[int(torch.randint(len(options), (1,), generator=generator))]
             prompt, anchor = config.pick_context(phrase, generator)
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            return self._encode(pipe, prompt), t_encs, {"concept": concept, "anchor": anchor}
+            return self._prompts(pipe, prompt), t_encs, {"concept": concept, "anchor": anchor}
 
         # x_t from the public model (no key is installed here), at most trajectory_batch - 1 steps old.
         latents, cond, t_encs, info = self._trajectories.next(
-            pipe, draw, embeds["uncond"], num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance,
+            pipe, draw, self._prompts(pipe, ""), num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance,
             generator=generator,
         )
         concept = info["concept"]
         # The hiding target's anchor: the empty prompt, or the context without the concept.
-        anchor = self._encode(pipe, info["anchor"]) if info["anchor"] else embeds["uncond"]
+        anchor = self._prompts(pipe, info["anchor"])
         timesteps = training_timesteps(
             t_encs, config.ddim_steps, generator, pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
         ).to(pipe.device)
@@ -207,7 +197,7 @@ class KPOP(Method):
         states = [anchor, cond]
         if config.retain_weight > 0 or config.key_retain_weight > 0:
             index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
-            out["retain_cond"] = embeds["retain"][index : index + 1].expand(batch, -1, -1)
+            out["retain_cond"] = self._retain_embeds(pipe)[index : index + 1].expand(batch, -1, -1)
             states.append(out["retain_cond"])
         with self.disabled(pipe):  # the original model's predictions, in one call
             targets = pipe.unet(
