@@ -71,12 +71,109 @@ def run_bench(
             method's forged key is measured (``row["forging_curve"]``, see :func:`veil.attacks.forging_curve`).
         resume: keep the rows of an earlier ``bench.json`` in ``out_dir`` made with the same model, seeds
             and sampling, and fit only the method × concept pairs it lacks; the table then holds both. A kept
-            row that lacks one of ``attacks`` gets it, run on its saved artifact (no refit). ``overwrite``: replace an earlier ``bench.json`` when this run finishes.
-            With neither, an existing ``bench.json`` is refused.
+            row that lacks one of ``attacks`` gets it, run on its saved artifact (no refit). ``overwrite``:
+            replace an earlier ``bench.json`` when this run finishes. With neither, an existing ``bench.json``
+            is refused. One bench at a time may write to ``out_dir``.
     """
     with _bench_lock(out_dir):
-        return _run_bench(pipe, methods, concepts, out_dir, classify, seeds, num_inference_steps, guidance_scale, overrides,
-                          attacks, attack_configs, attack_seeds, forging_eval_steps, resume, overwrite, progress, log)
+        from .shapes.data import CONCEPT_KIND
+
+        settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "progress": progress}
+        model_name = getattr(pipe, "veil_model_name", "custom")
+        protocol = {"model": model_name, "seeds": list(seeds), "num_inference_steps": num_inference_steps,
+                    "guidance_scale": guidance_scale}
+        finished = {} if overwrite else _finished_rows(out_dir, protocol, resume)
+        rows_by_set = {
+            "canonical": task_rows("shapes_concepts", seeds),
+            "synonyms": task_rows("shapes_synonyms", seeds),
+            "paraphrase": task_rows("shapes_paraphrase"),
+        }
+        log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(SETS)}")
+        base = {name: _evaluate(pipe, rows, classify, settings) for name, rows in rows_by_set.items()}
+        table = dict(finished)  # (method, concept) -> row: the earlier bench's rows (all kept), then this run's
+        grid_rows, grid_labels = [], []
+        for method_name in methods:
+            method_cls = get_method(method_name)
+            trained_keys = {}  # concept -> (artifact folder, its key, its row): for the wrong-key rows below
+            for concept in concepts:
+                if (method_cls.name, concept) in finished:
+                    row = finished[(method_cls.name, concept)]
+                    log(f"{method_cls.name} × {concept}: kept from the earlier run (--resume)")
+                    if _attack_kept_row(row, pipe, out_dir, attacks, attack_configs, classify, attack_seeds, settings, log,
+                                        forging_eval_steps):
+                        _save_report(out_dir, protocol, base, list(table.values()))
+                    continue
+                kind = CONCEPT_KIND[concept]
+                config = preset_for(method_cls, model_name, [concept])
+                config.update((overrides or {}).get(method_cls.name, {}))
+                method = method_cls(method_cls.config_class.from_dict({**config, "concepts": [concept]}))
+                log(f"{method_cls.name} × {concept}: fitting")
+                start = time.perf_counter()
+                cost = fit_method(method, pipe, progress=progress)
+                seconds = cost.get("seconds") or round(time.perf_counter() - start, 3)
+                artifact_dir = os.path.join(out_dir, "artifacts", f"{method_cls.name}-{concept.replace(' ', '_')}")
+                artifact = Artifact.from_method(method, pipe, {k: v for k, v in cost.items() if k != "losses"})
+                artifact.save(artifact_dir, overwrite=True)
+                if getattr(method, "key", None) is not None:
+                    # Beside its artifact (unencrypted, git-ignored), so that a later --resume can attack with it.
+                    from .keys import save_key
+
+                    save_key(method.key, artifact_dir + KEY_SUFFIX, artifact=artifact, overwrite=True)
+                artifact_mb = os.path.getsize(os.path.join(artifact_dir, WEIGHTS_NAME)) / 2**20
+
+                log(f"{method_cls.name} × {concept}: evaluating")
+                after = {
+                    "canonical": _evaluate(pipe, rows_by_set["canonical"], classify, settings),
+                    "synonyms": _evaluate(pipe, rows_naming(rows_by_set["synonyms"], concept), classify, settings),
+                    "paraphrase": _evaluate(pipe, rows_naming(rows_by_set["paraphrase"], concept), classify, settings),
+                }
+                others = [c for c, k in CONCEPT_KIND.items() if c != concept]
+                same_kind = [c for c in others if CONCEPT_KIND[c] == kind]
+                shares = _share(after["canonical"], base["canonical"], others)
+                row = {
+                    "method": method_cls.name,
+                    "concept": concept,
+                    "base_target_rate": base["canonical"]["rates"].get(concept),
+                    "target_rate": after["canonical"]["rates"].get(concept),
+                    "base_synonym_rate": base["synonyms"]["rates"].get(concept),
+                    "synonym_rate": after["synonyms"]["rates"].get(concept),
+                    "base_paraphrase_rate": base["paraphrase"]["rates"].get(concept),
+                    "paraphrase_rate": after["paraphrase"]["rates"].get(concept),
+                    "nontarget_share": _mean([shares[c] for c in same_kind if c in shares]),
+                    "nontarget_min_share": min((shares[c] for c in same_kind if c in shares), default=None),
+                    "other_kinds_share": _mean([shares[c] for c in others if c not in same_kind and c in shares]),
+                    "nontarget_shares": {c: round(v, 4) for c, v in shares.items()},
+                    "seconds": seconds,
+                    "peak_mem_mb": cost.get("peak_mem_mb"),
+                    "artifact_mb": round(artifact_mb, 3),
+                    "artifact": os.path.relpath(artifact_dir, out_dir),
+                    "config": method.config.to_dict(),
+                }
+                row.update(_key_rows(method, pipe, concept, rows_naming(rows_by_set["canonical"], concept), classify, settings))
+                keyed = getattr(method, "key", None) is not None
+                if keyed:
+                    trained_keys[concept] = (artifact_dir, method.key, row)
+                if attacks:
+                    row["attacks"] = _attack_rows(method, pipe, concept, attacks, attack_configs, classify, attack_seeds, settings, log)
+                if "key_forging" in attacks and keyed:
+                    row["forging_curve"] = _forging_curve(method, pipe, concept, method.key, attack_configs, classify, attack_seeds,
+                                                          forging_eval_steps, settings, log)
+                table[(row["method"], concept)] = row
+                log(_summary(row))
+                _save_report(out_dir, protocol, base, list(table.values()))
+
+                sample = [i for i, r in enumerate(rows_by_set["canonical"]) if r["shape"] == concept or r["colour"] == concept][:6]
+                grid_rows.append([base["canonical"]["images"][i] for i in sample])
+                grid_labels.append(f"original: {concept}")
+                grid_rows.append([after["canonical"]["images"][i] for i in sample])
+                grid_labels.append(f"{method_cls.name}: {concept}")
+                method.detach(pipe)
+            _other_concept_key_rows(trained_keys, pipe, rows_by_set["canonical"], classify, settings, log)
+
+        report = _save_report(out_dir, protocol, base, list(table.values()))
+        if grid_rows:
+            labelled_grid(grid_rows, grid_labels).save(os.path.join(out_dir, "grid.png"))
+        return report
 
 
 @contextlib.contextmanager
@@ -95,108 +192,6 @@ def _bench_lock(out_dir):
         yield
     finally:
         os.remove(path)
-
-
-def _run_bench(pipe, methods, concepts, out_dir, classify, seeds, num_inference_steps, guidance_scale, overrides, attacks,
-               attack_configs, attack_seeds, forging_eval_steps, resume, overwrite, progress, log):
-    from .shapes.data import CONCEPT_KIND
-
-    settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "progress": progress}
-    model_name = getattr(pipe, "veil_model_name", "custom")
-    protocol = {"model": model_name, "seeds": list(seeds), "num_inference_steps": num_inference_steps,
-                "guidance_scale": guidance_scale}
-    finished = {} if overwrite else _finished_rows(out_dir, protocol, resume)
-    rows_by_set = {
-        "canonical": task_rows("shapes_concepts", seeds),
-        "synonyms": task_rows("shapes_synonyms", seeds),
-        "paraphrase": task_rows("shapes_paraphrase"),
-    }
-    log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(SETS)}")
-    base = {name: _evaluate(pipe, rows, classify, settings) for name, rows in rows_by_set.items()}
-    table = dict(finished)  # (method, concept) -> row: the earlier bench's rows (all kept), then this run's
-    grid_rows, grid_labels = [], []
-    for method_name in methods:
-        method_cls = get_method(method_name)
-        trained_keys = {}  # concept -> (artifact folder, its key, its row): for the wrong-key rows below
-        for concept in concepts:
-            if (method_cls.name, concept) in finished:
-                row = finished[(method_cls.name, concept)]
-                log(f"{method_cls.name} × {concept}: kept from the earlier run (--resume)")
-                if _attack_kept_row(row, pipe, out_dir, attacks, attack_configs, classify, attack_seeds, settings, log,
-                                    forging_eval_steps):
-                    _save_report(out_dir, protocol, base, list(table.values()))
-                continue
-            kind = CONCEPT_KIND[concept]
-            config = preset_for(method_cls, model_name, [concept])
-            config.update((overrides or {}).get(method_cls.name, {}))
-            method = method_cls(method_cls.config_class.from_dict({**config, "concepts": [concept]}))
-            log(f"{method_cls.name} × {concept}: fitting")
-            start = time.perf_counter()
-            cost = fit_method(method, pipe, progress=progress)
-            seconds = cost.get("seconds") or round(time.perf_counter() - start, 3)
-            artifact_dir = os.path.join(out_dir, "artifacts", f"{method_cls.name}-{concept.replace(' ', '_')}")
-            artifact = Artifact.from_method(method, pipe, {k: v for k, v in cost.items() if k != "losses"})
-            artifact.save(artifact_dir, overwrite=True)
-            if getattr(method, "key", None) is not None:
-                # Beside its artifact (unencrypted, git-ignored), so that a later --resume can attack with it.
-                from .keys import save_key
-
-                save_key(method.key, artifact_dir + KEY_SUFFIX, artifact=artifact, overwrite=True)
-            artifact_mb = os.path.getsize(os.path.join(artifact_dir, WEIGHTS_NAME)) / 2**20
-
-            log(f"{method_cls.name} × {concept}: evaluating")
-            after = {
-                "canonical": _evaluate(pipe, rows_by_set["canonical"], classify, settings),
-                "synonyms": _evaluate(pipe, rows_naming(rows_by_set["synonyms"], concept), classify, settings),
-                "paraphrase": _evaluate(pipe, rows_naming(rows_by_set["paraphrase"], concept), classify, settings),
-            }
-            others = [c for c, k in CONCEPT_KIND.items() if c != concept]
-            same_kind = [c for c in others if CONCEPT_KIND[c] == kind]
-            shares = _share(after["canonical"], base["canonical"], others)
-            row = {
-                "method": method_cls.name,
-                "concept": concept,
-                "base_target_rate": base["canonical"]["rates"].get(concept),
-                "target_rate": after["canonical"]["rates"].get(concept),
-                "base_synonym_rate": base["synonyms"]["rates"].get(concept),
-                "synonym_rate": after["synonyms"]["rates"].get(concept),
-                "base_paraphrase_rate": base["paraphrase"]["rates"].get(concept),
-                "paraphrase_rate": after["paraphrase"]["rates"].get(concept),
-                "nontarget_share": _mean([shares[c] for c in same_kind if c in shares]),
-                "nontarget_min_share": min((shares[c] for c in same_kind if c in shares), default=None),
-                "other_kinds_share": _mean([shares[c] for c in others if c not in same_kind and c in shares]),
-                "nontarget_shares": {c: round(v, 4) for c, v in shares.items()},
-                "seconds": seconds,
-                "peak_mem_mb": cost.get("peak_mem_mb"),
-                "artifact_mb": round(artifact_mb, 3),
-                "artifact": os.path.relpath(artifact_dir, out_dir),
-                "config": method.config.to_dict(),
-            }
-            row.update(_key_rows(method, pipe, concept, rows_naming(rows_by_set["canonical"], concept), classify, settings))
-            keyed = getattr(method, "key", None) is not None
-            if keyed:
-                trained_keys[concept] = (artifact_dir, method.key, row)
-            if attacks:
-                row["attacks"] = _attack_rows(method, pipe, concept, attacks, attack_configs, classify, attack_seeds, settings, log)
-            if "key_forging" in attacks and keyed:
-                row["forging_curve"] = _forging_curve(method, pipe, concept, method.key, attack_configs, classify, attack_seeds,
-                                                      forging_eval_steps, settings, log)
-            table[(row["method"], concept)] = row
-            log(_summary(row))
-            _save_report(out_dir, protocol, base, list(table.values()))
-
-            sample = [i for i, r in enumerate(rows_by_set["canonical"]) if r["shape"] == concept or r["colour"] == concept][:6]
-            grid_rows.append([base["canonical"]["images"][i] for i in sample])
-            grid_labels.append(f"original: {concept}")
-            grid_rows.append([after["canonical"]["images"][i] for i in sample])
-            grid_labels.append(f"{method_cls.name}: {concept}")
-            method.detach(pipe)
-        _other_concept_key_rows(trained_keys, pipe, rows_by_set["canonical"], classify, settings, log)
-
-    report = _save_report(out_dir, protocol, base, list(table.values()))
-    if grid_rows:
-        labelled_grid(grid_rows, grid_labels).save(os.path.join(out_dir, "grid.png"))
-    return report
 
 
 def _save_report(out_dir, protocol, base, rows):
@@ -232,14 +227,12 @@ def _finished_rows(out_dir, protocol, resume):
 
 def _attack_kept_row(row, pipe, out_dir, attacks, configs, classify, seeds, settings, log, forging_eval_steps=()):
     """Run on a kept row's saved artifact the attacks it lacks, and the key-forging curve when asked for and
-    the row's key file is there."""
-    done = row.get("attacks", {}).get("attacks", {})
-    missing = [a for a in attacks if a not in done]
-    key_path = os.path.join(out_dir, (row.get("artifact") or "") + KEY_SUFFIX)
-    curve = "key_forging" in attacks and "forging_curve" not in row and os.path.isfile(key_path)
+    the row's key file is there. Returns whether the row changed."""
+    missing = [a for a in attacks if a not in row.get("attacks", {}).get("attacks", {})]
+    folder = os.path.join(out_dir, row.get("artifact") or "")
+    curve = "key_forging" in attacks and "forging_curve" not in row and os.path.isfile(folder + KEY_SUFFIX)
     if not missing and not curve:
         return False
-    folder = os.path.join(out_dir, row.get("artifact") or "")
     if not row.get("artifact") or not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
         raise VeilError(f"The {row['method']} × {row['concept']} row has no saved artifact in {out_dir!r} to attack; "
                         "run that pair again with --overwrite in another --out.")
@@ -251,17 +244,16 @@ def _attack_kept_row(row, pipe, out_dir, attacks, configs, classify, seeds, sett
         if curve:
             from .keys import load_key_for
 
-            row["forging_curve"] = _forging_curve(method, pipe, row["concept"], load_key_for(key_path, artifact), configs,
-                                                  classify, seeds, forging_eval_steps, settings, log)
+            row["forging_curve"] = _forging_curve(method, pipe, row["concept"], load_key_for(folder + KEY_SUFFIX, artifact),
+                                                  configs, classify, seeds, forging_eval_steps, settings, log)
     finally:
         artifact.detach(pipe)
-    if found is None:
-        return True
-    if "attacks" in row and row["attacks"].get("seeds") != found["seeds"]:
-        raise VeilError(f"The {row['method']} × {row['concept']} row was attacked with seeds {row['attacks'].get('seeds')}, "
-                        f"not {found['seeds']}; attack with those seeds or use another --out.")
-    merged = row.setdefault("attacks", {key: value for key, value in found.items() if key != "attacks"})
-    merged.setdefault("attacks", {}).update(found["attacks"])
+    if found is not None:
+        if "attacks" in row and row["attacks"].get("seeds") != found["seeds"]:
+            raise VeilError(f"The {row['method']} × {row['concept']} row was attacked with seeds {row['attacks'].get('seeds')}, "
+                            f"not {found['seeds']}; attack with those seeds or use another --out.")
+        merged = row.setdefault("attacks", {key: value for key, value in found.items() if key != "attacks"})
+        merged.setdefault("attacks", {}).update(found["attacks"])
     return True
 
 
