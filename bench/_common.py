@@ -21,6 +21,18 @@ def shapes_parser(doc):
     return parser
 
 
+def parse_named_settings(text):
+    """``NAME=FIELD=VALUE[,FIELD=VALUE]`` (``NAME=`` alone: no changes) as ``(name, {field: value})``."""
+    from veil.cli.common import parse_value
+
+    name, _, body = text.partition("=")
+    settings = {}
+    for item in filter(None, body.split(",")):
+        field, _, value = item.partition("=")
+        settings[field] = parse_value(value)
+    return name, settings
+
+
 class ShapesProbe:
     """The model of ``args`` with the canonical rows, the concept's training-synonym rows and its canonical rows."""
 

@@ -17,21 +17,11 @@ import time
 import torch
 
 import veil
-from _common import ShapesProbe, shapes_parser
+from _common import ShapesProbe, parse_named_settings, shapes_parser
 from veil._io import write_json
-from veil.cli.common import parse_value
 from veil.keys import random_key_like
 from veil.methods.kpop import KPOP
 from veil.methods.presets import preset_for
-
-
-def parse_variant(text):
-    name, _, body = text.partition("=")
-    settings = {}
-    for item in filter(None, body.split(",")):
-        field, _, value = item.partition("=")
-        settings[field] = parse_value(value)
-    return name, settings
 
 
 def main():
@@ -48,7 +38,7 @@ def main():
         if previous.get("concept") == args.concept:
             record["variants"] = previous.get("variants", {})
     for text in args.variant:
-        name, changes = parse_variant(text)
+        name, changes = parse_named_settings(text)
         settings = preset_for(KPOP, args.model, [args.concept]) | changes
         method = KPOP(KPOP.config_class.from_dict({**settings, "concepts": [args.concept]}))
         start = time.perf_counter()

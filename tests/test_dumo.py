@@ -269,6 +269,37 @@ def test_config_errors_name_the_field():
         DuMo(concepts=["circle"]).set_stage("decoder")
     assert DuMo(concepts=["circle"], tlmo_max_train_steps=0).stages() == ["epr"]
     assert all("circle" not in p for p in DuMo(concepts=["circle"]).anchor_pool("circle"))
+    with pytest.raises(veil.VeilError, match="epr_preserve_concepts is empty"):
+        DuMo(concepts=["circle"], epr_preserve_weight=1.0)
+    with pytest.raises(veil.VeilError, match="both erased and preserved"):
+        DuMo(concepts=["circle"], epr_preserve_weight=1.0, epr_preserve_concepts=["circle", "square"])
+
+
+def test_stage1_preservation_keeps_another_concept_in_the_same_context(tiny_pipe):
+    """With epr_preserve_weight, a stage-1 batch also holds a preserved concept in the step's own context, with
+    the original model's prediction for it as the target, and the loss adds that term with its weight."""
+    import torch.nn.functional as F
+
+    method = DuMo(concepts=["circle"], contexts=["a red {} on a table"], context_probability=1.0, ddim_steps=4,
+                  samples_per_trajectory=2, epr_preserve_weight=0.5, epr_preserve_concepts=["square"])
+    method.attach(tiny_pipe)
+    _perturb(method)
+    batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
+    keep = encode_prompts(tiny_pipe, ["a red square on a table"])
+    torch.testing.assert_close(batch["preserve_cond"][:1], keep, atol=1e-5, rtol=1e-5)
+    latents, timesteps = batch["latents"], batch["timesteps"]
+    size = latents.shape[0]
+    with torch.no_grad():
+        with method.disabled(tiny_pipe):
+            original = tiny_pipe.unet(latents, timesteps, encoder_hidden_states=keep.expand(size, -1, -1)).sample
+        torch.testing.assert_close(batch["preserve_target"], original, atol=1e-4, rtol=1e-4)
+        with method._training_view("circle"):
+            erased = tiny_pipe.unet(latents, timesteps, encoder_hidden_states=batch["cond"]).sample
+            kept = tiny_pipe.unet(latents, timesteps, encoder_hidden_states=batch["preserve_cond"]).sample
+        expected = F.mse_loss(erased, batch["target"]) + 0.5 * F.mse_loss(kept, original)
+        assert float((kept - original).abs().max()) > 1e-4  # the perturbed EPR moves it: the term is not trivially 0
+        torch.testing.assert_close(method.loss(tiny_pipe, batch), expected, atol=1e-5, rtol=1e-4)
+    method.detach(tiny_pipe)
 
 
 def test_an_interrupted_two_stage_run_resumes_to_the_same_weights(tmp_path):

@@ -213,6 +213,23 @@ def test_x0_loss_space_and_the_retain_term(tiny_pipe):
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in cost["losses"])
 
 
+def test_context_retain_concepts_share_the_steps_context(tiny_pipe):
+    """On a step in a context the retain row is another concept in that context; on a bare step, a retain concept."""
+    settings = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, context_retain_concepts=["triangle"],
+                    contexts=["a red {} on a table"], ddim_steps=4, samples_per_trajectory=2, max_train_steps=1)
+    for probability, expected in ((1.0, "a red triangle on a table"), (0.0, "square")):
+        method = KPOP(concepts=["circle"], context_probability=probability, **settings)
+        method.attach(tiny_pipe)
+        batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(batch["retain_cond"][:1], encode_prompts(tiny_pipe, [expected]), atol=1e-5, rtol=1e-5)
+        with torch.no_grad(), method.disabled(tiny_pipe):
+            original = tiny_pipe.unet(batch["latents"], batch["timesteps"], encoder_hidden_states=batch["retain_cond"]).sample
+        torch.testing.assert_close(batch["retain_target"], original, atol=1e-4, rtol=1e-4)
+        method.detach(tiny_pipe)
+    with pytest.raises(veil.VeilError, match="both hidden and retained"):
+        KPOP(concepts=["circle"], context_retain_concepts=["circle"])
+
+
 def test_checkpoint_state_keeps_the_key_apart(trained):
     _, method, _, _, _ = trained
     state = method.checkpoint_state_dict()

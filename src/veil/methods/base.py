@@ -114,14 +114,24 @@ class ESDSamplingConfig:
         if not 0.0 <= self.context_probability <= 1.0:
             raise VeilError(f"context_probability must lie in [0, 1], got {self.context_probability!r}.")
 
+    def draw_context(self, generator):
+        """The context of one training step: one of ``contexts`` with probability ``context_probability``,
+        else ``None`` (the phrase alone)."""
+        if not self.contexts or float(torch.rand(1, generator=generator)) >= self.context_probability:
+            return None
+        return self.contexts[int(torch.randint(len(self.contexts), (1,), generator=generator))]
+
+    @staticmethod
+    def place(context, phrase):
+        """``phrase`` in ``context`` (``None``: the phrase alone), with single spaces."""
+        return phrase if context is None else " ".join(context.format(phrase).split())
+
     def pick_context(self, phrase, generator):
         """``(prompt, anchor)`` of one training step: the phrase alone and the empty prompt, or, with
         probability ``context_probability``, the phrase in a random context and that context with
         ``context_guide`` (by default nothing) in its place."""
-        if not self.contexts or float(torch.rand(1, generator=generator)) >= self.context_probability:
-            return phrase, ""
-        context = self.contexts[int(torch.randint(len(self.contexts), (1,), generator=generator))]
-        return " ".join(context.format(phrase).split()), " ".join(context.format(self.context_guide).split())
+        context = self.draw_context(generator)
+        return self.place(context, phrase), ("" if context is None else self.place(context, self.context_guide))
 
 
 class Method:

@@ -52,6 +52,15 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
                   "world: 1.0 shrank the table until circles came back; 0.1 kept the erasure and undid the "
                   "damage to other shapes)."},
     )
+    epr_preserve_weight: float = field(
+        default=0.0,
+        metadata={"help": "Stage 1 (ours, beyond the paper): weight of a term that keeps the prediction for one of "
+                  "epr_preserve_concepts, put in the same context as the concept, at the original's, so that EPR "
+                  "itself learns to leave other concepts alone; 0 is the paper's stage 1."},
+    )
+    epr_preserve_concepts: typing.List[str] = field(
+        default_factory=list, metadata={"help": "Stage 1: concepts (words) the epr_preserve_weight term keeps."},
+    )
     anchor_prompts: typing.List[str] = field(
         default_factory=lambda: list(DEFAULT_ANCHOR_PROMPTS),
         metadata={"help": "Stage 2: pool of diverse prompts whose outputs must not change; prompts naming the "
@@ -92,6 +101,19 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
         for name in ("tlmo_max_train_steps", "preserve_weight", "adam_weight_decay", "gate_threshold"):
             if getattr(self, name) < 0:
                 raise VeilError(f"{name} must be 0 or more, got {getattr(self, name)!r}.")
+        if self.epr_preserve_weight < 0:
+            raise VeilError(f"epr_preserve_weight must be 0 or more, got {self.epr_preserve_weight!r}.")
+        if isinstance(self.epr_preserve_concepts, str):
+            self.epr_preserve_concepts = [self.epr_preserve_concepts]
+        self.epr_preserve_concepts = [str(c).strip() for c in self.epr_preserve_concepts if str(c).strip()]
+        if self.epr_preserve_weight > 0 and not self.epr_preserve_concepts:
+            raise VeilError(
+                f"epr_preserve_weight is {self.epr_preserve_weight} but epr_preserve_concepts is empty; name the concepts "
+                "EPR must leave alone, e.g. epr_preserve_concepts=[square, triangle], or set epr_preserve_weight=0."
+            )
+        erased = set(self.concepts) & set(self.epr_preserve_concepts)
+        if erased:
+            raise VeilError(f"{sorted(erased)[0]!r} is both erased and preserved; remove it from epr_preserve_concepts.")
         if isinstance(self.anchor_prompts, str):
             self.anchor_prompts = [self.anchor_prompts]
         self.anchor_prompts = [str(p).strip() for p in self.anchor_prompts if str(p).strip()]

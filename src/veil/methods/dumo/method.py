@@ -195,9 +195,16 @@ class DuMo(Method):
             concept = config.concepts[int(torch.randint(len(config.concepts), (1,), generator=generator))]
             phrases = phrasings(config, concept)  # the concept or one of its synonyms
             phrase = phrases[int(torch.randint(len(phrases), (1,), generator=generator))] if len(phrases) > 1 else concept
-            prompt, anchor = config.pick_context(phrase, generator)  # alone, or in a context
+            context = config.draw_context(generator)  # alone, or in a context
+            prompt = config.place(context, phrase)
+            anchor = "" if context is None else config.place(context, config.context_guide)
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            return self._prompt_embeds(pipe, [prompt]), t_encs, {"group": concept, "anchor": anchor}
+            info = {"group": concept, "anchor": anchor}
+            if self._stage == "epr" and config.epr_preserve_weight > 0:
+                # A concept to keep, in the same context: EPR must leave its prediction as it was.
+                keep = config.epr_preserve_concepts[int(torch.randint(len(config.epr_preserve_concepts), (1,), generator=generator))]
+                info["preserve"] = config.place(context, keep)
+            return self._prompt_embeds(pipe, [prompt]), t_encs, info
 
         # x_t from the erased model, each concept's trajectories under its own view.
         latents, cond, t_encs, info = self._trajectories.next(
@@ -211,13 +218,17 @@ class DuMo(Method):
         ).to(pipe.device)
         batch = latents.shape[0]
         cond = cond.expand(batch, -1, -1)
-        with self.disabled(pipe):
-            noise_uncond, noise_cond = pipe.unet(
-                torch.cat([latents, latents]), torch.cat([timesteps, timesteps]),
-                encoder_hidden_states=torch.cat([anchor.expand(batch, -1, -1), cond]),
-            ).sample.chunk(2)
-        target = negative_guidance_target(noise_uncond, noise_cond, config.negative_guidance)
+        states = [anchor.expand(batch, -1, -1), cond]
+        if "preserve" in info:
+            states.append(self._prompt_embeds(pipe, [info["preserve"]]).expand(batch, -1, -1))
+        with self.disabled(pipe):  # the original model's predictions, in one call
+            targets = pipe.unet(
+                latents.repeat(len(states), 1, 1, 1), timesteps.repeat(len(states)), encoder_hidden_states=torch.cat(states),
+            ).sample.chunk(len(states))
+        target = negative_guidance_target(targets[0], targets[1], config.negative_guidance)
         out = {"concept": concept, "latents": latents, "timesteps": timesteps, "cond": cond, "target": target}
+        if "preserve" in info:
+            out["preserve_cond"], out["preserve_target"] = states[2], targets[2]
         if self._stage == "tlmo":
             # Preservation at the same x_t as the erase term (METHODS.md §2), one anchor per sample.
             pool = self.anchor_pool(concept)
@@ -232,8 +243,17 @@ class DuMo(Method):
         latents, timesteps = batch["latents"], batch["timesteps"]
         with self._training_view(batch["concept"]):
             if phase != "tlmo":
-                noise_pred = pipe.unet(latents, timesteps, encoder_hidden_states=batch["cond"]).sample
-                return F.mse_loss(noise_pred.float(), batch["target"].float())
+                if "preserve_cond" not in batch:
+                    noise_pred = pipe.unet(latents, timesteps, encoder_hidden_states=batch["cond"]).sample
+                    return F.mse_loss(noise_pred.float(), batch["target"].float())
+                # One UNet call for the concept and the concept to keep.
+                noise_pred, keep_pred = pipe.unet(
+                    torch.cat([latents, latents]), torch.cat([timesteps, timesteps]),
+                    encoder_hidden_states=torch.cat([batch["cond"], batch["preserve_cond"]]),
+                ).sample.chunk(2)
+                erase = F.mse_loss(noise_pred.float(), batch["target"].float())
+                keep = F.mse_loss(keep_pred.float(), batch["preserve_target"].float())
+                return erase + self._config.epr_preserve_weight * keep
             # One UNet call for the concept and its anchors.
             noise_pred, anchor_pred = pipe.unet(
                 torch.cat([latents, latents]), torch.cat([timesteps, timesteps]),

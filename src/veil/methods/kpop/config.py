@@ -52,6 +52,12 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
     retain_concepts: typing.List[str] = field(
         default_factory=list, metadata={"help": "Prompts whose predictions must not change (the preservation term)."}
     )
+    context_retain_concepts: typing.List[str] = field(
+        default_factory=list,
+        metadata={"help": "Ours: on steps that put the concept in one of contexts, the preservation terms take one of these "
+                  "concepts in the same context ('a red triangle on a dotted background' beside 'a red circle on ...') "
+                  "instead of a bare retain concept, so that they contrast only what differs. Empty: bare retain concepts only."},
+    )
     retain_weight: float = field(
         default=None, metadata={"help": "Weight of the preservation term; 0 turns it off (preset paper: 0, tuned: 0.1)."}
     )
@@ -90,7 +96,10 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
                     f"{name} is {getattr(self, name)} but retain_concepts is empty; name the concepts to preserve, "
                     f"e.g. retain_concepts=[square, triangle], or set {name}=0."
                 )
-        hidden = set(self.concepts) & set(self.retain_concepts)
+        if isinstance(self.context_retain_concepts, str):
+            self.context_retain_concepts = [self.context_retain_concepts]
+        self.context_retain_concepts = [str(c).strip() for c in self.context_retain_concepts if str(c).strip()]
+        hidden = set(self.concepts) & (set(self.retain_concepts) | set(self.context_retain_concepts))
         if hidden:
             raise VeilError(f"{sorted(hidden)[0]!r} is both hidden and retained; remove it from retain_concepts.")
         check_synonyms(self)

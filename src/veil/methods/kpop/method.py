@@ -176,9 +176,11 @@ class KPOP(Method):
             concept = int(torch.randint(len(config.concepts), (1,), generator=generator))
             options = phrasings(config, config.concepts[concept])
             phrase = options[int(torch.randint(len(options), (1,), generator=generator))]
-            prompt, anchor = config.pick_context(phrase, generator)
+            context = config.draw_context(generator)
+            prompt = config.place(context, phrase)
+            anchor = "" if context is None else config.place(context, config.context_guide)
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            return self._prompts(pipe, prompt), t_encs, {"concept": concept, "anchor": anchor}
+            return self._prompts(pipe, prompt), t_encs, {"concept": concept, "anchor": anchor, "context": context}
 
         # x_t from the public model (no key is installed here), at most trajectory_batch - 1 steps old.
         latents, cond, t_encs, info = self._trajectories.next(
@@ -196,8 +198,13 @@ class KPOP(Method):
         out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept}
         states = [anchor, cond]
         if config.retain_weight > 0 or config.key_retain_weight > 0:
-            index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
-            out["retain_cond"] = self._retain_embeds(pipe)[index : index + 1].expand(batch, -1, -1)
+            if info["context"] is not None and config.context_retain_concepts:
+                # Another concept in the step's own context: preserving it contrasts only the concept.
+                keep = config.context_retain_concepts[int(torch.randint(len(config.context_retain_concepts), (1,), generator=generator))]
+                out["retain_cond"] = self._prompts(pipe, config.place(info["context"], keep)).expand(batch, -1, -1)
+            else:
+                index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
+                out["retain_cond"] = self._retain_embeds(pipe)[index : index + 1].expand(batch, -1, -1)
             states.append(out["retain_cond"])
         with self.disabled(pipe):  # the original model's predictions, in one call
             targets = pipe.unet(

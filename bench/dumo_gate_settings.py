@@ -1,0 +1,78 @@
+"""DuMo on one shapes concept: train once with the model's preset (plus --set changes), then measure the
+concept's canonical, training-synonym and held-out paraphrase rates and every other concept's rate under
+several inference gate settings, so that one training run compares them.
+
+    OMP_NUM_THREADS=1 python bench/dumo_gate_settings.py --concept circle --set epr_preserve_weight=1 \\
+        --gate default= --gate off=gate=false --gate low=gate_threshold=0.5 \\
+        --out bench/results/dumo_gate_settings_circle.json
+
+``--gate NAME=FIELD=VALUE[,FIELD=VALUE]`` sets inference fields (gate, facilitate, gate_threshold); ``NAME=``
+alone keeps the preset's. ``--artifact DIR`` saves the trained artifact (and evaluates it again with
+``--load DIR`` instead of training).
+"""
+
+import json
+import time
+
+import veil
+from _common import ShapesProbe, parse_named_settings, shapes_parser
+from veil._io import write_json
+from veil.cli.common import parse_value
+from veil.evaluation.shapes_tasks import rows_naming, task_rows
+from veil.methods.dumo import DuMo
+from veil.methods.presets import preset_for
+
+
+def main():
+    parser = shapes_parser(__doc__)
+    parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE over the preset (training).")
+    parser.add_argument("--gate", action="append", required=True)
+    parser.add_argument("--artifact", help="Save the trained artifact here.")
+    parser.add_argument("--load", help="Evaluate this artifact instead of training.")
+    args = parser.parse_args()
+
+    probe = ShapesProbe(args)
+    pipe, canonical, synonyms = probe.pipe, probe.canonical, probe.synonyms
+    paraphrases = rows_naming(task_rows("shapes_paraphrase"), args.concept)
+    changes = {field: parse_value(value) for field, _, value in (text.partition("=") for text in args.set)}
+    record = probe.record(changes=changes)
+    record["base"] = {"canonical": probe.rates(canonical), "synonyms": probe.rates(synonyms).get(args.concept),
+                      "paraphrases": probe.rates(paraphrases).get(args.concept)}
+    if args.load:
+        artifact = veil.load_artifact(args.load)
+        artifact.check_base(pipe)
+        method = artifact.build_method()
+        method.attach(pipe)
+        record["artifact"] = args.load
+    else:
+        settings = preset_for(DuMo, args.model, [args.concept]) | changes
+        method = DuMo(DuMo.config_class.from_dict({**settings, "concepts": [args.concept]}))
+        start = time.perf_counter()
+        method.attach(pipe)
+        veil.fit_method(method, pipe, progress=True)
+        record["train_seconds"] = round(time.perf_counter() - start, 1)
+        if args.artifact:
+            veil.Artifact.from_method(method, pipe).save(args.artifact)
+            record["artifact"] = args.artifact
+    record["config"] = method.config.to_dict()
+    record["gates"] = {}
+    for text in args.gate:
+        name, gate_settings = parse_named_settings(text)
+        saved = {k: getattr(method.config, k) for k in ("gate", "facilitate", "gate_threshold")}
+        for field, value in gate_settings.items():
+            setattr(method.config, field, value)
+        row = {"settings": gate_settings, "canonical": probe.rates(canonical),
+               "synonyms": probe.rates(synonyms).get(args.concept), "paraphrases": probe.rates(paraphrases).get(args.concept)}
+        for field, value in saved.items():
+            setattr(method.config, field, value)
+        others = {c: r for c, r in row["canonical"].items() if c != args.concept}
+        row["min_other"] = min(others.items(), key=lambda item: item[1])
+        record["gates"][name] = row
+        print(name, json.dumps({"target": row["canonical"].get(args.concept), "synonyms": row["synonyms"],
+                                "paraphrases": row["paraphrases"], "min_other": row["min_other"]}), flush=True)
+        write_json(args.out, record)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
