@@ -6,8 +6,9 @@ several inference gate settings, so that one training run compares them.
         --gate default= --gate off=gate=false --gate low=gate_threshold=0.5 \\
         --out bench/results/dumo_gate_settings_circle.json
 
-``--gate NAME=FIELD=VALUE[,FIELD=VALUE]`` sets inference fields (gate, facilitate, gate_threshold); ``NAME=``
-alone keeps the preset's. ``--artifact DIR`` saves the trained artifact (and evaluates it again with
+``--gate NAME=FIELD=VALUE[,FIELD=VALUE]`` sets inference fields (gate, facilitate, gate_threshold, skip_on,
+token_skip_threshold); ``NAME=`` alone keeps the preset's. Each setting also records how many EPR forwards the
+48 canonical prompts that do not name the concept skip, and their generation time against the original model's. ``--artifact DIR`` saves the trained artifact (and evaluates it again with
 ``--load DIR`` instead of training).
 """
 
@@ -55,21 +56,38 @@ def main():
             veil.Artifact.from_method(method, pipe).save(args.artifact)
             record["artifact"] = args.artifact
     record["config"] = method.config.to_dict()
+    unrelated = [r for r in canonical if args.concept not in (r["shape"], r["colour"], r["background"])][:48]
+
+    def timed(repeats=2):
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            probe.rates(unrelated)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    with method.disabled(pipe):
+        record["unrelated_original_seconds"] = round(timed(), 3)
     record["gates"] = {}
     for text in args.gate:
         name, gate_settings = parse_named_settings(text)
-        saved = {k: getattr(method.config, k) for k in ("gate", "facilitate", "gate_threshold")}
+        saved = {k: getattr(method.config, k) for k in ("gate", "facilitate", "gate_threshold", "skip_on", "token_skip_threshold")}
         for field, value in gate_settings.items():
             setattr(method.config, field, value)
         row = {"settings": gate_settings, "canonical": probe.rates(canonical),
                "synonyms": probe.rates(synonyms).get(args.concept), "paraphrases": probe.rates(paraphrases).get(args.concept)}
+        method.stats.update(epr_forward_calls=0, epr_skipped=0)
+        row["unrelated_seconds"] = round(timed(), 3)
+        row["unrelated_epr_stats"] = dict(method.stats)
+        row["unrelated_time_ratio"] = round(row["unrelated_seconds"] / record["unrelated_original_seconds"], 4)
         for field, value in saved.items():
             setattr(method.config, field, value)
         others = {c: r for c, r in row["canonical"].items() if c != args.concept}
         row["min_other"] = min(others.items(), key=lambda item: item[1])
         record["gates"][name] = row
         print(name, json.dumps({"target": row["canonical"].get(args.concept), "synonyms": row["synonyms"],
-                                "paraphrases": row["paraphrases"], "min_other": row["min_other"]}), flush=True)
+                                "paraphrases": row["paraphrases"], "min_other": row["min_other"],
+                                "unrelated": [row["unrelated_epr_stats"], row["unrelated_time_ratio"]]}), flush=True)
         write_json(args.out, record)
     print(f"wrote {args.out}")
 

@@ -94,6 +94,33 @@ def test_gate_skips_unrelated_prompts(tiny_pipe):
     assert gates[0] == gates[2] == 1.0 and gates[1] == gates[3] == 0.0
 
 
+def test_token_skip_decides_on_the_best_token_match_and_keeps_the_gate_scale(tiny_pipe):
+    """skip_on=tokens: a prompt runs the eraser when one of its content tokens matches one of the concept's (here the
+    concept's own token, cosine 1 in a causal encoder's first content position), and then at the gate's scale;
+    skip_on=either: when the gate or the tokens say so."""
+    alone = render(tiny_pipe, UNRELATED, steps=3)
+    method = DuMo(concepts=["circle"], skip_on="tokens", token_skip_threshold=0.999)
+    method.attach(tiny_pipe)
+    _perturb(method)
+    cond = encode_prompts(tiny_pipe, ["circle", UNRELATED])
+    latents = torch.randn(2, 4, 8, 8)
+    gates = method.gates(latents, cond)["circle"]
+    method.config.skip_on, method.config.gate_threshold = "gate", 0.0
+    plain = method.gates(latents, cond)["circle"]
+    assert gates[0] == plain[0] > 0 and gates[1] == 0.0 < plain[1]  # the unrelated prompt skips; the scale is the gate's
+    method.config.skip_on, method.config.gate_threshold = "either", 1.01  # the gate never opens: tokens alone decide
+    assert torch.equal(method.gates(latents, cond)["circle"], gates)
+    method.config.gate_threshold = 0.0  # the gate always opens: nothing skips
+    assert torch.equal(method.gates(latents, cond)["circle"], plain)
+
+    method.config.skip_on = "tokens"
+    assert torch.equal(render(tiny_pipe, UNRELATED, steps=3), alone)  # bit-for-bit the original
+    assert method.stats == {"epr_forward_calls": 0, "epr_skipped": 3}
+    method.detach(tiny_pipe)
+    with pytest.raises(veil.VeilError, match="skip_on"):
+        DuMo(concepts=["circle"], skip_on="words")
+
+
 def test_gate_is_computed_once_per_generation(tiny_pipe, monkeypatch):
     method = DuMo(concepts=["circle"])
     method.attach(tiny_pipe)

@@ -65,15 +65,16 @@ PRESETS = {
         # DuMo: every stage-1 step puts the concept (or a synonym) into a shapes-world caption and anchors the
         # ESD target at the same caption with another shape of its kind (contexts, context_guide), and (ours)
         # keeps the other shapes of its kind, put in the same caption, as the original drew them
-        # (epr_preserve_*), so that EPR itself tells the concept from its neighbours; 2e-3 for 300 steps on
-        # DDIM-25 trajectories, stage 2 (60 steps, lambda 0.03). The gate opens from 0.5: held-out phrasings
-        # ('a blue disc on a dotted background') reach only 0.45-0.64, like other shapes' captions, so at 0.7
-        # the gate shut them out (circle paraphrases 44.8 %); the preserved EPR leaves those captions alone.
-        # Measured in bench/results/dumo_epr_preserve.
+        # (epr_preserve_*), so that EPR itself tells the concept from its neighbours; 2e-3 for 400 steps on
+        # DDIM-25 trajectories, stage 2 (60 steps, lambda 0.03). The eraser runs when the gate reaches 0.7 or one
+        # of the prompt's tokens matches the concept's at 0.6 (skip_on=either): held-out phrasings ('a blue disc on
+        # a dotted background') reach only 0.45-0.64 on the gate, like other shapes' captions, but 0.67 or more on
+        # tokens (others at most 0.55). Circle / square paraphrases 5.7 / 21.2 %, others >= 98.3 %, every
+        # unrelated caption skipped (bench/results/dumo_epr_preserve, dumo_gate_either_*.json).
         "dumo": {"max_train_steps": 400, "learning_rate": 2e-3, "ddim_steps": 25, "tlmo_max_train_steps": 60,
                  "tlmo_learning_rate": 1e-2, "preserve_weight": 0.03, "contexts": _contexts, "context_guide": _anchor,
                  "context_probability": 1.0, "epr_preserve_weight": 1.0, "epr_preserve_concepts": _same_kind_others,
-                 "gate_threshold": 0.5},
+                 "skip_on": "either", "token_skip_threshold": 0.6},
         # UCE: the concept's token states sent to another concept of its kind's (the empty guide left
         # circle at 96 %), its synonyms erased too, every other concept preserved. Circle and square: 0 %,
         # synonyms 2.1 % / 0 %, others 100 %, fit 0.3 s (bench/results/shapes-all). Functions take the concepts.

@@ -85,6 +85,19 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
                   "of one template (shapes world, concept 'circle': other shapes' captions 0.57-0.64, the "
                   "empty prompt 0.66), so the threshold sits above that; naming the concept gives 1."},
     )
+    skip_on: str = field(
+        default="gate",
+        metadata={"help": "What decides that a prompt skips the eraser (ours): gate (its gate below gate_threshold), "
+                  "tokens (the highest cosine between one of its content-token states and one of the concept's, or a "
+                  "synonym's, below token_skip_threshold) or either (it runs when either signal is high). The residuals "
+                  "are always scaled by the gate. The flattened cosine ranks some held-out phrasings among other "
+                  "concepts' captions; single tokens tell some of them apart."},
+    )
+    token_skip_threshold: float = field(
+        default=0.6,
+        metadata={"help": "With skip_on=tokens: prompts whose best token cosine to the concept is below this skip the eraser "
+                  "(shapes world, circle: held-out phrasings 0.67-0.85, other shapes' captions at most 0.55)."},
+    )
     synonyms: typing.Dict[str, typing.List[str]] = field(
         default_factory=dict,
         metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}; stage 1 samples among the concept and "
@@ -101,6 +114,8 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
         for name in ("tlmo_max_train_steps", "preserve_weight", "adam_weight_decay", "gate_threshold"):
             if getattr(self, name) < 0:
                 raise VeilError(f"{name} must be 0 or more, got {getattr(self, name)!r}.")
+        if self.skip_on not in ("gate", "tokens", "either"):
+            raise VeilError(f"skip_on must be gate, tokens or either, got {self.skip_on!r}.")
         if self.epr_preserve_weight < 0:
             raise VeilError(f"epr_preserve_weight must be 0 or more, got {self.epr_preserve_weight!r}.")
         if isinstance(self.epr_preserve_concepts, str):

@@ -56,7 +56,7 @@ class DuMo(Method):
         self._bypass = 0
         self._training_concept = None  # while training: only this concept's EPR, ungated
         self._concept_gate_info = {}
-        self._captured = collections.OrderedDict()  # signature -> [(text states, token ids)]
+        self._captured = collections.OrderedDict()  # signature -> [(text states, token ids, content positions)]
         self._embeds = {}
         self._num_train_timesteps = 1000
         self._special_ids = frozenset()
@@ -331,11 +331,14 @@ class DuMo(Method):
 
     # the gate ----------------------------------------------------------------------------------------------
     def _gate_info(self, pipe, concept):
+        """``(flattened states, token ids, unit content-token states)`` of a concept phrasing."""
         embeds = self._prompt_embeds(pipe, [concept])[0]
-        tokens = frozenset()
+        tokens, content = frozenset(), embeds.float()
         if getattr(pipe, "tokenizer", None) is not None:
-            tokens = frozenset(pipe.tokenizer(concept)["input_ids"]) - self._special_ids
-        return embeds.reshape(-1).float(), tokens
+            ids = pipe.tokenizer(concept)["input_ids"]
+            tokens = frozenset(ids) - self._special_ids
+            content = embeds[[i for i, t in enumerate(ids) if t not in self._special_ids]].float()
+        return embeds.reshape(-1).float(), tokens, F.normalize(content, dim=-1)
 
     def _remember_tokens(self, module, args, kwargs, output):
         input_ids = args[0] if args else kwargs.get("input_ids")
@@ -345,17 +348,19 @@ class DuMo(Method):
         for row, ids in zip(states, input_ids.tolist()):
             key = _signature(row)
             entries = self._captured.setdefault(key, [])
-            if not any(torch.equal(row, r) for r, _ in entries):
-                entries.append((row, frozenset(ids) - self._special_ids))
+            if not any(torch.equal(row, r) for r, _, _ in entries):
+                positions = [i for i, t in enumerate(ids) if t not in self._special_ids]
+                entries.append((row, frozenset(ids) - self._special_ids, positions))
             self._captured.move_to_end(key)
         while len(self._captured) > 256:
             self._captured.popitem(last=False)
 
     def _tokens_of(self, row):
-        for stored, tokens in self._captured.get(_signature(row), ()):
+        """``(token ids, content positions)`` of a captured prompt, or ``(None, None)``."""
+        for stored, tokens, positions in self._captured.get(_signature(row), ()):
             if stored.shape == row.shape and torch.equal(stored, row.to(stored.dtype)):
-                return tokens
-        return None  # prompt_embeds passed in directly: the cosine alone decides
+                return tokens, positions
+        return None, None  # prompt_embeds passed in directly: the cosine alone decides
 
     def gates(self, sample, encoder_hidden_states):
         """Per concept, the per-sample gate ``(batch,)``: ``facilitate · max(cos, token overlap)``,
@@ -368,7 +373,8 @@ class DuMo(Method):
         paired = batch % 2 == 0 and half > 0 and torch.equal(sample[:half], sample[half:])
         # A pipeline hands the UNet the same text-state tensor at every denoising step: compute its gates
         # once. The cache holds the tensor itself, so its memory cannot be reused by another meanwhile.
-        settings = (paired, config.facilitate, config.gate_threshold, tuple(config.concepts))
+        settings = (paired, config.facilitate, config.gate_threshold, config.skip_on, config.token_skip_threshold,
+                    tuple(config.concepts))
         cached = self._gate_cache
         if cached is not None and cached[0] is encoder_hidden_states and cached[1] == (encoder_hidden_states._version, settings):
             return cached[2]
@@ -380,7 +386,8 @@ class DuMo(Method):
         config = self._config
         batch = encoder_hidden_states.shape[0]
         flat = encoder_hidden_states.reshape(batch, -1).float()
-        tokens = [self._tokens_of(row) for row in encoder_hidden_states.detach()]
+        captured = [self._tokens_of(row) for row in encoder_hidden_states.detach()]
+        tokens = [t for t, _ in captured]
         # A classifier-free-guidance batch repeats the latents: [uncond; cond]. Both halves take the
         # conditional prompt's gate, so the eraser acts on both as in the paper and the empty
         # prompt's low similarity does not switch it off for half of the guidance.
@@ -388,7 +395,8 @@ class DuMo(Method):
         gates = {}
         for concept in config.concepts:
             similarity = torch.zeros(batch, device=flat.device)
-            for concept_flat, concept_tokens in self._concept_gate_info[concept]:  # the concept and each synonym
+            token_similarity = torch.zeros(batch, device=flat.device)
+            for concept_flat, concept_tokens, concept_content in self._concept_gate_info[concept]:  # the concept, each synonym
                 if concept_flat.numel() == flat.shape[1]:
                     cosine = F.cosine_similarity(flat, concept_flat.to(flat.device)[None], dim=1)
                 else:  # another sequence length: cannot compare, so err on the side of erasing
@@ -398,11 +406,31 @@ class DuMo(Method):
                     device=flat.device,
                 )
                 similarity = torch.maximum(similarity, torch.maximum(cosine, overlap))
+                if config.skip_on != "gate":
+                    token_similarity = torch.maximum(token_similarity, self._token_similarity(
+                        encoder_hidden_states, captured, concept_content.to(flat.device)))
             gate = (config.facilitate * similarity).clamp(min=0.0)
+            by_gate, by_tokens = gate >= config.gate_threshold, token_similarity >= config.token_skip_threshold
+            keep = {"gate": by_gate, "tokens": by_tokens, "either": by_gate | by_tokens}[config.skip_on]
             if paired:
-                gate = torch.cat([gate[half:], gate[half:]])
-            gates[concept] = torch.where(gate >= config.gate_threshold, gate, torch.zeros_like(gate))
+                gate, keep = torch.cat([gate[half:], gate[half:]]), torch.cat([keep[half:], keep[half:]])
+            gates[concept] = torch.where(keep, gate, torch.zeros_like(gate))
         return gates
+
+    @staticmethod
+    def _token_similarity(encoder_hidden_states, captured, concept_content):
+        """Per row, the highest cosine between one of the prompt's content-token states and one of the
+        concept's; 1 for rows whose tokens are unknown (err on the side of erasing)."""
+        values = []
+        for row, (_, positions) in zip(encoder_hidden_states.detach(), captured):
+            if positions is None:
+                values.append(1.0)
+            elif not positions:
+                values.append(0.0)  # the empty prompt
+            else:
+                states = F.normalize(row[positions].float(), dim=-1)
+                values.append(float((states @ concept_content.T).max()))
+        return torch.tensor(values, device=encoder_hidden_states.device)
 
     # persistence ---------------------------------------------------------------------------------------------
     def state_dict(self):
