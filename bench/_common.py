@@ -1,6 +1,7 @@
 """What the shapes-world bench scripts share: their common flags, the model, the prompt rows and rates."""
 
 import argparse
+import time
 
 import torch
 
@@ -19,6 +20,13 @@ def shapes_parser(doc):
     parser.add_argument("--num-inference-steps", type=int, default=20)
     parser.add_argument("--out", required=True)
     return parser
+
+
+def parse_set(items):
+    """``--set FIELD=VALUE`` items (values read as YAML, lists allowed) as ``{field: value}``."""
+    from veil.cli.common import parse_value
+
+    return {field: parse_value(value) for field, _, value in (item.partition("=") for item in items)}
 
 
 def parse_named_settings(text):
@@ -48,6 +56,20 @@ class ShapesProbe:
         """``{concept: rate}`` (4 decimals) of ``rows`` drawn by the pipeline as it is now."""
         result = evaluate_prompts(self.pipe, rows, classify, num_inference_steps=self.args.num_inference_steps, **settings)
         return {k: round(v, 4) for k, v in result["rates"].items()}
+
+    def unrelated_rows(self, count=48):
+        """Canonical rows that name the concept nowhere (shape, colour or background)."""
+        concept = self.args.concept
+        return [r for r in self.canonical if concept not in (r["shape"], r["colour"], r["background"])][:count]
+
+    def seconds(self, rows, repeats=2):
+        """Best wall time of drawing ``rows`` ``repeats`` times with the pipeline as it is now."""
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.rates(rows)
+            best = min(best, time.perf_counter() - start)
+        return best
 
     def record(self, **extra):
         """The fields every result file starts with."""

@@ -8,17 +8,16 @@ several inference gate settings, so that one training run compares them.
 
 ``--gate NAME=FIELD=VALUE[,FIELD=VALUE]`` sets inference fields (gate, facilitate, gate_threshold, skip_on,
 token_skip_threshold); ``NAME=`` alone keeps the preset's. Each setting also records how many EPR forwards the
-48 canonical prompts that do not name the concept skip, and their generation time against the original model's. ``--artifact DIR`` saves the trained artifact (and evaluates it again with
-``--load DIR`` instead of training).
+48 canonical prompts that do not name the concept skip, and their generation time against the original model's.
+``--artifact DIR`` saves the trained artifact; ``--load DIR`` evaluates one instead of training.
 """
 
 import json
 import time
 
 import veil
-from _common import ShapesProbe, parse_named_settings, shapes_parser
+from _common import ShapesProbe, parse_named_settings, parse_set, shapes_parser
 from veil._io import write_json
-from veil.cli.common import parse_value
 from veil.evaluation.shapes_tasks import rows_naming, task_rows
 from veil.methods.dumo import DuMo
 from veil.methods.presets import preset_for
@@ -35,7 +34,7 @@ def main():
     probe = ShapesProbe(args)
     pipe, canonical, synonyms = probe.pipe, probe.canonical, probe.synonyms
     paraphrases = rows_naming(task_rows("shapes_paraphrase"), args.concept)
-    changes = {field: parse_value(value) for field, _, value in (text.partition("=") for text in args.set)}
+    changes = parse_set(args.set)
     record = probe.record(changes=changes)
     record["base"] = {"canonical": probe.rates(canonical), "synonyms": probe.rates(synonyms).get(args.concept),
                       "paraphrases": probe.rates(paraphrases).get(args.concept)}
@@ -49,25 +48,15 @@ def main():
         settings = preset_for(DuMo, args.model, [args.concept]) | changes
         method = DuMo(DuMo.config_class.from_dict({**settings, "concepts": [args.concept]}))
         start = time.perf_counter()
-        method.attach(pipe)
         veil.fit_method(method, pipe, progress=True)
         record["train_seconds"] = round(time.perf_counter() - start, 1)
         if args.artifact:
             veil.Artifact.from_method(method, pipe).save(args.artifact)
             record["artifact"] = args.artifact
     record["config"] = method.config.to_dict()
-    unrelated = [r for r in canonical if args.concept not in (r["shape"], r["colour"], r["background"])][:48]
-
-    def timed(repeats=2):
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            probe.rates(unrelated)
-            best = min(best, time.perf_counter() - start)
-        return best
-
+    unrelated = probe.unrelated_rows()
     with method.disabled(pipe):
-        record["unrelated_original_seconds"] = round(timed(), 3)
+        record["unrelated_original_seconds"] = round(probe.seconds(unrelated), 3)
     record["gates"] = {}
     for text in args.gate:
         name, gate_settings = parse_named_settings(text)
@@ -77,7 +66,7 @@ def main():
         row = {"settings": gate_settings, "canonical": probe.rates(canonical),
                "synonyms": probe.rates(synonyms).get(args.concept), "paraphrases": probe.rates(paraphrases).get(args.concept)}
         method.stats.update(epr_forward_calls=0, epr_skipped=0)
-        row["unrelated_seconds"] = round(timed(), 3)
+        row["unrelated_seconds"] = round(probe.seconds(unrelated), 3)
         row["unrelated_epr_stats"] = dict(method.stats)
         row["unrelated_time_ratio"] = round(row["unrelated_seconds"] / record["unrelated_original_seconds"], 4)
         for field, value in saved.items():

@@ -14,10 +14,9 @@ import tempfile
 import time
 
 import veil
-from _common import ShapesProbe, shapes_parser
+from _common import ShapesProbe, parse_set, shapes_parser
 from veil._io import write_json
 from veil.artifact import WEIGHTS_NAME
-from veil.cli.common import parse_value
 from veil.methods.dumo import DuMo
 from veil.methods.presets import preset_for
 from veil.training.loop import train
@@ -32,7 +31,7 @@ def main():
     probe = ShapesProbe(args)
     pipe, canonical, synonyms, rates = probe.pipe, probe.canonical, probe.synonyms, probe.rates
     settings = preset_for(DuMo, args.model, [args.concept])
-    settings.update({k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)})
+    settings.update(parse_set(args.set))
     method = DuMo(DuMo.config_class.from_dict({**settings, "concepts": [args.concept]}))
     record = probe.record(config=method.config.to_dict())
 
@@ -63,21 +62,13 @@ def main():
 
     # The gate's cost on prompts that do not name the concept: the same images, timed with and without the artifact.
     method.config.gate = None
-    unrelated = [r for r in canonical if args.concept not in (r["shape"], r["colour"], r["background"])][:48]
-
-    def timed():
-        best = float("inf")
-        for _ in range(args.timing_repeats):
-            start = time.perf_counter()
-            rates(unrelated)
-            best = min(best, time.perf_counter() - start)
-        return best
+    unrelated = probe.unrelated_rows()
 
     method.stats.update(epr_forward_calls=0, epr_skipped=0)
-    attached = timed()
+    attached = probe.seconds(unrelated, args.timing_repeats)
     stats = dict(method.stats)
     method.detach(pipe)  # the stock pipeline, no hook at all
-    original = timed()
+    original = probe.seconds(unrelated, args.timing_repeats)
     record["gate_timing"] = {"prompts": len(unrelated), "original_seconds": round(original, 3), "attached_seconds": round(attached, 3),
                              "ratio": round(attached / original, 4), "epr_stats": stats}
     print("gate timing", record["gate_timing"], flush=True)

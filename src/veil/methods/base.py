@@ -126,12 +126,16 @@ class ESDSamplingConfig:
         """``phrase`` in ``context`` (``None``: the phrase alone), with single spaces."""
         return phrase if context is None else " ".join(context.format(phrase).split())
 
-    def pick_context(self, phrase, generator):
-        """``(prompt, anchor)`` of one training step: the phrase alone and the empty prompt, or, with
-        probability ``context_probability``, the phrase in a random context and that context with
-        ``context_guide`` (by default nothing) in its place."""
+    def draw_prompt(self, phrase, generator):
+        """``(context, prompt, anchor)`` of one training step: no context, the phrase alone and the empty
+        prompt, or, with probability ``context_probability``, a random context, the phrase in it and that
+        context with ``context_guide`` (by default nothing) in its place."""
         context = self.draw_context(generator)
-        return self.place(context, phrase), ("" if context is None else self.place(context, self.context_guide))
+        return context, self.place(context, phrase), ("" if context is None else self.place(context, self.context_guide))
+
+    def pick_context(self, phrase, generator):
+        """``(prompt, anchor)`` of one training step (:meth:`draw_prompt` without the context)."""
+        return self.draw_prompt(phrase, generator)[1:]
 
 
 class Method:

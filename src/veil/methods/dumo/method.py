@@ -195,9 +195,7 @@ class DuMo(Method):
             concept = config.concepts[int(torch.randint(len(config.concepts), (1,), generator=generator))]
             phrases = phrasings(config, concept)  # the concept or one of its synonyms
             phrase = phrases[int(torch.randint(len(phrases), (1,), generator=generator))] if len(phrases) > 1 else concept
-            context = config.draw_context(generator)  # alone, or in a context
-            prompt = config.place(context, phrase)
-            anchor = "" if context is None else config.place(context, config.context_guide)
+            context, prompt, anchor = config.draw_prompt(phrase, generator)  # alone, or in a context
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
             info = {"group": concept, "anchor": anchor}
             if self._stage == "epr" and config.epr_preserve_weight > 0:
@@ -388,6 +386,7 @@ class DuMo(Method):
         flat = encoder_hidden_states.reshape(batch, -1).float()
         captured = [self._tokens_of(row) for row in encoder_hidden_states.detach()]
         tokens = [t for t, _ in captured]
+        content = self._content_states(encoder_hidden_states, captured) if config.skip_on != "gate" else None
         # A classifier-free-guidance batch repeats the latents: [uncond; cond]. Both halves take the
         # conditional prompt's gate, so the eraser acts on both as in the paper and the empty
         # prompt's low similarity does not switch it off for half of the guidance.
@@ -407,8 +406,7 @@ class DuMo(Method):
                 )
                 similarity = torch.maximum(similarity, torch.maximum(cosine, overlap))
                 if config.skip_on != "gate":
-                    token_similarity = torch.maximum(token_similarity, self._token_similarity(
-                        encoder_hidden_states, captured, concept_content.to(flat.device)))
+                    token_similarity = torch.maximum(token_similarity, self._token_similarity(content, concept_content, flat.device))
             gate = (config.facilitate * similarity).clamp(min=0.0)
             by_gate, by_tokens = gate >= config.gate_threshold, token_similarity >= config.token_skip_threshold
             keep = {"gate": by_gate, "tokens": by_tokens, "either": by_gate | by_tokens}[config.skip_on]
@@ -418,19 +416,19 @@ class DuMo(Method):
         return gates
 
     @staticmethod
-    def _token_similarity(encoder_hidden_states, captured, concept_content):
+    def _content_states(encoder_hidden_states, captured):
+        """Per row, its content-token states as unit vectors; ``None`` for rows whose tokens are unknown."""
+        return [None if positions is None else F.normalize(row[positions].float(), dim=-1)
+                for row, (_, positions) in zip(encoder_hidden_states.detach(), captured)]
+
+    @staticmethod
+    def _token_similarity(content, concept_content, device):
         """Per row, the highest cosine between one of the prompt's content-token states and one of the
-        concept's; 1 for rows whose tokens are unknown (err on the side of erasing)."""
-        values = []
-        for row, (_, positions) in zip(encoder_hidden_states.detach(), captured):
-            if positions is None:
-                values.append(1.0)
-            elif not positions:
-                values.append(0.0)  # the empty prompt
-            else:
-                states = F.normalize(row[positions].float(), dim=-1)
-                values.append(float((states @ concept_content.T).max()))
-        return torch.tensor(values, device=encoder_hidden_states.device)
+        concept's; 1 for rows whose tokens are unknown (err on the side of erasing), 0 for the empty prompt."""
+        concept_content = concept_content.to(device)
+        values = [1.0 if states is None else float((states @ concept_content.T).max()) if len(states) else 0.0
+                  for states in content]
+        return torch.tensor(values, device=device)
 
     # persistence ---------------------------------------------------------------------------------------------
     def state_dict(self):

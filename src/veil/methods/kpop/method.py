@@ -176,9 +176,7 @@ class KPOP(Method):
             concept = int(torch.randint(len(config.concepts), (1,), generator=generator))
             options = phrasings(config, config.concepts[concept])
             phrase = options[int(torch.randint(len(options), (1,), generator=generator))]
-            context = config.draw_context(generator)
-            prompt = config.place(context, phrase)
-            anchor = "" if context is None else config.place(context, config.context_guide)
+            context, prompt, anchor = config.draw_prompt(phrase, generator)
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
             return self._prompts(pipe, prompt), t_encs, {"concept": concept, "anchor": anchor, "context": context}
 
