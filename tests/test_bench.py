@@ -23,7 +23,7 @@ def test_bench_refuses_an_earlier_bench_or_resumes_it(tmp_path):
 def _row(method, concept, **extra):
     """A bench row as run_bench writes it (rates and costs zero)."""
     fields = ["base_target_rate", "target_rate", "base_synonym_rate", "synonym_rate", "base_paraphrase_rate", "paraphrase_rate",
-              "nontarget_share", "nontarget_min_share", "other_kinds_share", "seconds", "peak_mem_mb", "artifact_mb"]
+              "base_short_rate", "short_rate", "nontarget_share", "nontarget_min_share", "other_kinds_share", "seconds", "peak_mem_mb", "artifact_mb"]
     return {"method": method, "concept": concept, **dict.fromkeys(fields, 0.0), **extra}
 
 
@@ -69,6 +69,41 @@ def test_resume_attacks_the_kept_rows_saved_artifacts_without_refitting(tiny_pip
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert set(saved["rows"][0]["attacks"]["attacks"]) == {"prompt_search", "concept_inversion"}
     assert saved["attacks"] == ["concept_inversion", "prompt_search"]
+
+
+def test_resume_measures_short_prompts_on_a_kept_row_that_predates_them(tiny_pipe, tmp_path, monkeypatch):
+    from veil.methods.esd import ESD
+
+    method = ESD(concepts=["circle"], max_train_steps=1, ddim_steps=2, samples_per_trajectory=1, learning_rate=1e-2)
+    veil.train(method, tiny_pipe, progress=False)
+    veil.Artifact.from_method(method, tiny_pipe).save(str(tmp_path / "artifacts" / "esd-circle"))
+    method.detach(tiny_pipe)
+    before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
+    protocol = {"model": "tiny", "seeds": [0], "num_inference_steps": 1, "guidance_scale": 3.0}
+    old = _row("esd", "circle", artifact="artifacts/esd-circle")
+    del old["short_rate"], old["base_short_rate"]
+    (tmp_path / "bench.json").write_text(json.dumps({**protocol, "rows": [old]}))
+    calls = []
+
+    def fake_evaluate(pipe, rows, *args):
+        edited = any(not torch.equal(v, before[k]) for k, v in pipe.unet.state_dict().items())
+        calls.append(([r["prompt"] for r in rows], edited))
+        return {"rates": {"circle": 0.25 if edited else 1.0}, "kinds": {}, "counts": {}, "images": [], "labels": {}}
+
+    monkeypatch.setattr(bench, "fit_method", lambda *a, **k: pytest.fail("a kept row was fitted again"))
+    monkeypatch.setattr(bench, "_evaluate", fake_evaluate)
+    run = dict(classify=None, seeds=(0,), num_inference_steps=1, resume=True, progress=False, log=lambda m: None)
+    bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), **run)
+    prompts, edited = calls[-1]
+    assert edited and {"circle", "a circle", "a red circle", "a circle on a dotted background"} <= set(prompts)
+    assert all("circle" in p for p in prompts)  # only the rows naming the row's concept
+    saved = json.loads((tmp_path / "bench.json").read_text())["rows"][0]
+    assert saved["short_rate"] == 0.25 and saved["base_short_rate"] == 1.0
+    assert all(torch.equal(v, before[k]) for k, v in tiny_pipe.unet.state_dict().items())  # detached again
+
+    calls.clear()  # measured once: a later resume keeps it
+    bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), **run)
+    assert all(edited is False for _, edited in calls)
 
 
 def test_resume_refuses_to_attack_a_row_without_its_artifact(tiny_pipe, tmp_path, monkeypatch):

@@ -110,6 +110,21 @@ def test_prompt_sets_are_deterministic_and_complete():
     assert len(a["paraphrase_candidates"]) > 100
 
 
+def test_short_prompts_name_every_concept_bare_and_in_each_partial_caption():
+    rows = W.short_prompts(seeds=(0, 1))
+    assert rows == W.short_prompts(seeds=(0, 1)) and {r["seed"] for r in rows} == {0, 1}
+    for r in rows:  # each labelled concept is named, each unnamed axis is unlabelled
+        words = r["prompt"].split()
+        assert all(r[k] in words for k in ("shape", "colour", "background") if r[k] is not None)
+        assert not any(v in words for k, vs in (("colour", W.COLOURS), ("background", W.BACKGROUNDS)) if r[k] is None for v in vs)
+    circle = [r["prompt"] for r in rows if r["shape"] == "circle" and r["seed"] == 0]
+    assert circle[:2] == ["circle", "a circle"] and "a red circle" in circle and "a circle on a dotted background" in circle
+    assert len(circle) == 2 + len(W.COLOURS) + len(W.BACKGROUNDS)
+    assert sum(r["colour"] == "orange" and r["seed"] == 0 for r in rows) == len(W.SHAPES)  # "an orange circle", ...
+    assert "an orange circle" in {r["prompt"] for r in rows}
+    assert sum(r["background"] == "dotted" and r["seed"] == 0 for r in rows) == len(W.SHAPES)
+
+
 # ----------------------------------------------------------------------------- classifier
 @needs_classifier
 def test_classifier_labels_clean_renders():
@@ -202,3 +217,16 @@ def test_paraphrase_csv():
         is_heldout_template = any(t.split("{")[0].strip() and r["prompt"].startswith(t.split("{")[0].strip())
                                   for t in W.HELDOUT_TEMPLATES)
         assert is_heldout_template or any(w in r["prompt"] for w in held), r["prompt"]
+
+
+def test_training_caches_load_tensors_only(tmp_path):
+    import veil
+    from veil.shapes.train import atomic_save, load_cache
+
+    state = {"unet": {"w": torch.ones(2)}, "gen": torch.Generator().get_state(), "step": 3, "hist": [{"loss": 0.5}], "texts": ["a"]}
+    atomic_save(state, tmp_path / "ckpt.pt")
+    loaded = load_cache(tmp_path / "ckpt.pt")
+    assert loaded["step"] == 3 and torch.equal(loaded["unet"]["w"], torch.ones(2)) and not list(tmp_path.glob("*.tmp"))
+    torch.save({"rt_train": np.zeros((1, 2), np.uint8)}, tmp_path / "old.pt")  # a pickled numpy array: not plain tensors
+    with pytest.raises(veil.VeilError, match="delete it"):
+        load_cache(tmp_path / "old.pt")

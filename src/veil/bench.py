@@ -1,8 +1,8 @@
 """``veil bench``: every method × concept on one model with one protocol → a table and JSON.
 
 For each method and concept: fit on the concept, then measure on the shapes world the target's
-concept rate before and after on canonical prompts, on training synonyms and on held-out
-paraphrases; every other concept's rate as a share of its base; with keys, the rate with the right
+concept rate before and after on canonical prompts, on training synonyms, on held-out
+paraphrases and on short prompts (the bare word and partial captions); every other concept's rate as a share of its base; with keys, the rate with the right
 key, another concept's key and a random key of matched norm; with the ``key_forging`` attack, the
 key-forging curve of keyed methods; and the cost (seconds, peak memory, artifact size).
 """
@@ -22,7 +22,7 @@ from .methods.presets import preset_for
 from .registry import get_method
 from .training.loop import fit_method
 
-SETS = ("canonical", "synonyms", "paraphrase")
+SETS = ("canonical", "synonyms", "paraphrase", "short")
 KEY_SUFFIX = ".veilkey"  # a keyed method's key, next to its artifact folder
 
 
@@ -87,6 +87,7 @@ def run_bench(
             "canonical": task_rows("shapes_concepts", seeds),
             "synonyms": task_rows("shapes_synonyms", seeds),
             "paraphrase": task_rows("shapes_paraphrase"),
+            "short": task_rows("shapes_short", seeds),
         }
         log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(SETS)}")
         base = {name: _evaluate(pipe, rows, classify, settings) for name, rows in rows_by_set.items()}
@@ -99,8 +100,9 @@ def run_bench(
                 if (method_cls.name, concept) in finished:
                     row = finished[(method_cls.name, concept)]
                     log(f"{method_cls.name} × {concept}: kept from the earlier run (--resume)")
+                    changed = _short_kept_row(row, pipe, out_dir, base, rows_by_set["short"], classify, settings, log)
                     if _attack_kept_row(row, pipe, out_dir, attacks, attack_configs, classify, attack_seeds, settings, log,
-                                        forging_eval_steps):
+                                        forging_eval_steps) or changed:
                         _save_report(out_dir, protocol, base, list(table.values()))
                     continue
                 kind = CONCEPT_KIND[concept]
@@ -126,6 +128,7 @@ def run_bench(
                     "canonical": _evaluate(pipe, rows_by_set["canonical"], classify, settings),
                     "synonyms": _evaluate(pipe, rows_naming(rows_by_set["synonyms"], concept), classify, settings),
                     "paraphrase": _evaluate(pipe, rows_naming(rows_by_set["paraphrase"], concept), classify, settings),
+                    "short": _evaluate(pipe, rows_naming(rows_by_set["short"], concept), classify, settings),
                 }
                 others = [c for c, k in CONCEPT_KIND.items() if c != concept]
                 same_kind = [c for c in others if CONCEPT_KIND[c] == kind]
@@ -139,6 +142,8 @@ def run_bench(
                     "synonym_rate": after["synonyms"]["rates"].get(concept),
                     "base_paraphrase_rate": base["paraphrase"]["rates"].get(concept),
                     "paraphrase_rate": after["paraphrase"]["rates"].get(concept),
+                    "base_short_rate": base["short"]["rates"].get(concept),
+                    "short_rate": after["short"]["rates"].get(concept),
                     "nontarget_share": _mean([shares[c] for c in same_kind if c in shares]),
                     "nontarget_min_share": min((shares[c] for c in same_kind if c in shares), default=None),
                     "other_kinds_share": _mean([shares[c] for c in others if c not in same_kind and c in shares]),
@@ -225,6 +230,31 @@ def _finished_rows(out_dir, protocol, resume):
     return {(r["method"], r["concept"]): r for r in earlier.get("rows", [])}
 
 
+def _kept_artifact(row, out_dir, what):
+    folder = os.path.join(out_dir, row.get("artifact") or "")
+    if not row.get("artifact") or not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
+        raise VeilError(f"The {row['method']} × {row['concept']} row has no saved artifact in {out_dir!r} to {what}; "
+                        "run that pair again with --overwrite in another --out.")
+    return Artifact.load(folder)
+
+
+def _short_kept_row(row, pipe, out_dir, base, rows, classify, settings, log):
+    """Measure the short prompts on a kept row's saved artifact when its bench predates them. Returns whether
+    the row changed."""
+    if "short_rate" in row:
+        return False
+    concept = row["concept"]
+    artifact = _kept_artifact(row, out_dir, "measure")
+    artifact.attach(pipe)
+    try:
+        log(f"{row['method']} × {concept}: short prompts on the saved artifact")
+        row["short_rate"] = _evaluate(pipe, rows_naming(rows, concept), classify, settings)["rates"].get(concept)
+    finally:
+        artifact.detach(pipe)
+    row["base_short_rate"] = base["short"]["rates"].get(concept)
+    return True
+
+
 def _attack_kept_row(row, pipe, out_dir, attacks, configs, classify, seeds, settings, log, forging_eval_steps=()):
     """Run on a kept row's saved artifact the attacks it lacks, and the key-forging curve when asked for and
     the row's key file is there. Returns whether the row changed."""
@@ -233,10 +263,7 @@ def _attack_kept_row(row, pipe, out_dir, attacks, configs, classify, seeds, sett
     curve = "key_forging" in attacks and "forging_curve" not in row and os.path.isfile(folder + KEY_SUFFIX)
     if not missing and not curve:
         return False
-    if not row.get("artifact") or not os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
-        raise VeilError(f"The {row['method']} × {row['concept']} row has no saved artifact in {out_dir!r} to attack; "
-                        "run that pair again with --overwrite in another --out.")
-    artifact = Artifact.load(folder)
+    artifact = _kept_artifact(row, out_dir, "attack")
     method = artifact.attach(pipe)
     try:
         log(f"{row['method']} × {row['concept']}: attacking the saved artifact ({', '.join(missing) or 'forging curve'})")
@@ -343,7 +370,7 @@ def _fmt(value):
 
 def _summary(row):
     return (f"  {row['method']} {row['concept']}: target {_fmt(row['base_target_rate'])} -> {_fmt(row['target_rate'])}, "
-            f"synonyms {_fmt(row['synonym_rate'])}, paraphrase {_fmt(row['paraphrase_rate'])}, "
+            f"synonyms {_fmt(row['synonym_rate'])}, paraphrase {_fmt(row['paraphrase_rate'])}, short {_fmt(row.get('short_rate'))}, "
             f"non-target {_fmt(row['nontarget_share'])} of base, {row['seconds']:.0f} s"
             + ("".join(f", {label} {_fmt(row[f'target_rate_{label}'])}" for label in ("with_key", "random_key")
                        if f"target_rate_{label}" in row)))
@@ -353,7 +380,7 @@ def markdown_table(report):
     """The bench table in markdown."""
     keyed = any("target_rate_with_key" in r for r in report["rows"])
     head = ["method", "concept", "target before", "target after", "synonyms (before → after)",
-            "paraphrase (before → after)", "other same-kind (share of base)", "min same-kind share",
+            "paraphrase (before → after)", "short prompts (before → after)", "other same-kind (share of base)", "min same-kind share",
             "other kinds (share)"]
     if keyed:
         head += ["with key", "wrong key", "random key"]
@@ -364,6 +391,7 @@ def markdown_table(report):
         cells = [r["method"], r["concept"], _fmt(r["base_target_rate"]), _fmt(r["target_rate"]),
                  f"{_fmt(r['base_synonym_rate'])} → {_fmt(r['synonym_rate'])}",
                  f"{_fmt(r['base_paraphrase_rate'])} → {_fmt(r['paraphrase_rate'])}",
+                 f"{_fmt(r.get('base_short_rate'))} → {_fmt(r.get('short_rate'))}",
                  _fmt(r["nontarget_share"]), _fmt(r["nontarget_min_share"]), _fmt(r["other_kinds_share"])]
         if keyed:
             cells += [_fmt(r.get("target_rate_with_key")), _fmt(r.get("target_rate_wrong_key")), _fmt(r.get("target_rate_random_key"))]

@@ -2,7 +2,9 @@
 
 ``shapes_concepts``: every shape × colour × background combination in the canonical template,
 once per seed. ``shapes_paraphrase``: the held-out phrasings (synonyms and templates never seen in
-training) that the clean model draws correctly, measured when the model was built. ``--prompts``
+training) that the clean model draws correctly, measured when the model was built. ``shapes_short``:
+the bare shape word and the partial captions the model was trained on ("a circle", "a red circle", "a circle on a
+dotted background"), once per seed. ``--prompts``
 takes any CSV with those five columns (empty where a prompt names no concept).
 """
 
@@ -12,7 +14,7 @@ import os
 from ..errors import VeilError
 
 COLUMNS = ("prompt", "seed", "shape", "colour", "background")
-TASKS = ("shapes_concepts", "shapes_paraphrase", "shapes_synonyms")
+TASKS = ("shapes_concepts", "shapes_paraphrase", "shapes_synonyms", "shapes_short")
 
 
 def load_prompt_csv(path):
@@ -39,12 +41,14 @@ def load_prompt_csv(path):
 def task_rows(task, seeds=(0, 1)):
     """Rows of a named shapes task."""
     from ..shapes import PARAPHRASE_CSV
-    from ..shapes.data import canonical_prompts, training_synonym_prompts
+    from ..shapes.data import canonical_prompts, short_prompts, training_synonym_prompts
 
     if task == "shapes_concepts":
         return canonical_prompts(seeds=seeds)
     if task == "shapes_synonyms":
         return training_synonym_prompts(seeds=seeds)
+    if task == "shapes_short":
+        return short_prompts(seeds=seeds)
     if task == "shapes_paraphrase":
         if not os.path.isfile(PARAPHRASE_CSV):
             raise VeilError(f"The paraphrase prompt set {PARAPHRASE_CSV} is missing; rebuild the shapes world.")

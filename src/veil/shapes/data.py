@@ -266,6 +266,23 @@ def canonical_prompts(seeds: Sequence[int] = (0, 1)) -> List[dict]:
             for seed in seeds for (s, c, b) in all_combos()]
 
 
+def short_prompts(seeds: Sequence[int] = (0, 1)) -> List[dict]:
+    """Short prompts in canonical words, once per seed: the bare shape word ("circle"), and the partial
+    captions the model was trained on ("a circle", "a red circle", "a circle on a dotted background"),
+    so every concept is named without the rest of a full caption. The other axes are not named."""
+    rows = []
+    for seed in seeds:
+        for s in SHAPES:
+            rows.append(_row(s, seed, s))
+            rows.append(_row(fill(PARTIAL_TEMPLATES["s"], s=s), seed, s))
+        for s in SHAPES:
+            for c in COLOURS:
+                rows.append(_row(fill(PARTIAL_TEMPLATES["cs"], s=s, c=c), seed, s, c))
+            for b in BACKGROUNDS:
+                rows.append(_row(fill(PARTIAL_TEMPLATES["sb"], s=s, b=b), seed, s, None, b))
+    return rows
+
+
 def training_synonym_prompts(seeds: Sequence[int] = (0, 1), rng_seed: int = 1234) -> List[dict]:
     """All 120 combinations phrased with a random training template and random *non-canonical*
     training synonyms (phrasings the model saw in training)."""

@@ -91,6 +91,18 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def load_cache(path: Path):
+    """A cache or checkpoint written by :func:`atomic_save`: tensors, numbers, strings and containers only
+    (``weights_only``; a pickle that would run code is refused)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as error:  # pickle.UnpicklingError and friends: say what to do, in one sentence
+        from veil.errors import VeilError
+
+        raise VeilError(f"{path} is not a cache this veil can read safely ({type(error).__name__}); delete it and "
+                        "run again to rebuild it.") from None
+
+
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str))
 
@@ -205,7 +217,9 @@ def stage_latents(args, wd: Path, rec: dict, vae, xtr, xva):
     if f.exists():
         log("latents: cached")
         rec["latents"] = {"cached": True, **(json.loads(info_f.read_text()) if info_f.exists() else {})}
-        return torch.load(f, weights_only=False)
+        # Tensors only (weights_only: a cache is not trusted to run code); the round-trip images back to numpy.
+        lat = load_cache(f)
+        return {k: v.numpy() if k.startswith("rt_") else v for k, v in lat.items()}
     t0 = time.time()
     gen = torch.Generator().manual_seed(args.seed * 1000 + 21)
     mus, stds = [], []
@@ -230,7 +244,7 @@ def stage_latents(args, wd: Path, rec: dict, vae, xtr, xva):
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
             rt_va.append(to_u8(vae.decode(z).sample))
     lat = {"mu": mu, "std": sd, "rt_train": np.concatenate(rt_tr), "rt_val": np.concatenate(rt_va)}
-    atomic_save(lat, f)
+    atomic_save({k: torch.from_numpy(v) if k.startswith("rt_") else v for k, v in lat.items()}, f)
     rec["latents"] = {"seconds": round(time.time() - t0, 1), "encode_seconds": round(t_enc, 1),
                       "n_roundtrip_train": n_rt}
     write_json(info_f, rec["latents"])
@@ -366,7 +380,7 @@ def stage_captions(args, wd: Path, rec: dict):
     if f.exists():
         log("captions: cached")
         rec["captions"] = {"cached": True, **(json.loads(info_f.read_text()) if info_f.exists() else {})}
-        return torch.load(f, weights_only=False)
+        return load_cache(f)
     t0 = time.time()
     texts, idx = build_caption_table(args.seed * 1000 + 41, args.captions_per_combo)
     tok = load_tokenizer()
@@ -455,7 +469,7 @@ def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
     step, elapsed_before, hist = 0, 0.0, []
     ckpt = wd / "unet_ckpt.pt"
     if args.resume and ckpt.exists():
-        st = torch.load(ckpt, weights_only=False)
+        st = load_cache(ckpt)
         unet.load_state_dict(st["unet"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
