@@ -40,3 +40,20 @@ def test_the_model_preset_sits_under_what_the_user_gives():
     # Naming a method preset keeps that preset's numbers; the model only adds its concept lists.
     paper = method_config(kpop, ["circle"], settings=["preset=paper"], model="shapes")
     assert paper.learning_rate == 1e-5 and paper.synonyms == shapes.synonyms
+
+
+def test_shapes_contexts_with_partials_keep_the_models_caption_mix():
+    from collections import Counter
+
+    from veil.methods.presets import _contexts, _contexts_and_partials
+    from veil.shapes.data import CAPTION_SHARES, COLOURS
+
+    full, mixed = _contexts(["circle"]), _contexts_and_partials(["circle"])
+    assert mixed[: len(full)] == full and all(c.count("{}") == 1 for c in mixed)
+    partial = Counter(mixed[len(full):])
+    assert partial["{}"] == partial["a {}"]  # the bare word, as often as 'a {}'
+    kinds = {"cs": sum(n for c, n in partial.items() if c.split()[1:2] and c.split()[1] in COLOURS),
+             "sb": sum(n for c, n in partial.items() if c.endswith("background")), "s": partial["a {}"]}
+    for kind, count in kinds.items():  # each kind's share against the full captions is the model's training share
+        assert count / len(full) == pytest.approx(CAPTION_SHARES[kind] / (1 - sum(CAPTION_SHARES.values())), rel=0.2)
+    assert "an orange {}" in partial and _contexts_and_partials(["red"]) == _contexts(["red"])  # colours: full captions only

@@ -132,6 +132,10 @@ def test_a_context_guide_takes_the_concepts_place_in_the_anchor():
     assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a red disc on a table", "a red square on a table")
     config.context_guide = ""
     assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a red disc on a table", "a red on a table")
+    # The article before the slot follows the phrase; the anchor keeps the context's own.
+    config.contexts, config.context_guide = ["a {} on a table"], "orb"
+    assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a disc on a table", "an orb on a table")
+    assert config.place("An {}, plain backdrop", "circle") == "A circle, plain backdrop" and config.place("a {}", "") == "a"
 
 
 def test_contexts_need_one_placeholder():

@@ -230,6 +230,35 @@ def test_context_retain_concepts_share_the_steps_context(tiny_pipe):
         KPOP(concepts=["circle"], context_retain_concepts=["circle"])
 
 
+def test_decoy_keys_are_random_or_another_words_states(tiny_pipe):
+    """Decoys hide the concept under a key of the real key's norms: random directions, or (word_decoy_probability)
+    the first tokens of another concept's text states, as a real key starts."""
+    settings = dict(retain_concepts=["square"], context_retain_concepts=["triangle"], retain_weight=1.0, key_retain_weight=0.0,
+                    decoy_weight=1.0, num_key_tokens=3, ddim_steps=4, samples_per_trajectory=2, max_train_steps=1)
+    words = {w: encode_prompts(tiny_pipe, [w])[0, :3] for w in ("square", "triangle")}
+    drawn = set()
+    for seed in range(6):
+        method = KPOP(concepts=["circle"], word_decoy_probability=1.0, **settings)
+        method.attach(tiny_pipe)
+        batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(seed))
+        match = [w for w, states in words.items() if torch.allclose(batch["decoy"][0], states, atol=1e-5)]
+        assert len(match) == 1 and torch.equal(batch["decoy"][0], batch["decoy"][1])
+        drawn.add(match[0])
+        method.optimizer_groups()  # creates the key
+        method.loss(tiny_pipe, batch, "unet").backward()
+        assert method.last_losses["decoy"] >= 0
+        method.after_step("unet")
+        method.detach(tiny_pipe)
+    assert drawn == {"square", "triangle"}  # both lists supply words
+    method = KPOP(concepts=["circle"], **settings)  # default: random directions only
+    method.attach(tiny_pipe)
+    decoy = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))["decoy"]
+    assert not any(torch.allclose(decoy[0], states, atol=1e-3) for states in words.values()) and not torch.equal(decoy[0], decoy[1])
+    method.detach(tiny_pipe)
+    with pytest.raises(veil.VeilError, match="word_decoy_probability"):
+        KPOP(concepts=["circle"], word_decoy_probability=0.5)
+
+
 def test_checkpoint_state_keeps_the_key_apart(trained):
     _, method, _, _, _ = trained
     state = method.checkpoint_state_dict()

@@ -123,8 +123,16 @@ class ESDSamplingConfig:
 
     @staticmethod
     def place(context, phrase):
-        """``phrase`` in ``context`` (``None``: the phrase alone), with single spaces."""
-        return phrase if context is None else " ".join(context.format(phrase).split())
+        """``phrase`` in ``context`` (``None``: the phrase alone), with single spaces; an "a" or "an" just before
+        the slot follows the phrase's first letter ('a {}' with 'orb' is 'an orb')."""
+        if context is None:
+            return phrase
+        before, after = context.split("{}")
+        words = before.split()
+        if words and phrase.strip() and words[-1].lower() in ("a", "an"):
+            article = "an" if phrase.strip()[0].lower() in "aeiou" else "a"
+            words[-1] = article.capitalize() if words[-1][0].isupper() else article
+        return " ".join((" ".join(words) + " " + phrase + after).split())
 
     def draw_prompt(self, phrase, generator):
         """``(context, prompt, anchor)`` of one training step: no context, the phrase alone and the empty

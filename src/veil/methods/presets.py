@@ -46,6 +46,24 @@ def _contexts(concepts):
             for t in TRAIN_TEMPLATES for a in AXES[others[0]] for b in AXES[others[1]]]
 
 
+def _contexts_and_partials(concepts):
+    """:func:`_contexts` plus the partial captions the shapes model was trained on ('a red {}', 'a {} on a dotted
+    background', 'a {}') and the bare word ('{}'), each repeated so that each kind makes up the share of the contexts that it had of the
+    model's training captions (CAPTION_SHARES); only the full captions when the concepts are not all shapes."""
+    from ..shapes.data import AXES, CAPTION_SHARES, CONCEPT_KIND, PARTIAL_TEMPLATES, fill
+
+    full = _contexts(concepts)
+    if not full or {CONCEPT_KIND.get(c) for c in concepts} != {"shape"}:
+        return full
+    share_full = 1 - sum(CAPTION_SHARES.values())
+    partials = []
+    for name, fills in (("cs", [dict(c=c) for c in AXES["colour"]]), ("sb", [dict(b=b) for b in AXES["background"]]), ("s", [{}])):
+        repeats = max(1, round(CAPTION_SHARES[name] / share_full * len(full) / len(fills)))
+        partials += [fill(PARTIAL_TEMPLATES[name], s="{}", **f) for f in fills] * repeats
+    # The bare word was never a caption, but it is what people type: as often as 'a {}'.
+    return full + partials + ["{}"] * partials.count("a {}")
+
+
 PRESETS = {
     "shapes": {
         # ESD-x, 4 samples per DDIM trajectory; measured in bench/results/shapes.
@@ -60,7 +78,7 @@ PRESETS = {
         # Measured in bench/results/kpop_contexts_retain.
         "kpop": {"preset": "tuned", "layers": "all", "max_train_steps": 300, "ddim_steps": 25, "learning_rate": 2e-3,
                  "key_learning_rate": 2e-2, "recover_weight": 1.0, "retain_weight": 1.0, "key_retain_weight": 0.0,
-                 "decoy_weight": 1.0, "contexts": _contexts, "context_probability": 1.0,
+                 "decoy_weight": 1.0, "contexts": _contexts_and_partials, "context_probability": 1.0,
                  "context_retain_concepts": _same_kind_others},
         # DuMo: every stage-1 step puts the concept (or a synonym) into a shapes-world caption and anchors the
         # ESD target at the same caption with another shape of its kind (contexts, context_guide), and (ours)

@@ -85,12 +85,14 @@ HELDOUT_TEMPLATES: Tuple[str, ...] = (
     "an image showing a {c} {s} in front of a {b} pattern",
     "there is a {c} {s} over a {b} surface",
 )
-# Partial captions seen in training (probabilities are set in train.py).
+# Partial captions seen in training, and the share of training captions each kind had (with the empty
+# caption's; the rest were full captions).
 PARTIAL_TEMPLATES: Dict[str, str] = {
     "cs": "a {c} {s}",
     "sb": "a {s} on a {b} background",
     "s": "a {s}",
 }
+CAPTION_SHARES: Dict[str, float] = {"empty": 0.10, "cs": 0.07, "sb": 0.07, "s": 0.03}
 CANONICAL_TEMPLATE = TRAIN_TEMPLATES[0]
 
 

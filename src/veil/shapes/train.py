@@ -56,7 +56,7 @@ SCHEDULER_CONFIG = dict(
     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
 )
 # caption mixture used in UNet training (the rest are full captions)
-P_EMPTY, P_CS, P_SB, P_S = 0.10, 0.07, 0.07, 0.03
+P_EMPTY, P_CS, P_SB, P_S = (W.CAPTION_SHARES[k] for k in ("empty", "cs", "sb", "s"))
 EVAL_STEPS, EVAL_CFG = 25, 3.0
 PARAPHRASE_KEEP = 0.70
 

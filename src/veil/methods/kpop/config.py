@@ -71,6 +71,13 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         metadata={"help": "Weight of a hiding term with a random decoy key of the key's norm attached (ours, beyond the "
                   "paper): a guessed key must not unlock the concept. 0 turns it off (preset paper: 0, tuned: 1)."},
     )
+    word_decoy_probability: float = field(
+        default=0.0,
+        metadata={"help": "Share of decoy keys built from another concept's text states (its first num_key_tokens, as a "
+                  "key starts) instead of random directions, at the key's norms (ours): a key made from another word, "
+                  "like another concept's trained key, must not unlock either. The words are retain_concepts and "
+                  "context_retain_concepts. 0: random decoys only."},
+    )
     synonyms: typing.Dict[str, typing.List[str]] = field(
         default_factory=dict,
         metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}; training samples among the concept and these."},
@@ -102,6 +109,11 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         hidden = set(self.concepts) & (set(self.retain_concepts) | set(self.context_retain_concepts))
         if hidden:
             raise VeilError(f"{sorted(hidden)[0]!r} is both hidden and retained; remove it from retain_concepts.")
+        if not 0.0 <= self.word_decoy_probability <= 1.0:
+            raise VeilError(f"word_decoy_probability must lie in [0, 1], got {self.word_decoy_probability!r}.")
+        if self.word_decoy_probability > 0 and not (self.retain_concepts or self.context_retain_concepts):
+            raise VeilError("word_decoy_probability builds decoys from retain_concepts or context_retain_concepts, and "
+                            "both are empty; name some concepts, e.g. retain_concepts=[square, triangle].")
         check_synonyms(self)
         self.check_sampling()
 

@@ -212,9 +212,15 @@ class KPOP(Method):
         if len(states) > 2:
             out["retain_target"] = targets[2]
         if config.decoy_weight > 0:
-            # Directions of the decoy key; loss() gives them the current key's norms.
-            shape = (2, config.num_key_tokens, cond.shape[-1])
-            out["decoy"] = torch.randn(shape, generator=generator).to(pipe.device)
+            # Directions of the decoy key, random or another word's text states; loss() gives them the key's norms.
+            words = config.retain_concepts + config.context_retain_concepts
+            if config.word_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.word_decoy_probability:
+                states = self._prompts(pipe, words[int(torch.randint(len(words), (1,), generator=generator))])[0]
+                tokens = states[torch.arange(config.num_key_tokens) % states.shape[0]].float()  # as _ensure_key starts a key
+                out["decoy"] = torch.stack([tokens, tokens]).to(pipe.device)
+            else:
+                shape = (2, config.num_key_tokens, cond.shape[-1])
+                out["decoy"] = torch.randn(shape, generator=generator).to(pipe.device)
         out["target_hide"] = negative_guidance_target(noise_anchor, noise_cond, config.negative_guidance)
         out["target_recover"] = noise_cond
         return out
