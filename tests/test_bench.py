@@ -105,6 +105,11 @@ def test_resume_measures_short_prompts_on_a_kept_row_that_predates_them(tiny_pip
     bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), **run)
     assert all(edited is False for _, edited in calls)
 
+    # Without its artifact (a fresh clone: artifacts are not in git) the row is kept as it was, without error.
+    (tmp_path / "bench.json").write_text(json.dumps({**protocol, "rows": [dict(old, artifact="artifacts/gone")]}))
+    bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), **run)
+    assert "short_rate" not in json.loads((tmp_path / "bench.json").read_text())["rows"][0]
+
 
 def test_resume_refuses_to_attack_a_row_without_its_artifact(tiny_pipe, tmp_path, monkeypatch):
     protocol = {"model": "tiny", "seeds": [0], "num_inference_steps": 1, "guidance_scale": 3.0}

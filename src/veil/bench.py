@@ -239,11 +239,15 @@ def _kept_artifact(row, out_dir, what):
 
 
 def _short_kept_row(row, pipe, out_dir, base, rows, classify, settings, log):
-    """Measure the short prompts on a kept row's saved artifact when its bench predates them. Returns whether
-    the row changed."""
+    """Measure the short prompts on a kept row's saved artifact when its bench predates them (rows whose artifact
+    is gone are left as they are). Returns whether the row changed."""
     if "short_rate" in row:
         return False
     concept = row["concept"]
+    if not row.get("artifact") or not os.path.isfile(os.path.join(out_dir, row["artifact"], WEIGHTS_NAME)):
+        # Artifacts are not kept in git: a fresh clone's rows stay as they are (attacks, asked for, are refused).
+        log(f"{row['method']} × {concept}: no saved artifact, so no short-prompt rates for this kept row")
+        return False
     artifact = _kept_artifact(row, out_dir, "measure")
     artifact.attach(pipe)
     try:
