@@ -47,6 +47,22 @@ def test_erase_then_generate_grid(tmp_path, capsys, erased):
     assert image.width > 2 * 96 and image.height >= 2 * 96  # two rows (original, esd) of two seeds
 
 
+def test_demo_writes_the_public_artifact_key_grid_and_rates_and_keeps_them(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(capsys, "demo", "--model", "tiny", "--steps", "1", "--out", out)
+    assert code == 0, err
+    assert (out / "public" / "veil.json").is_file() and (out / "key" / "circle.veilkey").is_file() and (out / "grid.png").is_file()
+    rates = json.loads((out / "rates.json").read_text())["rates"]
+    assert set(rates) == {"original", "hidden", "unlocked"}
+    assert all(set(r) == {"circle", "square", "circle, short"} for r in rates.values())
+    assert [line.split()[0] for line in stdout.splitlines() if line.strip().startswith(("original", "hidden", "unlocked"))] == [
+        "original", "hidden", "unlocked"]
+    before = (out / "rates.json").read_bytes()
+    code, _, err = run_cli(capsys, "demo", "--model", "tiny", "--steps", "1", "--out", out)
+    assert_one_sentence_error(code, err, "--overwrite")
+    assert (out / "rates.json").read_bytes() == before
+
+
 def test_ls_and_env(capsys):
     code, out, _ = run_cli(capsys, "ls", "methods")
     names = [line.split()[0] for line in out.strip().splitlines()]

@@ -32,7 +32,7 @@ def run(args):
     from ..methods.presets import preset_for
     from ..registry import get_method
     from ..shapes.classifier import classify
-    from ..shapes.data import SHAPES, canonical_prompt, canonical_prompts
+    from ..shapes.data import SHAPES, canonical_prompt, canonical_prompts, short_prompts
     from ..training.loop import fit_method
     from .common import load_model
 
@@ -56,17 +56,21 @@ def run(args):
             # The demo's key is not encrypted; `veil hide --passphrase-file` encrypts a real one.
             save_key(method.key, os.path.join(tmp, "key", f"{args.concept}.veilkey"), artifact=artifact)
 
-        print("[2/3] concept rates on canonical prompts (original, hidden" + (", unlocked with the key)" if keyed else ")"))
+        print("[2/3] concept rates on canonical and short prompts (original, hidden" + (", unlocked with the key)" if keyed else ")"))
         other = "square" if args.concept != "square" else "circle"
         rows = [r for r in canonical_prompts(seeds=(0,)) if r["shape"] in (args.concept, other)]
         variants = [("original", method.disabled(pipe)), ("hidden" if keyed else "erased", _null())]
         if keyed:
             variants.append(("unlocked", method.unlocked(pipe)))
+        # "circle", "a circle", "a red circle", "a circle on a dotted background", ...
+        short_rows = [r for r in short_prompts(seeds=(0,)) if r["shape"] == args.concept]
+        short = f"{args.concept}, short"
         report, images = {}, {}
         for name, context in variants:
             with context:
                 result = evaluate_prompts(pipe, rows, classify, num_inference_steps=20)
-            report[name] = {c: round(result["rates"][c], 3) for c in (args.concept, other)}
+                short_rate = evaluate_prompts(pipe, short_rows, classify, num_inference_steps=20)["rates"][args.concept]
+            report[name] = {**{c: round(result["rates"][c], 3) for c in (args.concept, other)}, short: round(short_rate, 3)}
             images[name] = result["images"]
         showcase = [canonical_prompt(args.concept, c, b) for c, b in
                     (("red", "plain"), ("blue", "striped"), ("green", "dotted"), ("yellow", "checkered"), ("purple", "plain"))]
@@ -83,9 +87,9 @@ def run(args):
         write_json(os.path.join(tmp, "rates.json"), {"method": method_cls.name, "concept": args.concept, "cost": cost, "rates": report})
 
     print("[3/3] done")
-    print(f"  {'':<10}{args.concept:>10}{other:>10}")
+    print(f"  {'':<10}{args.concept:>10}{other:>10}{short:>16}")
     for name, _ in variants:
-        print(f"  {name:<10}{report[name][args.concept]:>10.0%}{report[name][other]:>10.0%}")
+        print(f"  {name:<10}{report[name][args.concept]:>10.0%}{report[name][other]:>10.0%}{report[name][short]:>16.0%}")
     print(f"  training took {cost.get('seconds', 0):.0f} s; grid: {os.path.join(args.out, 'grid.png')}")
     if keyed:
         if report["unlocked"][other] < 0.9 * report["original"][other]:
