@@ -250,6 +250,12 @@ def test_decoy_keys_are_random_or_another_words_states(tiny_pipe):
         method.after_step("unet")
         method.detach(tiny_pipe)
     assert drawn == {"square", "triangle"}  # both lists supply words
+    method = KPOP(concepts=["circle"], word_decoy_probability=1.0, decoy_words=["star"], **settings)
+    method.attach(tiny_pipe)
+    star = encode_prompts(tiny_pipe, ["star"])[0, :3]
+    for seed in range(3):  # decoy_words, when named, are the only source
+        assert torch.allclose(method.make_batch(tiny_pipe, torch.Generator().manual_seed(seed))["decoy"][0], star, atol=1e-5)
+    method.detach(tiny_pipe)
     method = KPOP(concepts=["circle"], **settings)  # default: random directions only
     method.attach(tiny_pipe)
     decoy = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))["decoy"]
@@ -257,6 +263,33 @@ def test_decoy_keys_are_random_or_another_words_states(tiny_pipe):
     method.detach(tiny_pipe)
     with pytest.raises(veil.VeilError, match="word_decoy_probability"):
         KPOP(concepts=["circle"], word_decoy_probability=0.5)
+    with pytest.raises(veil.VeilError, match="both hidden and a decoy word"):
+        KPOP(concepts=["circle"], decoy_words=["circle"])
+
+
+def test_key_starts_at_the_concepts_states_or_apart_from_them_by_secret_noise(tiny_pipe):
+    """key_init_noise 0: P_k = P_v = E(c)[:m] (the paper). Above 0: each token moved by a random direction of that
+    share of its norm, drawn anew each time (not from the recorded seed), and word decoys get the same."""
+    start = encode_prompts(tiny_pipe, ["circle"])[0, :3].float()
+    settings = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, decoy_weight=1.0, num_key_tokens=3,
+                    ddim_steps=4, samples_per_trajectory=2, max_train_steps=1)
+    keys = []
+    for noise in (0.0, 0.5, 0.5):
+        method = KPOP(concepts=["circle"], key_init_noise=noise, word_decoy_probability=1.0, **settings)
+        method.attach(tiny_pipe)
+        method.optimizer_groups()
+        key_tokens, value_tokens = method.key["circle"]
+        torch.testing.assert_close(key_tokens, value_tokens)
+        shift = (key_tokens - start).norm(dim=-1) / start.norm(dim=-1)
+        torch.testing.assert_close(shift, torch.full_like(shift, noise), atol=1e-4, rtol=1e-4)
+        decoy = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))["decoy"][0].cpu()
+        square = encode_prompts(tiny_pipe, ["square"])[0, :3].float()
+        assert torch.allclose(decoy, square, atol=1e-5) == (noise == 0)
+        keys.append(key_tokens)
+        method.detach(tiny_pipe)
+    assert not torch.allclose(keys[1], keys[2])  # same seed, another secret start
+    with pytest.raises(veil.VeilError, match="key_init_noise"):
+        KPOP(concepts=["circle"], key_init_noise=-1.0)
 
 
 def test_checkpoint_state_keeps_the_key_apart(trained):

@@ -75,8 +75,22 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         default=0.0,
         metadata={"help": "Share of decoy keys built from another concept's text states (its first num_key_tokens, as a "
                   "key starts) instead of random directions, at the key's norms (ours): a key made from another word, "
-                  "like another concept's trained key, must not unlock either. The words are retain_concepts and "
-                  "context_retain_concepts. 0: random decoys only."},
+                  "like another concept's trained key, must not unlock either. The words are decoy_words. 0: random "
+                  "decoys only."},
+    )
+    key_init_noise: float = field(
+        default=0.0,
+        metadata={"help": "Ours, beyond the paper: the key starts at E(c)[:m] plus random directions of this many times "
+                  "each token's norm, drawn from the operating system's randomness (not from seed, which the public "
+                  "artifact records), and word decoys get the same; keys of two concepts then start apart instead of "
+                  "sharing most of their tokens. 0: E(c)[:m] as the paper."},
+    )
+    decoy_words: typing.List[str] = field(
+        default_factory=list,
+        metadata={"help": "The words whose text states make word decoys (word_decoy_probability). Empty: retain_concepts "
+                  "and context_retain_concepts. Each word taught as a decoy is one the UNet learns to pay less heed to, "
+                  "so name the concepts whose keys are the threat (those of the concept's own kind) rather than every "
+                  "concept to keep."},
     )
     synonyms: typing.Dict[str, typing.List[str]] = field(
         default_factory=dict,
@@ -91,7 +105,7 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         check_choice(self, "loss_space", ("eps", "x0"))
         check_positive(self, "num_key_tokens", "max_train_steps", "learning_rate", "key_learning_rate",
                        "ddim_steps", "samples_per_trajectory")
-        for name in ("hide_weight", "recover_weight", "retain_weight", "key_retain_weight", "decoy_weight"):
+        for name in ("hide_weight", "recover_weight", "retain_weight", "key_retain_weight", "decoy_weight", "key_init_noise"):
             if getattr(self, name) < 0:
                 raise VeilError(f"{name} must be 0 or more, got {getattr(self, name)!r}.")
         if isinstance(self.retain_concepts, str):
@@ -111,9 +125,15 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
             raise VeilError(f"{sorted(hidden)[0]!r} is both hidden and retained; remove it from retain_concepts.")
         if not 0.0 <= self.word_decoy_probability <= 1.0:
             raise VeilError(f"word_decoy_probability must lie in [0, 1], got {self.word_decoy_probability!r}.")
-        if self.word_decoy_probability > 0 and not (self.retain_concepts or self.context_retain_concepts):
-            raise VeilError("word_decoy_probability builds decoys from retain_concepts or context_retain_concepts, and "
-                            "both are empty; name some concepts, e.g. retain_concepts=[square, triangle].")
+        if isinstance(self.decoy_words, str):
+            self.decoy_words = [self.decoy_words]
+        self.decoy_words = [str(c).strip() for c in self.decoy_words if str(c).strip()]
+        if set(self.concepts) & set(self.decoy_words):
+            raise VeilError(f"{sorted(set(self.concepts) & set(self.decoy_words))[0]!r} is both hidden and a decoy word; "
+                            "remove it from decoy_words.")
+        if self.word_decoy_probability > 0 and not (self.decoy_words or self.retain_concepts or self.context_retain_concepts):
+            raise VeilError("word_decoy_probability builds decoys from decoy_words (or, if empty, retain_concepts and "
+                            "context_retain_concepts), and all are empty; name some, e.g. decoy_words=[square, triangle].")
         check_synonyms(self)
         self.check_sampling()
 

@@ -1,6 +1,7 @@
 """KPOP: hiding and recovering knowledge behind a learnable prompt (Bui et al., arXiv 2403.12326)."""
 
 import contextlib
+import os
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,12 @@ from ..base import Method, phrasings
 from ..weights import UNetWeightEdit, select_unet_parameters
 from .config import KPOPConfig
 from .model import KeyPrompts, install_keyed_attention, keyed_attention, select_key_sites
+
+
+def token_noise(tokens, scale, generator):
+    """Random directions, one per token of ``tokens`` (``(..., m, width)``, on the CPU), each ``scale`` times its token's norm."""
+    noise = torch.randn(tokens.shape, generator=generator)
+    return noise * (scale * tokens.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True))
 
 
 @register_method("kpop")
@@ -127,7 +134,12 @@ class KPOP(Method):
         embeds = encode_prompts(pipe, config.concepts)  # (concepts, tokens, width)
         # P_k = P_v = E(c)[:m]; a context shorter than m tokens is repeated.
         index = torch.arange(config.num_key_tokens) % embeds.shape[1]
-        self.key_prompts = KeyPrompts(config.concepts, embeds[:, index].float().cpu()).to(pipe.device)
+        start = embeds[:, index].float().cpu()
+        if config.key_init_noise > 0:
+            # A secret starting point: the OS's randomness, since the artifact's config (public) holds the seed.
+            secret = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+            start = start + token_noise(start, config.key_init_noise, secret)
+        self.key_prompts = KeyPrompts(config.concepts, start).to(pipe.device)
 
     def bench_keys(self, concept):
         """Keys for the bench's rows: the right one, another concept's, and a random one of matched norm."""
@@ -213,10 +225,12 @@ class KPOP(Method):
             out["retain_target"] = targets[2]
         if config.decoy_weight > 0:
             # Directions of the decoy key, random or another word's text states; loss() gives them the key's norms.
-            words = config.retain_concepts + config.context_retain_concepts
+            words = config.decoy_words or config.retain_concepts + config.context_retain_concepts
             if config.word_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.word_decoy_probability:
                 states = self._prompts(pipe, words[int(torch.randint(len(words), (1,), generator=generator))])[0]
-                tokens = states[torch.arange(config.num_key_tokens) % states.shape[0]].float()  # as _ensure_key starts a key
+                tokens = states[torch.arange(config.num_key_tokens) % states.shape[0]].float().cpu()  # as _ensure_key starts a key
+                if config.key_init_noise > 0:
+                    tokens = tokens + token_noise(tokens, config.key_init_noise, generator)
                 out["decoy"] = torch.stack([tokens, tokens]).to(pipe.device)
             else:
                 shape = (2, config.num_key_tokens, cond.shape[-1])
