@@ -292,6 +292,72 @@ def test_key_starts_at_the_concepts_states_or_apart_from_them_by_secret_noise(ti
         KPOP(concepts=["circle"], key_init_noise=-1.0)
 
 
+def test_shifted_decoys_are_another_words_start_moved_as_the_key_moved(tiny_pipe):
+    """shifted_decoy_probability 1: every word decoy is the word's start plus the key's shift so far, P_k and P_v apart."""
+    settings = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, decoy_weight=1.0, num_key_tokens=3,
+                    ddim_steps=4, samples_per_trajectory=2, max_train_steps=1, word_decoy_probability=1.0)
+    method = KPOP(concepts=["circle"], shifted_decoy_probability=1.0, **settings)
+    method.attach(tiny_pipe)
+    method.optimizer_groups()
+    start = method.key_prompts.start[0].clone()
+    with torch.no_grad():  # as if training had moved the key
+        method.key_prompts.key_tokens[0].add_(0.3)
+        method.key_prompts.value_tokens[0].sub_(0.2)
+    decoy = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))["decoy"].cpu()
+    square = encode_prompts(tiny_pipe, ["square"])[0, :3].float()
+    torch.testing.assert_close(decoy[0], square + 0.3, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(decoy[1], square - 0.2, atol=1e-5, rtol=1e-5)
+    # The start is as secret as the key: in the checkpoint, never in the public state dict, and restored on resume.
+    state = method.checkpoint_state_dict()
+    torch.testing.assert_close(state["key_start.0"], start)
+    assert not any(name.startswith("key") for name in method.state_dict())
+    clone = KPOP(method.config)
+    clone.load_state_dict(state)
+    torch.testing.assert_close(clone.key_prompts.start[0], start)
+    method.detach(tiny_pipe)
+    with pytest.raises(veil.VeilError, match="shifted_decoy_probability"):
+        KPOP(concepts=["circle"], shifted_decoy_probability=0.5, **{**settings, "word_decoy_probability": 0.0})
+
+
+def test_joint_key_update_is_one_step_whose_key_gradient_is_the_recovery_terms(tiny_pipe):
+    """key_update joint: one optimizer (UNet lr, key lr); the key's gradient is recover_weight times the gradient the
+    alternating key step takes from L_recover on the same batch and UNet, and the UNet's is the alternating UNet step's."""
+    settings = dict(concepts=["circle"], retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, decoy_weight=1.0,
+                    recover_weight=0.5, learning_rate=1e-3, key_learning_rate=1e-2, layers="all", ddim_steps=4,
+                    samples_per_trajectory=2, max_train_steps=1)
+    grads = {}
+    for mode in ("alternate", "joint"):
+        method = KPOP(key_update=mode, **settings)
+        method.attach(tiny_pipe)
+        groups = method.optimizer_groups()
+        if mode == "joint":
+            assert list(groups) == ["unet"] and [g["lr"] for g in groups["unet"]] == [1e-3, 1e-2]
+        else:
+            assert list(groups) == ["unet", "key"]
+        with torch.no_grad():  # the same key in both modes
+            method.key_prompts.key_tokens[0].copy_(method.key_prompts.start[0] * 0 + 0.1)
+            method.key_prompts.value_tokens[0].copy_(method.key_prompts.start[0] * 0 - 0.1)
+        batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
+        key, unet_params = method.key_prompts.key_tokens[0], method.edit.parameters()
+        for phase in groups:
+            for p in [key, *unet_params]:
+                p.grad = None
+            method.loss(tiny_pipe, batch, phase).backward()
+            method.after_step(phase)
+            grads[mode, phase] = (None if key.grad is None else key.grad.clone(), unet_params[0].grad.clone()
+                                  if unet_params[0].grad is not None else None)
+        method.detach(tiny_pipe)
+    assert grads["alternate", "unet"][0] is None  # the alternating UNet step holds the key fixed
+    assert grads["joint", "unet"][0].abs().sum() > 0
+    torch.testing.assert_close(grads["joint", "unet"][0], 0.5 * grads["alternate", "key"][0], atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(grads["joint", "unet"][1], grads["alternate", "unet"][1], atol=1e-6, rtol=1e-4)
+    short = KPOP(key_update="joint", **{**settings, "max_train_steps": 2})
+    cost = veil.train(short, tiny_pipe, progress=False)
+    assert [set(step) for step in cost["losses"]] == [{"unet"}, {"unet"}]
+    with pytest.raises(veil.VeilError, match="key_update"):
+        KPOP(key_update="together", **settings)
+
+
 def test_checkpoint_state_keeps_the_key_apart(trained):
     _, method, _, _, _ = trained
     state = method.checkpoint_state_dict()

@@ -80,9 +80,10 @@ PRESETS = {
         # their norm (key_init_noise): from E(c)[:m] alone, circle's and square's keys share most tokens and
         # square's trained key unlocked 21-71 % of circles. Trials: bench/results/kpop_trials_bare; this preset:
         # bench/results/kpop_word_decoys.
-        "kpop": {"preset": "tuned", "layers": "all", "max_train_steps": 400, "ddim_steps": 25, "learning_rate": 2e-3,
+        "kpop": {"preset": "tuned", "layers": "all", "max_train_steps": 400, "ddim_steps": 20, "learning_rate": 2e-3,
                  "key_learning_rate": 2e-2, "recover_weight": 1.0, "retain_weight": 1.0, "key_retain_weight": 0.0,
                  "decoy_weight": 1.0, "word_decoy_probability": 0.5, "decoy_words": _same_kind_others, "key_init_noise": 1.0,
+                 "shifted_decoy_probability": 0.5, "key_update": "joint", "trajectory_batch": 2,
                  "contexts": _contexts_and_partials, "context_probability": 1.0, "context_retain_concepts": _same_kind_others},
         # DuMo: every stage-1 step puts the concept (or a synonym) into a shapes-world caption and anchors the
         # ESD target at the same caption with another shape of its kind (contexts, context_guide), and (ours)

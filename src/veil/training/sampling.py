@@ -31,6 +31,15 @@ class PromptCache:
             self._states[text] = encode_prompts(pipe, [text])
         return self._states[text]
 
+    def prefetch(self, pipe, texts, batch_size=128):
+        """Encode the ``texts`` not cached yet, ``batch_size`` at a time: on a CPU a prompt in a batch of 128 costs
+        about a quarter of one encoded alone (the shapes world's text encoder: 7.7 against 30 ms)."""
+        todo = sorted(set(texts) - set(self._states))
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            for text, states in zip(chunk, encode_prompts(pipe, chunk)):
+                self._states[text] = states[None]
+
 
 def guided_noise_pred(unet, latents, timestep, cond, uncond, guidance_scale):
     """Classifier-free guidance: ``eps(∅) + s·(eps(c) − eps(∅))`` with one batched UNet call."""

@@ -45,6 +45,13 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
     recover_weight: float = field(
         default=None, metadata={"help": "w2: weight of the recovery loss in the UNet step (preset: 0.1)."}
     )
+    key_update: str = field(
+        default="alternate",
+        metadata={"help": "alternate (the paper: a UNet step, then a key step on L_recover with the updated UNet) or joint "
+                  "(ours: one forward and backward for both; the key's gradient comes from the same step's recovery "
+                  "term, taken before the UNet moves; Adam makes its scale w2 irrelevant). joint saves the key step's "
+                  "own UNet pass (a third of a step's training compute)."},
+    )
     loss_space: str = field(
         default=None,
         metadata={"help": "eps (losses on predicted noise) or x0 (on predicted clean latents, as the authors did); preset: eps."},
@@ -85,6 +92,13 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
                   "artifact records), and word decoys get the same; keys of two concepts then start apart instead of "
                   "sharing most of their tokens. 0: E(c)[:m] as the paper."},
     )
+    shifted_decoy_probability: float = field(
+        default=0.0,
+        metadata={"help": "Ours: share of word decoys that also carry this key's own training shift (the key now minus "
+                  "its start, P_k and P_v apart): another word's start moved the way the key moved. A key trained for "
+                  "another concept on a like-edited UNet starts elsewhere but may move the same way, and must not "
+                  "unlock either. 0: word decoys stay where a key starts."},
+    )
     decoy_words: typing.List[str] = field(
         default_factory=list,
         metadata={"help": "The words whose text states make word decoys (word_decoy_probability). Empty: retain_concepts "
@@ -103,6 +117,7 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         check_choice(self, "layers", LAYERS)
         check_choice(self, "train_method", ("xattn", "noxattn"))
         check_choice(self, "loss_space", ("eps", "x0"))
+        check_choice(self, "key_update", ("alternate", "joint"))
         check_positive(self, "num_key_tokens", "max_train_steps", "learning_rate", "key_learning_rate",
                        "ddim_steps", "samples_per_trajectory")
         for name in ("hide_weight", "recover_weight", "retain_weight", "key_retain_weight", "decoy_weight", "key_init_noise"):
@@ -123,8 +138,12 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         hidden = set(self.concepts) & (set(self.retain_concepts) | set(self.context_retain_concepts))
         if hidden:
             raise VeilError(f"{sorted(hidden)[0]!r} is both hidden and retained; remove it from retain_concepts.")
-        if not 0.0 <= self.word_decoy_probability <= 1.0:
-            raise VeilError(f"word_decoy_probability must lie in [0, 1], got {self.word_decoy_probability!r}.")
+        for name in ("word_decoy_probability", "shifted_decoy_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise VeilError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}.")
+        if self.shifted_decoy_probability > 0 and not (self.word_decoy_probability > 0 and self.decoy_weight > 0):
+            raise VeilError("shifted_decoy_probability shifts word decoys, but word_decoy_probability or decoy_weight is 0; "
+                            "set both above 0, or shifted_decoy_probability=0.")
         if isinstance(self.decoy_words, str):
             self.decoy_words = [self.decoy_words]
         self.decoy_words = [str(c).strip() for c in self.decoy_words if str(c).strip()]

@@ -58,6 +58,7 @@ class KPOP(Method):
         self.last_losses = {}
         self._trajectories = TrajectoryPool(self.config.trajectory_batch)
         self._prompts = PromptCache()  # the phrasings, their contexts and anchors
+        self._prefetched = False
 
     # installation -------------------------------------------------------------------------------------
     def attach(self, pipe):
@@ -158,7 +159,8 @@ class KPOP(Method):
         return self.edit.parameters() + ([] if self.key_prompts is None else list(self.key_prompts.parameters()))
 
     def optimizer_groups(self):
-        """A UNet step on ``w1·L_hide + w2·L_recover (+ retain)``, then a key step on ``L_recover``."""
+        """A UNet step on ``w1·L_hide + w2·L_recover (+ retain)``, then a key step on ``L_recover``; with
+        ``key_update="joint"`` one step for both."""
         if self._resumed_without_key:
             # A fresh key beside a half-trained UNet would train on silently and unlock less.
             raise VeilError(
@@ -166,10 +168,11 @@ class KPOP(Method):
                 "checkpoint_state_dict), so KPOP cannot resume from it; start afresh without --resume."
             )
         self._ensure_key(self.attached_to)
-        return {
-            "unet": [{"params": self.edit.parameters(), "lr": self.config.learning_rate}],
-            "key": [{"params": list(self.key_prompts.parameters()), "lr": self.config.key_learning_rate}],
-        }
+        unet = [{"params": self.edit.parameters(), "lr": self.config.learning_rate}]
+        key = [{"params": list(self.key_prompts.parameters()), "lr": self.config.key_learning_rate}]
+        if self.config.key_update == "joint":
+            return {"unet": unet + key}  # one optimizer, two learning rates; loss() lets the key's gradient through
+        return {"unet": unet, "key": key}
 
     def _retain_embeds(self, pipe):
         """Text states of the retain concepts, ``(n, tokens, width)``, encoded once."""
@@ -177,10 +180,26 @@ class KPOP(Method):
             self._retain = encode_prompts(pipe, self.config.retain_concepts)
         return self._retain
 
+    def _prefetch_prompts(self, pipe):
+        """Encode every prompt a step can draw in batches, when the run is long enough to draw a good share of them:
+        a step draws about three (the concept's, its anchor, a retained concept's) and a batched prompt costs a quarter."""
+        config = self.config
+        contexts = [None] + sorted(set(config.contexts))
+        prompts = {config.place(c, p) for concept in config.concepts for p in phrasings(config, concept) for c in contexts}
+        prompts |= {config.place(c, config.context_guide) for c in contexts if c is not None} | {""}
+        prompts |= {config.place(c, keep) for keep in config.context_retain_concepts for c in contexts if c is not None}
+        prompts |= set(config.decoy_words or config.retain_concepts + config.context_retain_concepts)
+        if len(prompts) <= 12 * config.max_train_steps:
+            self._prompts.prefetch(pipe, prompts)
+        self._prefetched = True
+
     @torch.no_grad()
     def make_batch(self, pipe, generator):
         config = self.config
         self._release()  # a phase that raised before its step may have left its key installed
+        self._ensure_key(pipe)
+        if not self._prefetched:
+            self._prefetch_prompts(pipe)
 
         # One concept per step, so that one concept's key is trained on it; one of its phrasings, alone or
         # in one of the contexts.
@@ -231,7 +250,11 @@ class KPOP(Method):
                 tokens = states[torch.arange(config.num_key_tokens) % states.shape[0]].float().cpu()  # as _ensure_key starts a key
                 if config.key_init_noise > 0:
                     tokens = tokens + token_noise(tokens, config.key_init_noise, generator)
-                out["decoy"] = torch.stack([tokens, tokens]).to(pipe.device)
+                tokens = torch.stack([tokens, tokens]).to(pipe.device)
+                if config.shifted_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.shifted_decoy_probability:
+                    # That start moved as this key has moved so far: another trained key's likely path.
+                    tokens = tokens + torch.stack(self.key_prompts.shift(concept))
+                out["decoy"] = tokens
             else:
                 shape = (2, config.num_key_tokens, cond.shape[-1])
                 out["decoy"] = torch.randn(shape, generator=generator).to(pipe.device)
@@ -274,16 +297,18 @@ class KPOP(Method):
         if phase != "unet":
             raise VeilError(f"KPOP trains in the phases 'unet' and 'key', not {phase!r}.")
         # One UNet call for all terms: the concept without the key, the concept with it, and the
-        # retain concept without and with it. The key is held fixed (detached) here; it moves in its own step.
+        # retain concept without and with it. The key is held fixed (detached) here and moves in its own step,
+        # unless key_update is joint: then the keyed rows' gradient reaches it (the decoys' norms stay detached).
         rows = [("cond", False), ("cond", True)]
         rows += [("retain_cond", False)] if config.retain_weight > 0 else []
         rows += [("retain_cond", True)] if config.key_retain_weight > 0 else []
         rows += [("cond", "decoy")] if config.decoy_weight > 0 else []
         key_rows = torch.tensor([keyed is not False for _, keyed in rows], device=pipe.device).repeat_interleave(size)
-        key_tokens, value_tokens = key_tokens.detach(), value_tokens.detach()
+        if config.key_update != "joint":
+            key_tokens, value_tokens = key_tokens.detach(), value_tokens.detach()
         if config.decoy_weight > 0:
             # A key per sample: the real one, or for the decoy rows a random key of the same norms.
-            decoy_k, decoy_v = (d * (t.norm() / d.norm()) for d, t in zip(batch["decoy"], (key_tokens, value_tokens)))
+            decoy_k, decoy_v = (d * (t.detach().norm() / d.norm()) for d, t in zip(batch["decoy"], (key_tokens, value_tokens)))
             per_row = [(decoy_k, decoy_v) if keyed == "decoy" else (key_tokens, value_tokens) for _, keyed in rows]
             key_tokens = torch.stack([k for k, _ in per_row]).repeat_interleave(size, dim=0)
             value_tokens = torch.stack([v for _, v in per_row]).repeat_interleave(size, dim=0)
@@ -340,16 +365,19 @@ class KPOP(Method):
         if self.key_prompts is not None:
             for name, tensor in self.key_prompts.to_key().tensors().items():
                 state[f"key.{name}"] = tensor
+            for index, tensor in enumerate(self.key_prompts.start):
+                state[f"key_start.{index}"] = tensor.contiguous()
         return state
 
     def load_state_dict(self, state_dict):
         key_part = {k[len("key."):]: v for k, v in state_dict.items() if k.startswith("key.")}
+        starts = [state_dict[f"key_start.{i}"] for i in range(len(self.config.concepts)) if f"key_start.{i}" in state_dict]
         # Artifacts hold no key; only a training loop resuming calls optimizer_groups() after this.
         self._resumed_without_key = not key_part and self.key_prompts is None
         was = self.attached_to
         if was is not None:
             self.detach(was)
-        self.edit.load({k: v for k, v in state_dict.items() if not k.startswith("key.")})
+        self.edit.load({k: v for k, v in state_dict.items() if not k.startswith(("key.", "key_start."))})
         if was is not None:
             self.attach(was)
         if key_part:
@@ -360,6 +388,8 @@ class KPOP(Method):
                 init = torch.stack([key[c][0] for c in self.config.concepts])
                 self.key_prompts = KeyPrompts(self.config.concepts, init).to(was.device if was is not None else "cpu")
             self.key_prompts.load_key(key)
+            if len(starts) == len(self.config.concepts):
+                self.key_prompts.start = torch.stack(starts).float()
 
     def extra_manifest(self):
         """Each concept's key fingerprint (SHA-256 over its tensors); never the key."""
