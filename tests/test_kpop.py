@@ -389,8 +389,10 @@ def test_gradient_checkpointing_keeps_the_key_gradient(tiny_pipe):
     assert not any(isinstance(p, KeyedCrossAttnProcessor) for p in tiny_pipe.unet.attn_processors.values())
 
 
-def test_resume_restores_the_key_or_refuses(tmp_path):
-    settings = dict(concepts=["circle"], max_train_steps=4, learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2)
+@pytest.mark.parametrize("key_update", ["alternate", "joint"])
+def test_resume_restores_the_key_or_refuses(tmp_path, key_update):
+    settings = dict(concepts=["circle"], max_train_steps=4, learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2,
+                    key_update=key_update)
     whole = KPOP(**settings)
     veil.train(whole, build_tiny_pipeline(seed=0), progress=False)
 
