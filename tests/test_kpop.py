@@ -319,6 +319,28 @@ def test_shifted_decoys_are_another_words_start_moved_as_the_key_moved(tiny_pipe
         KPOP(concepts=["circle"], shifted_decoy_probability=0.5, **{**settings, "word_decoy_probability": 0.0})
 
 
+def test_rival_decoys_are_another_runs_start_for_the_same_concept_moved_as_the_key_moved(tiny_pipe):
+    """rival_decoy_probability 1: E(c)[:m] plus fresh start noise of key_init_noise's size plus the key's shift."""
+    settings = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, decoy_weight=1.0, num_key_tokens=3,
+                    ddim_steps=4, samples_per_trajectory=2, max_train_steps=1, key_init_noise=0.5)
+    method = KPOP(concepts=["circle"], rival_decoy_probability=1.0, **settings)
+    method.attach(tiny_pipe)
+    method.optimizer_groups()
+    with torch.no_grad():
+        method.key_prompts.key_tokens[0].add_(0.3)
+        method.key_prompts.value_tokens[0].sub_(0.2)
+    decoy = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))["decoy"].cpu()
+    circle = encode_prompts(tiny_pipe, ["circle"])[0, :3].float()
+    start = decoy[0] - 0.3
+    torch.testing.assert_close(decoy[1] + 0.2, start, atol=1e-5, rtol=1e-5)
+    noise = (start - circle).norm(dim=-1) / circle.norm(dim=-1)
+    torch.testing.assert_close(noise, torch.full_like(noise, 0.5), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(start, method.key_prompts.start[0], atol=1e-3)  # not the key's own secret start
+    method.detach(tiny_pipe)
+    with pytest.raises(veil.VeilError, match="rival_decoy_probability"):
+        KPOP(concepts=["circle"], rival_decoy_probability=0.5, **{**settings, "key_init_noise": 0.0})
+
+
 def test_joint_key_update_is_one_step_whose_key_gradient_is_the_recovery_terms(tiny_pipe):
     """key_update joint: one optimizer (UNet lr, key lr); the key's gradient is recover_weight times the gradient the
     alternating key step takes from L_recover on the same batch and UNet, and the UNet's is the alternating UNet step's."""

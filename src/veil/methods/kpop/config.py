@@ -99,6 +99,13 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
                   "another concept on a like-edited UNet starts elsewhere but may move the same way, and must not "
                   "unlock either. 0: word decoys stay where a key starts."},
     )
+    rival_decoy_probability: float = field(
+        default=0.0,
+        metadata={"help": "Ours: share of decoys that stand for another run's key for this same concept: E(c)[:m] plus a "
+                  "fresh start noise (key_init_noise) plus this key's shift so far. Without them a key trained on "
+                  "another artifact for the same concept, relabelled, unlocked part of this one. Needs key_init_noise "
+                  "above 0 (else the decoy is the key). 0: none."},
+    )
     decoy_words: typing.List[str] = field(
         default_factory=list,
         metadata={"help": "The words whose text states make word decoys (word_decoy_probability). Empty: retain_concepts "
@@ -138,12 +145,15 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         hidden = set(self.concepts) & (set(self.retain_concepts) | set(self.context_retain_concepts))
         if hidden:
             raise VeilError(f"{sorted(hidden)[0]!r} is both hidden and retained; remove it from retain_concepts.")
-        for name in ("word_decoy_probability", "shifted_decoy_probability"):
+        for name in ("word_decoy_probability", "shifted_decoy_probability", "rival_decoy_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise VeilError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}.")
         if self.shifted_decoy_probability > 0 and not (self.word_decoy_probability > 0 and self.decoy_weight > 0):
             raise VeilError("shifted_decoy_probability shifts word decoys, but word_decoy_probability or decoy_weight is 0; "
                             "set both above 0, or shifted_decoy_probability=0.")
+        if self.rival_decoy_probability > 0 and not (self.key_init_noise > 0 and self.decoy_weight > 0):
+            raise VeilError("rival_decoy_probability needs key_init_noise and decoy_weight above 0 (from the paper's start a "
+                            "rival decoy would be the key itself); set both, or rival_decoy_probability=0.")
         if isinstance(self.decoy_words, str):
             self.decoy_words = [self.decoy_words]
         self.decoy_words = [str(c).strip() for c in self.decoy_words if str(c).strip()]

@@ -245,13 +245,17 @@ class KPOP(Method):
         if config.decoy_weight > 0:
             # Directions of the decoy key, random or another word's text states; loss() gives them the key's norms.
             words = config.decoy_words or config.retain_concepts + config.context_retain_concepts
-            if config.word_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.word_decoy_probability:
-                states = self._prompts(pipe, words[int(torch.randint(len(words), (1,), generator=generator))])[0]
+            rival = config.rival_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.rival_decoy_probability
+            if rival or (config.word_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.word_decoy_probability):
+                # A rival decoy: the key another run would train for this very concept, from its own secret start.
+                word = config.concepts[concept] if rival else words[int(torch.randint(len(words), (1,), generator=generator))]
+                states = self._prompts(pipe, word)[0]
                 tokens = states[torch.arange(config.num_key_tokens) % states.shape[0]].float().cpu()  # as _ensure_key starts a key
                 if config.key_init_noise > 0:
                     tokens = tokens + token_noise(tokens, config.key_init_noise, generator)
                 tokens = torch.stack([tokens, tokens]).to(pipe.device)
-                if config.shifted_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.shifted_decoy_probability:
+                if rival or (config.shifted_decoy_probability > 0
+                             and float(torch.rand(1, generator=generator)) < config.shifted_decoy_probability):
                     # That start moved as this key has moved so far: another trained key's likely path.
                     tokens = tokens + torch.stack(self.key_prompts.shift(concept))
                 out["decoy"] = tokens
