@@ -292,17 +292,26 @@ def test_key_starts_at_the_concepts_states_or_apart_from_them_by_secret_noise(ti
         KPOP(concepts=["circle"], key_init_noise=-1.0)
 
 
-def test_shifted_decoys_are_another_words_start_moved_as_the_key_moved(tiny_pipe):
-    """shifted_decoy_probability 1: every word decoy is the word's start plus the key's shift so far, P_k and P_v apart."""
-    settings = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, decoy_weight=1.0, num_key_tokens=3,
-                    ddim_steps=4, samples_per_trajectory=2, max_train_steps=1, word_decoy_probability=1.0)
-    method = KPOP(concepts=["circle"], shifted_decoy_probability=1.0, **settings)
-    method.attach(tiny_pipe)
+DECOY_SETTINGS = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, decoy_weight=1.0, num_key_tokens=3,
+                      ddim_steps=4, samples_per_trajectory=2, max_train_steps=1)
+
+
+def _method_with_a_moved_key(pipe, **settings):
+    """A KPOP method on ``pipe`` whose key has moved by +0.3 (P_k) and -0.2 (P_v) from its start, as if trained."""
+    method = KPOP(concepts=["circle"], **settings)
+    method.attach(pipe)
     method.optimizer_groups()
-    start = method.key_prompts.start[0].clone()
-    with torch.no_grad():  # as if training had moved the key
+    with torch.no_grad():
         method.key_prompts.key_tokens[0].add_(0.3)
         method.key_prompts.value_tokens[0].sub_(0.2)
+    return method
+
+
+def test_shifted_decoys_are_another_words_start_moved_as_the_key_moved(tiny_pipe):
+    """shifted_decoy_probability 1: every word decoy is the word's start plus the key's shift so far, P_k and P_v apart."""
+    settings = dict(DECOY_SETTINGS, word_decoy_probability=1.0)
+    method = _method_with_a_moved_key(tiny_pipe, shifted_decoy_probability=1.0, **settings)
+    start = method.key_prompts.start[0].clone()
     decoy = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))["decoy"].cpu()
     square = encode_prompts(tiny_pipe, ["square"])[0, :3].float()
     torch.testing.assert_close(decoy[0], square + 0.3, atol=1e-5, rtol=1e-5)
@@ -321,14 +330,8 @@ def test_shifted_decoys_are_another_words_start_moved_as_the_key_moved(tiny_pipe
 
 def test_rival_decoys_are_another_runs_start_for_the_same_concept_moved_as_the_key_moved(tiny_pipe):
     """rival_decoy_probability 1: E(c)[:m] plus fresh start noise of key_init_noise's size plus the key's shift."""
-    settings = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, decoy_weight=1.0, num_key_tokens=3,
-                    ddim_steps=4, samples_per_trajectory=2, max_train_steps=1, key_init_noise=0.5)
-    method = KPOP(concepts=["circle"], rival_decoy_probability=1.0, **settings)
-    method.attach(tiny_pipe)
-    method.optimizer_groups()
-    with torch.no_grad():
-        method.key_prompts.key_tokens[0].add_(0.3)
-        method.key_prompts.value_tokens[0].sub_(0.2)
+    settings = dict(DECOY_SETTINGS, key_init_noise=0.5)
+    method = _method_with_a_moved_key(tiny_pipe, rival_decoy_probability=1.0, **settings)
     decoy = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))["decoy"].cpu()
     circle = encode_prompts(tiny_pipe, ["circle"])[0, :3].float()
     start = decoy[0] - 0.3
