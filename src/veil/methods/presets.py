@@ -83,7 +83,7 @@ PRESETS = {
         # UNet pass for the UNet and the key (key_update joint), two trajectories per batched run, DDIM-20
         # trajectories: 1.24 -> 0.73-0.81 s a step, hide 255 s in make demo. Trials: bench/results/kpop_trials_bare;
         # this preset: bench/results/kpop_trials_joint (seeds 0 and 1: public <= 4.2 %, keys 93.8-100 %, random and
-        # other concepts' keys <= 2.1 %, others 100 %).
+        # other concepts' keys <= 2.1 %, others >= 98.3 % except green at 72.5 % in seed 0's circle row: open).
         "kpop": {"preset": "tuned", "layers": "all", "max_train_steps": 400, "ddim_steps": 20, "learning_rate": 2e-3,
                  "key_learning_rate": 2e-2, "recover_weight": 1.0, "retain_weight": 1.0, "key_retain_weight": 0.0,
                  "decoy_weight": 1.0, "word_decoy_probability": 0.5, "decoy_words": _same_kind_others, "key_init_noise": 1.0,
