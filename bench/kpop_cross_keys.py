@@ -1,5 +1,5 @@
-"""Does another artifact's trained key unlock this one? Each KPOP artifact of --artifacts (its key file beside it,
-``<artifact>.veilkey``, or ``<artifact>.veilkey`` given by --keys) is unlocked with every other artifact's key,
+"""Does another artifact's trained key unlock this one? Each KPOP artifact of --artifacts (its key file beside it as
+``<artifact>.veilkey``, or named by --keys) is unlocked with every artifact's key,
 relabelled as the artifact's own concept, and the share of its concept's canonical images labelled as the
 concept is recorded; the diagonal is the artifact's own key. The bench's wrong-key row is one cell of this table.
 

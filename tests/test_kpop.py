@@ -360,8 +360,8 @@ def test_joint_key_update_is_one_step_whose_key_gradient_is_the_recovery_terms(t
         else:
             assert list(groups) == ["unet", "key"]
         with torch.no_grad():  # the same key in both modes
-            method.key_prompts.key_tokens[0].copy_(method.key_prompts.start[0] * 0 + 0.1)
-            method.key_prompts.value_tokens[0].copy_(method.key_prompts.start[0] * 0 - 0.1)
+            method.key_prompts.key_tokens[0].fill_(0.1)
+            method.key_prompts.value_tokens[0].fill_(-0.1)
         batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
         key, unet_params = method.key_prompts.key_tokens[0], method.edit.parameters()
         for phase in groups:
@@ -381,6 +381,24 @@ def test_joint_key_update_is_one_step_whose_key_gradient_is_the_recovery_terms(t
     assert [set(step) for step in cost["losses"]] == [{"unet"}, {"unet"}]
     with pytest.raises(veil.VeilError, match="key_update"):
         KPOP(key_update="together", **settings)
+
+
+def test_prefetched_prompt_states_are_those_encoded_one_at_a_time(tiny_pipe):
+    """A long run encodes every prompt a step can draw in batches first, with the states single encodes give."""
+    from veil.training.sampling import PromptCache
+
+    prompts = ["a red circle", "a circle on a dotted background", "", "square"]
+    cache = PromptCache()
+    cache.prefetch(tiny_pipe, prompts, batch_size=3)
+    for text in prompts:
+        torch.testing.assert_close(cache(tiny_pipe, text), encode_prompts(tiny_pipe, [text]), rtol=1e-5, atol=1e-6)
+    method = KPOP(concepts=["circle"], contexts=["a red {}", "a {} on a dotted background"], context_probability=1.0,
+                  retain_concepts=["square"], context_retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0,
+                  ddim_steps=4, samples_per_trajectory=2, max_train_steps=10)
+    method.attach(tiny_pipe)
+    method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
+    assert {"circle", "a red circle", "a circle on a dotted background", "a red", "a red square", "square"} <= set(method._prompts._states)
+    method.detach(tiny_pipe)
 
 
 def test_checkpoint_state_keeps_the_key_apart(trained):

@@ -160,11 +160,16 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         if set(self.concepts) & set(self.decoy_words):
             raise VeilError(f"{sorted(set(self.concepts) & set(self.decoy_words))[0]!r} is both hidden and a decoy word; "
                             "remove it from decoy_words.")
-        if self.word_decoy_probability > 0 and not (self.decoy_words or self.retain_concepts or self.context_retain_concepts):
+        if self.word_decoy_probability > 0 and not self.decoy_word_list:
             raise VeilError("word_decoy_probability builds decoys from decoy_words (or, if empty, retain_concepts and "
                             "context_retain_concepts), and all are empty; name some, e.g. decoy_words=[square, triangle].")
         check_synonyms(self)
         self.check_sampling()
+
+    @property
+    def decoy_word_list(self):
+        """The words word decoys are made of: decoy_words, or else retain_concepts and context_retain_concepts."""
+        return self.decoy_words or self.retain_concepts + self.context_retain_concepts
 
     @classmethod
     def paper(cls, concepts, **overrides):

@@ -188,7 +188,7 @@ class KPOP(Method):
         prompts = {config.place(c, p) for concept in config.concepts for p in phrasings(config, concept) for c in contexts}
         prompts |= {config.place(c, config.context_guide) for c in contexts if c is not None} | {""}
         prompts |= {config.place(c, keep) for keep in config.context_retain_concepts for c in contexts if c is not None}
-        prompts |= set(config.decoy_words or config.retain_concepts + config.context_retain_concepts)
+        prompts |= set(config.decoy_word_list)
         if len(prompts) <= 12 * config.max_train_steps:
             self._prompts.prefetch(pipe, prompts)
         self._prefetched = True
@@ -244,7 +244,7 @@ class KPOP(Method):
             out["retain_target"] = targets[2]
         if config.decoy_weight > 0:
             # Directions of the decoy key, random or another word's text states; loss() gives them the key's norms.
-            words = config.decoy_words or config.retain_concepts + config.context_retain_concepts
+            words = config.decoy_word_list
             rival = config.rival_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.rival_decoy_probability
             if rival or (config.word_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.word_decoy_probability):
                 # A rival decoy: the key another run would train for this very concept, from its own secret start.
@@ -370,7 +370,7 @@ class KPOP(Method):
             for name, tensor in self.key_prompts.to_key().tensors().items():
                 state[f"key.{name}"] = tensor
             for index, tensor in enumerate(self.key_prompts.start):
-                state[f"key_start.{index}"] = tensor.contiguous()
+                state[f"key_start.{index}"] = tensor.detach().cpu().contiguous()
         return state
 
     def load_state_dict(self, state_dict):
@@ -393,7 +393,7 @@ class KPOP(Method):
                 self.key_prompts = KeyPrompts(self.config.concepts, init).to(was.device if was is not None else "cpu")
             self.key_prompts.load_key(key)
             if len(starts) == len(self.config.concepts):
-                self.key_prompts.start = torch.stack(starts).float()
+                self.key_prompts.start = torch.stack(starts).float().to(self.key_prompts.start.device)
 
     def extra_manifest(self):
         """Each concept's key fingerprint (SHA-256 over its tensors); never the key."""
