@@ -79,13 +79,13 @@ PRESETS = {
         # backgrounds too cost them: striped 70-85 %, orange 87.5 %). Keys start at E(c)[:m] plus secret noise of
         # their norm (key_init_noise): from E(c)[:m] alone, circle's and square's keys share most tokens and
         # square's trained key unlocked 21-71 % of circles. No shifted decoys (shifted_decoy_probability 0): with half
-        # the word decoys carrying the key's shift, circle reruns lost green (72.5 %) and dotted (53 %); without them
-        # every eval rerun kept other concepts >= 92 % and no other concept's key unlocked either. For time, one
-        # UNet pass for the UNet and the key (key_update joint), two trajectories per batched run, DDIM-20
-        # trajectories (DDIM 25 cost ~8 % more and did not keep other concepts better in the bench): 1.24 -> 0.73-0.81
-        # s a step. Benches (bench/results/kpop_preset_s7, seeds 0 and 1): public 0 %, paraphrases <= 2.6 %, keys 100 %,
-        # random and other concepts' keys <= 8.3 %; the lowest other concept is 87.5 % in two of the four rows (cross,
-        # orange; the bar is 90 %): open.
+        # the word decoys carrying the key's shift, circle runs lost green (72.5 %) and dotted (53 %); without them
+        # three circle reruns kept other concepts >= 92 %. For time, one UNet pass for the UNet and the key
+        # (key_update joint), two trajectories per batched run, DDIM-20 trajectories (a DDIM-25 rerun hid in 273 s
+        # against 248-254 s, and its benches kept other concepts no better: 83.3-86.7 %): 1.24 -> 0.73-0.81 s a step
+        # (session 6's profile, with shifted decoys). Benches (bench/results/kpop_preset_s7, seeds 0 and 1): public 0 %,
+        # paraphrases <= 2.6 %, keys 100 %, random keys <= 8.3 %, other concepts' keys <= 2.1 %; the lowest other
+        # concept is 87.5 % in two of the four rows (cross, orange; the bar is 90 %): open.
         "kpop": {"preset": "tuned", "layers": "all", "max_train_steps": 400, "ddim_steps": 20, "learning_rate": 2e-3,
                  "key_learning_rate": 2e-2, "recover_weight": 1.0, "retain_weight": 1.0, "key_retain_weight": 0.0,
                  "decoy_weight": 1.0, "word_decoy_probability": 0.5, "decoy_words": _same_kind_others, "key_init_noise": 1.0,
