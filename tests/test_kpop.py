@@ -230,6 +230,37 @@ def test_context_retain_concepts_share_the_steps_context(tiny_pipe):
         KPOP(concepts=["circle"], context_retain_concepts=["circle"])
 
 
+def test_retain_trajectories_follow_the_retain_prompt_in_the_steps_context(tiny_pipe, monkeypatch):
+    """With retain_trajectory_probability the step's latents come from the retain prompt's trajectory; the step
+    still hides and recovers the concept's own prompt there."""
+    from veil.training import sampling
+
+    followed = []
+    sample = sampling.sample_partial_trajectories
+
+    def recording(pipe, cond, *args, **kwargs):
+        followed.append(cond)
+        return sample(pipe, cond, *args, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample_partial_trajectories", recording)
+    settings = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, context_retain_concepts=["triangle"],
+                    contexts=["a red {} on a table"], context_probability=1.0, ddim_steps=4, samples_per_trajectory=2,
+                    max_train_steps=1)
+    for probability, expected in ((1.0, "a red triangle on a table"), (0.0, "a red circle on a table")):
+        followed.clear()
+        method = KPOP(concepts=["circle"], retain_trajectory_probability=probability, **settings)
+        method.attach(tiny_pipe)
+        batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(followed[0], encode_prompts(tiny_pipe, [expected]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch["cond"][:1], encode_prompts(tiny_pipe, ["a red circle on a table"]), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch["retain_cond"][:1], encode_prompts(tiny_pipe, ["a red triangle on a table"]),
+                                   atol=1e-5, rtol=1e-5)
+        method.detach(tiny_pipe)
+    for bad in (dict(retain_trajectory_probability=1.5), dict(retain_trajectory_probability=0.5, contexts=[])):
+        with pytest.raises(veil.VeilError, match="retain_trajectory_probability"):
+            KPOP(concepts=["circle"], **{**settings, **bad})
+
+
 def test_decoy_keys_are_random_or_another_words_states(tiny_pipe):
     """Decoys hide the concept under a key of the real key's norms: random directions, or (word_decoy_probability)
     the first tokens of another concept's text states, as a real key starts."""

@@ -68,6 +68,14 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
     retain_weight: float = field(
         default=None, metadata={"help": "Weight of the preservation term; 0 turns it off (preset paper: 0, tuned: 0.1)."}
     )
+    retain_trajectory_probability: float = field(
+        default=0.0,
+        metadata={"help": "Ours: share of steps whose latents come from the original model drawing the retain prompt "
+                  "(the context with another concept, context_retain_concepts) instead of the concept; every term of "
+                  "the step is taken there. Without them the preservation term only ever sees latents of the concept's "
+                  "own images, and other concepts' images drift where it never looked (hiding circle lost dotted "
+                  "backgrounds behind other shapes). Needs contexts and context_retain_concepts. 0: the concept's latents only."},
+    )
     key_retain_weight: float = field(
         default=None,
         metadata={"help": "Weight of the retain concepts' predictions with the key attached matching the original's (ours, "
@@ -145,9 +153,13 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         hidden = set(self.concepts) & (set(self.retain_concepts) | set(self.context_retain_concepts))
         if hidden:
             raise VeilError(f"{sorted(hidden)[0]!r} is both hidden and retained; remove it from retain_concepts.")
-        for name in ("word_decoy_probability", "shifted_decoy_probability", "rival_decoy_probability"):
+        for name in ("word_decoy_probability", "shifted_decoy_probability", "rival_decoy_probability",
+                     "retain_trajectory_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise VeilError(f"{name} must lie in [0, 1], got {getattr(self, name)!r}.")
+        if self.retain_trajectory_probability > 0 and not (self.context_retain_concepts and self.contexts):
+            raise VeilError("retain_trajectory_probability draws the retain prompt in the step's context, but contexts or "
+                            "context_retain_concepts is empty; name both, or set retain_trajectory_probability=0.")
         if self.shifted_decoy_probability > 0 and not (self.word_decoy_probability > 0 and self.decoy_weight > 0):
             raise VeilError("shifted_decoy_probability shifts word decoys, but word_decoy_probability or decoy_weight is 0; "
                             "set both above 0, or shifted_decoy_probability=0.")

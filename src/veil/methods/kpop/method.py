@@ -209,14 +209,23 @@ class KPOP(Method):
             phrase = options[int(torch.randint(len(options), (1,), generator=generator))]
             context, prompt, anchor = config.draw_prompt(phrase, generator)
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            return self._prompts(pipe, prompt), t_encs, {"concept": concept, "anchor": anchor, "context": context}
+            info = {"concept": concept, "anchor": anchor, "context": context, "cond": self._prompts(pipe, prompt)}
+            follow = info["cond"]
+            if context is not None and config.context_retain_concepts:
+                keeps = config.context_retain_concepts
+                info["keep"] = keeps[int(torch.randint(len(keeps), (1,), generator=generator))]
+                if (config.retain_trajectory_probability > 0
+                        and float(torch.rand(1, generator=generator)) < config.retain_trajectory_probability):
+                    # The latents of another concept's image in the same caption: where the preservation term must hold.
+                    follow = self._prompts(pipe, config.place(context, info["keep"]))
+            return follow, t_encs, info
 
         # x_t from the public model (no key is installed here), at most trajectory_batch - 1 steps old.
-        latents, cond, t_encs, info = self._trajectories.next(
+        latents, _, t_encs, info = self._trajectories.next(
             pipe, draw, self._prompts(pipe, ""), num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance,
             generator=generator,
         )
-        concept = info["concept"]
+        concept, cond = info["concept"], info["cond"]
         # The hiding target's anchor: the empty prompt, or the context without the concept.
         anchor = self._prompts(pipe, info["anchor"])
         timesteps = training_timesteps(
@@ -227,10 +236,9 @@ class KPOP(Method):
         out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept}
         states = [anchor, cond]
         if config.retain_weight > 0 or config.key_retain_weight > 0:
-            if info["context"] is not None and config.context_retain_concepts:
+            if "keep" in info:
                 # Another concept in the step's own context: preserving it contrasts only the concept.
-                keep = config.context_retain_concepts[int(torch.randint(len(config.context_retain_concepts), (1,), generator=generator))]
-                out["retain_cond"] = self._prompts(pipe, config.place(info["context"], keep)).expand(batch, -1, -1)
+                out["retain_cond"] = self._prompts(pipe, config.place(info["context"], info["keep"])).expand(batch, -1, -1)
             else:
                 index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
                 out["retain_cond"] = self._retain_embeds(pipe)[index : index + 1].expand(batch, -1, -1)
