@@ -230,35 +230,61 @@ def test_context_retain_concepts_share_the_steps_context(tiny_pipe):
         KPOP(concepts=["circle"], context_retain_concepts=["circle"])
 
 
-def test_retain_trajectories_follow_the_retain_prompt_in_the_steps_context(tiny_pipe, monkeypatch):
-    """With retain_trajectory_probability the step's latents come from the retain prompt's trajectory; the step
-    still hides and recovers the concept's own prompt there."""
+def test_retain_trajectories_give_the_retain_term_its_own_latents(tiny_pipe, monkeypatch):
+    """With retain_trajectory_probability a step also samples the retain prompt's trajectory and takes the
+    preservation term there; the concept's own terms stay at the concept's latents."""
     from veil.training import sampling
 
     followed = []
     sample = sampling.sample_partial_trajectories
 
-    def recording(pipe, cond, *args, **kwargs):
-        followed.append(cond)
-        return sample(pipe, cond, *args, **kwargs)
+    def recording(pipe, conds, uncond, t_encs, **kwargs):
+        followed.append(conds)
+        return sample(pipe, conds, uncond, t_encs, **kwargs)
 
     monkeypatch.setattr(sampling, "sample_partial_trajectories", recording)
     settings = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, context_retain_concepts=["triangle"],
                     contexts=["a red {} on a table"], context_probability=1.0, ddim_steps=4, samples_per_trajectory=2,
-                    max_train_steps=1)
-    for probability, expected in ((1.0, "a red triangle on a table"), (0.0, "a red circle on a table")):
+                    max_train_steps=1, trajectory_batch=1)
+    concept, retain = encode_prompts(tiny_pipe, ["a red circle on a table", "a red triangle on a table"])
+    for probability in (1.0, 0.0):
         followed.clear()
         method = KPOP(concepts=["circle"], retain_trajectory_probability=probability, **settings)
         method.attach(tiny_pipe)
         batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
-        torch.testing.assert_close(followed[0], encode_prompts(tiny_pipe, [expected]), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(batch["cond"][:1], encode_prompts(tiny_pipe, ["a red circle on a table"]), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(batch["retain_cond"][:1], encode_prompts(tiny_pipe, ["a red triangle on a table"]),
-                                   atol=1e-5, rtol=1e-5)
+        expected = torch.stack([concept, retain]) if probability else concept[None]
+        torch.testing.assert_close(followed[0], expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch["cond"][:1], concept[None], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(batch["retain_cond"][:1], retain[None], atol=1e-5, rtol=1e-5)
+        assert batch["latents"].shape[0] == 2 and ("retain_latents" in batch) == bool(probability)
+        retain_latents = batch.get("retain_latents", batch["latents"])
+        assert retain_latents.shape == batch["latents"].shape
+        assert not probability or not torch.allclose(retain_latents, batch["latents"])
+        with torch.no_grad(), method.disabled(tiny_pipe):
+            original = tiny_pipe.unet(retain_latents, batch["timesteps"], encoder_hidden_states=batch["retain_cond"]).sample
+        torch.testing.assert_close(batch["retain_target"], original, atol=1e-4, rtol=1e-4)
+        assert torch.isfinite(method.loss(tiny_pipe, batch)).all()
+        method.after_step("unet")
         method.detach(tiny_pipe)
     for bad in (dict(retain_trajectory_probability=1.5), dict(retain_trajectory_probability=0.5, contexts=[])):
         with pytest.raises(veil.VeilError, match="retain_trajectory_probability"):
             KPOP(concepts=["circle"], **{**settings, **bad})
+
+
+def test_trajectory_pool_hands_back_every_prompt_of_a_request_at_the_same_steps(tiny_pipe):
+    from veil.training.sampling import TrajectoryPool, sample_partial_trajectories
+
+    conds = encode_prompts(tiny_pipe, ["a red circle", "a blue square", "a green star"])
+    uncond = encode_prompts(tiny_pipe, [""])
+    requests = iter([(conds[:2], [0, 2], {"n": 2}), (conds[2:], [1], {"n": 1})])
+    pool = TrajectoryPool(2)
+    got = [pool.next(tiny_pipe, lambda g: next(requests), uncond, num_inference_steps=4, guidance_scale=3.0,
+                     generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    alone = sample_partial_trajectories(tiny_pipe, conds, uncond, [[0, 2], [0, 2], [1]], num_inference_steps=4,
+                                        guidance_scale=3.0, generator=torch.Generator().manual_seed(3))
+    assert [info["n"] for *_, info in got] == [2, 1]
+    torch.testing.assert_close(got[0][0], torch.cat(alone[:2]))
+    torch.testing.assert_close(got[1][0], alone[2])
 
 
 def test_decoy_keys_are_random_or_another_words_states(tiny_pipe):

@@ -83,13 +83,13 @@ PRESETS = {
         # three circle reruns kept other concepts >= 92 %. For time, one UNet pass for the UNet and the key
         # (key_update joint), two trajectories per batched run, DDIM-20 trajectories (a DDIM-25 rerun hid in 273 s
         # against 248-254 s, and its benches kept other concepts no better: 83.3-86.7 %): 1.24 -> 0.73-0.81 s a step
-        # (session 6's profile, with shifted decoys). Retain weight 2, and half the steps' latents drawn from the
-        # retain caption's trajectory (retain_trajectory_probability): with weight 1 and the concept's latents only,
-        # one other concept fell to 87.5 % in two of four bench rows, with weight 2 to 83.3 % in one of six (hiding
-        # circle lost dotted backgrounds behind other shapes; bench/results/kpop_preset_s7); with both, the lowest
-        # other concept was >= 95 % in every row (bench/results/kpop_preset_s8).
+        # (session 6's profile, with shifted decoys). Retain weight 2: with 1, one other concept fell to 87.5 % in two
+        # of four bench rows; with 2, to 83.3 % in one of six (dotted, hiding circle: the other shapes on dotted
+        # backgrounds lost their dots; bench/results/kpop_preset_s7). Not in the preset: retain trajectories
+        # (retain_trajectory_probability), which cost circle's hiding or a key's refusal in one run of each form
+        # tried, and 500 steps, which took up to 299 s (bench/results/kpop_preset_s8, command.txt).
         "kpop": {"preset": "tuned", "layers": "all", "max_train_steps": 400, "ddim_steps": 20, "learning_rate": 2e-3,
-                 "key_learning_rate": 2e-2, "recover_weight": 1.0, "retain_weight": 2.0, "retain_trajectory_probability": 0.5,
+                 "key_learning_rate": 2e-2, "recover_weight": 1.0, "retain_weight": 2.0,
                  "key_retain_weight": 0.0,
                  "decoy_weight": 1.0, "word_decoy_probability": 0.5, "decoy_words": _same_kind_others, "key_init_noise": 1.0,
                  "key_update": "joint", "trajectory_batch": 2,

@@ -108,8 +108,9 @@ class TrajectoryPool:
     14.7 ms per sample at batch 2, 4.5 ms at batch 16), at the price of trajectories up to ``size − 1``
     steps older than the model being trained. ``size=1`` is the published one-trajectory-per-step sampling.
 
-    Each request is ``(cond, t_encs, info)``: the text states ``(1, tokens, width)`` to follow, the
-    step indices to keep and anything the caller wants back. Requests of one ``group`` (the caller's
+    Each request is ``(cond, t_encs, info)``: the text states ``(r, tokens, width)`` to follow (``r``
+    trajectories, one per prompt, all kept at the same step indices and handed back concatenated, the
+    first prompt's first), the step indices to keep and anything the caller wants back. Requests of one ``group`` (the caller's
     ``info["group"]``, default one group) are sampled together inside ``view(group)``.
     """
 
@@ -130,13 +131,16 @@ class TrajectoryPool:
             for i, (_, _, info) in enumerate(requests):
                 groups.setdefault((info or {}).get("group"), []).append(i)
             for group, rows in groups.items():
+                counts = [requests[i][0].shape[0] for i in rows]
                 with view(group) if view is not None else contextlib.nullcontext():
                     sampled = sample_partial_trajectories(
-                        pipe, torch.cat([requests[i][0] for i in rows]), uncond, [requests[i][1] for i in rows],
+                        pipe, torch.cat([requests[i][0] for i in rows]), uncond,
+                        [requests[i][1] for i, count in zip(rows, counts) for _ in range(count)],
                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
                     )
-                for i, value in zip(rows, sampled):
-                    latents[i] = value
+                ends = torch.tensor(counts).cumsum(0).tolist()
+                for i, start, end in zip(rows, [0] + ends[:-1], ends):
+                    latents[i] = torch.cat(sampled[start:end])
             self._queue = [(value, *request) for value, request in zip(latents, requests)]
         return self._queue.pop(0)
 

@@ -70,11 +70,12 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
     )
     retain_trajectory_probability: float = field(
         default=0.0,
-        metadata={"help": "Ours: share of steps whose latents come from the original model drawing the retain prompt "
-                  "(the context with another concept, context_retain_concepts) instead of the concept; every term of "
-                  "the step is taken there. Without them the preservation term only ever sees latents of the concept's "
-                  "own images, and other concepts' images drift where it never looked (hiding circle lost dotted "
-                  "backgrounds behind other shapes). Needs contexts and context_retain_concepts. 0: the concept's latents only."},
+        metadata={"help": "Ours: share of steps that also sample a trajectory of the retain prompt (the step's context "
+                  "with another concept, context_retain_concepts) and take the preservation term at its latents; the "
+                  "concept's own terms stay at the concept's latents. Without them the preservation term only ever "
+                  "sees latents of the concept's own images, and other concepts' images drift where it never looked "
+                  "(hiding circle lost dotted backgrounds behind other shapes). Costs one more trajectory on those "
+                  "steps. Needs contexts and context_retain_concepts. 0: the concept's latents only."},
     )
     key_retain_weight: float = field(
         default=None,

@@ -216,8 +216,9 @@ class KPOP(Method):
                 info["keep"] = keeps[int(torch.randint(len(keeps), (1,), generator=generator))]
                 if (config.retain_trajectory_probability > 0
                         and float(torch.rand(1, generator=generator)) < config.retain_trajectory_probability):
-                    # The latents of another concept's image in the same caption: where the preservation term must hold.
-                    follow = self._prompts(pipe, config.place(context, info["keep"]))
+                    # A second trajectory, of another concept's image in the same caption: the preservation term's
+                    # latents, where it must hold; the concept's own terms keep the concept's latents.
+                    follow = torch.cat([follow, self._prompts(pipe, config.place(context, info["keep"]))])
             return follow, t_encs, info
 
         # x_t from the public model (no key is installed here), at most trajectory_batch - 1 steps old.
@@ -226,6 +227,9 @@ class KPOP(Method):
             generator=generator,
         )
         concept, cond = info["concept"], info["cond"]
+        retain_latents = None
+        if latents.shape[0] > len(t_encs):  # the retain caption's trajectory came with the concept's
+            latents, retain_latents = latents[: len(t_encs)], latents[len(t_encs) :]
         # The hiding target's anchor: the empty prompt, or the context without the concept.
         anchor = self._prompts(pipe, info["anchor"])
         timesteps = training_timesteps(
@@ -243,9 +247,12 @@ class KPOP(Method):
                 index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
                 out["retain_cond"] = self._retain_embeds(pipe)[index : index + 1].expand(batch, -1, -1)
             states.append(out["retain_cond"])
+        if retain_latents is not None and len(states) > 2:
+            out["retain_latents"] = retain_latents
+        state_latents = [latents, latents] + [out.get("retain_latents", latents)] * (len(states) - 2)
         with self.disabled(pipe):  # the original model's predictions, in one call
             targets = pipe.unet(
-                latents.repeat(len(states), 1, 1, 1), timesteps.repeat(len(states)), encoder_hidden_states=torch.cat(states)
+                torch.cat(state_latents), timesteps.repeat(len(states)), encoder_hidden_states=torch.cat(states)
             ).sample.chunk(len(states))
         noise_anchor, noise_cond = targets[0], targets[1]
         if len(states) > 2:
@@ -274,16 +281,22 @@ class KPOP(Method):
         out["target_recover"] = noise_cond
         return out
 
-    def _distance(self, pipe, noise_pred, target, batch):
-        """Mean squared error on noise (``eps``) or on the clean latents it implies (``x0``)."""
+    def _distance(self, pipe, noise_pred, target, batch, name="cond"):
+        """Mean squared error on noise (``eps``) or on the clean latents it implies (``x0``), at the latents of
+        the row's prompt ``name``."""
         noise_pred, target = noise_pred.float(), target.float()
         if self.config.loss_space == "x0":
             # x0_hat = (x_t - sqrt(1 - a_t)·eps) / sqrt(a_t), a_t the cumulative alpha of the training timestep.
             alphas = pipe.scheduler.alphas_cumprod.to(noise_pred.device)[batch["timesteps"]].float().view(-1, 1, 1, 1)
-            latents = batch["latents"].float()
+            latents = self._row_latents(batch, name).float()
             noise_pred = (latents - (1 - alphas).sqrt() * noise_pred) / alphas.sqrt()
             target = (latents - (1 - alphas).sqrt() * target) / alphas.sqrt()
         return F.mse_loss(noise_pred, target)
+
+    @staticmethod
+    def _row_latents(batch, name):
+        """The latents a row of prompt ``name`` is taken at: the retain trajectory's for the retain prompt, if sampled."""
+        return batch.get("retain_latents", batch["latents"]) if name == "retain_cond" else batch["latents"]
 
     def loss(self, pipe, batch, phase="unet"):
         config = self.config
@@ -296,13 +309,13 @@ class KPOP(Method):
             self._install(unet, key_tokens, value_tokens)
             names = ["cond"] + (["retain_cond"] if config.key_retain_weight > 0 else [])
             noise_preds = unet(
-                batch["latents"].repeat(len(names), 1, 1, 1), batch["timesteps"].repeat(len(names)),
+                torch.cat([self._row_latents(batch, name) for name in names]), batch["timesteps"].repeat(len(names)),
                 encoder_hidden_states=torch.cat([batch[name] for name in names]),
             ).sample.chunk(len(names))
             loss = self._distance(pipe, noise_preds[0], batch["target_recover"], batch)
             self.last_losses["recover_key_step"] = float(loss.detach())
             if config.key_retain_weight > 0:
-                key_retain = self._distance(pipe, noise_preds[1], batch["retain_target"], batch)
+                key_retain = self._distance(pipe, noise_preds[1], batch["retain_target"], batch, "retain_cond")
                 self.last_losses["key_retain_key_step"] = float(key_retain.detach())
                 loss = loss + config.key_retain_weight * key_retain
             return loss
@@ -326,7 +339,7 @@ class KPOP(Method):
             value_tokens = torch.stack([v for _, v in per_row]).repeat_interleave(size, dim=0)
         self._install(unet, key_tokens, value_tokens, key_rows)
         noise_preds = unet(
-            batch["latents"].repeat(len(rows), 1, 1, 1), batch["timesteps"].repeat(len(rows)),
+            torch.cat([self._row_latents(batch, name) for name, _ in rows]), batch["timesteps"].repeat(len(rows)),
             encoder_hidden_states=torch.cat([batch[name] for name, _ in rows]),
         ).sample.chunk(len(rows))
         hide = self._distance(pipe, noise_preds[0], batch["target_hide"], batch)
@@ -334,10 +347,10 @@ class KPOP(Method):
         loss = config.hide_weight * hide + config.recover_weight * recover
         self.last_losses = {"hide": float(hide.detach()), "recover": float(recover.detach())}
         terms = {"retain": config.retain_weight, "key_retain": config.key_retain_weight, "decoy": config.decoy_weight}
-        for (_, keyed), noise_pred in list(zip(rows, noise_preds))[2:]:
+        for (prompt, keyed), noise_pred in list(zip(rows, noise_preds))[2:]:
             name = {False: "retain", True: "key_retain", "decoy": "decoy"}[keyed]
             target = batch["target_hide"] if name == "decoy" else batch["retain_target"]
-            value = self._distance(pipe, noise_pred, target, batch)
+            value = self._distance(pipe, noise_pred, target, batch, prompt)
             loss = loss + terms[name] * value
             self.last_losses[name] = float(value.detach())
         return loss
