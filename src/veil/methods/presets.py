@@ -84,13 +84,13 @@ PRESETS = {
         # (key_update joint), two trajectories per batched run, DDIM-20 trajectories (a DDIM-25 rerun hid in 273 s
         # against 248-254 s, and its benches kept other concepts no better: 83.3-86.7 %): 1.24 -> 0.73-0.81 s a step
         # (session 6's profile, with shifted decoys). Retain weight 2: with 1, one other concept fell to 87.5 % in two
-        # of four bench rows; with 2, to 83.3 % in one of six (dotted, hiding circle: the other shapes on dotted
-        # backgrounds lost their dots; bench/results/kpop_preset_s7). Not in the preset: retain trajectories
+        # of four bench rows; with 2, in two of ten (hiding circle: dotted 83.3 %, other shapes on dotted backgrounds
+        # lost their dots; plain 73.3 %, other shapes on plain ones gained dots; bench/results/kpop_preset_s7 W0-W2,
+        # kpop_preset_s8 W3-W4): open. Weight 4 lost dotted too (83.3 %, R4). Not in the preset: retain trajectories
         # (retain_trajectory_probability), which cost circle's hiding or a key's refusal in one run of each form
         # tried, and 500 steps, which took up to 299 s (bench/results/kpop_preset_s8, command.txt).
         "kpop": {"preset": "tuned", "layers": "all", "max_train_steps": 400, "ddim_steps": 20, "learning_rate": 2e-3,
-                 "key_learning_rate": 2e-2, "recover_weight": 1.0, "retain_weight": 2.0,
-                 "key_retain_weight": 0.0,
+                 "key_learning_rate": 2e-2, "recover_weight": 1.0, "retain_weight": 2.0, "key_retain_weight": 0.0,
                  "decoy_weight": 1.0, "word_decoy_probability": 0.5, "decoy_words": _same_kind_others, "key_init_noise": 1.0,
                  "key_update": "joint", "trajectory_batch": 2,
                  "contexts": _contexts_and_partials, "context_probability": 1.0, "context_retain_concepts": _same_kind_others},

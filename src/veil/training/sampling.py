@@ -6,6 +6,7 @@ trajectory to the deepest index instead of ``k`` trajectories.
 """
 
 import contextlib
+import itertools
 
 import torch
 
@@ -138,7 +139,7 @@ class TrajectoryPool:
                         [requests[i][1] for i, count in zip(rows, counts) for _ in range(count)],
                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
                     )
-                ends = torch.tensor(counts).cumsum(0).tolist()
+                ends = list(itertools.accumulate(counts))
                 for i, start, end in zip(rows, [0] + ends[:-1], ends):
                     latents[i] = torch.cat(sampled[start:end])
             self._queue = [(value, *request) for value, request in zip(latents, requests)]

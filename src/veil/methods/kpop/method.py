@@ -201,6 +201,8 @@ class KPOP(Method):
         if not self._prefetched:
             self._prefetch_prompts(pipe)
 
+        retained = config.retain_weight > 0 or config.key_retain_weight > 0
+
         # One concept per step, so that one concept's key is trained on it; one of its phrasings, alone or
         # in one of the contexts.
         def draw(generator):
@@ -214,7 +216,7 @@ class KPOP(Method):
             if context is not None and config.context_retain_concepts:
                 keeps = config.context_retain_concepts
                 info["keep"] = keeps[int(torch.randint(len(keeps), (1,), generator=generator))]
-                if (config.retain_trajectory_probability > 0
+                if (retained and config.retain_trajectory_probability > 0
                         and float(torch.rand(1, generator=generator)) < config.retain_trajectory_probability):
                     # A second trajectory, of another concept's image in the same caption: the preservation term's
                     # latents, where it must hold; the concept's own terms keep the concept's latents.
@@ -239,7 +241,7 @@ class KPOP(Method):
         cond, anchor = cond.expand(batch, -1, -1), anchor.expand(batch, -1, -1)
         out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept}
         states = [anchor, cond]
-        if config.retain_weight > 0 or config.key_retain_weight > 0:
+        if retained:
             if "keep" in info:
                 # Another concept in the step's own context: preserving it contrasts only the concept.
                 out["retain_cond"] = self._prompts(pipe, config.place(info["context"], info["keep"])).expand(batch, -1, -1)
@@ -247,7 +249,7 @@ class KPOP(Method):
                 index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
                 out["retain_cond"] = self._retain_embeds(pipe)[index : index + 1].expand(batch, -1, -1)
             states.append(out["retain_cond"])
-        if retain_latents is not None and len(states) > 2:
+        if retain_latents is not None:  # sampled only when a retain term uses it
             out["retain_latents"] = retain_latents
         state_latents = [latents, latents] + [out.get("retain_latents", latents)] * (len(states) - 2)
         with self.disabled(pipe):  # the original model's predictions, in one call
