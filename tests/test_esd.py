@@ -22,6 +22,9 @@ def test_variants_select_the_published_parameter_sets(tiny_pipe):
     assert not set(xattn) & set(noxattn)
     assert not any(n.startswith(("time_embedding", "conv_out")) for n in noxattn)
     assert len(select_unet_parameters(unet, "full")) == len(list(unet.parameters()))
+    kv = select_unet_parameters(unet, "xattn_kv")
+    assert set(kv) < set(xattn) and all(n.split(".attn2.")[1].split(".")[0] in ("to_k", "to_v") for n in kv)
+    assert {n.split(".attn2.")[1].split(".")[0] for n in xattn} - {"to_k", "to_v"}  # to_q and to_out are left out
     with pytest.raises(veil.VeilError):
         ESD(concepts=["circle"], train_method="everything")
 

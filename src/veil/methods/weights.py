@@ -21,6 +21,10 @@ def select_unet_parameters(unet, train_method):
     for name, _ in unet.named_parameters():
         if train_method == "xattn":
             keep = "attn2" in name
+        elif train_method == "xattn_kv":
+            # Only the text side of cross-attention (UCE's edit, trained): what a prompt's tokens say changes,
+            # how image features ask (to_q) and are written back (to_out) stays as it was.
+            keep = "attn2.to_k." in name or "attn2.to_v." in name
         elif train_method == "selfattn":
             keep = "attn1" in name
         elif train_method == "noxattn":
@@ -29,7 +33,7 @@ def select_unet_parameters(unet, train_method):
         elif train_method == "full":
             keep = True
         else:
-            raise VeilError(f"Unknown train_method {train_method!r}; use xattn, noxattn, selfattn or full.")
+            raise VeilError(f"Unknown train_method {train_method!r}; use xattn, xattn_kv, noxattn, selfattn or full.")
         if keep:
             names.append(name)
     if not names:

@@ -34,8 +34,9 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
     )
     train_method: str = field(
         default="xattn",
-        metadata={"help": "UNet weights to train: xattn (cross-attention; objects, styles) or noxattn "
-                  "(all but cross-attention, time embedding and output conv; nudity)."},
+        metadata={"help": "UNet weights to train: xattn (cross-attention; objects, styles), noxattn "
+                  "(all but cross-attention, time embedding and output conv; nudity) or xattn_kv (ours: only "
+                  "cross-attention's to_k and to_v, the projections of the text and key tokens)."},
     )
     num_key_tokens: int = field(default=10, metadata={"help": "m: tokens in each of P_k and P_v."})
     max_train_steps: int = field(default=None, metadata={"help": "Steps, each a UNet step then a key step (preset: 1000)."})
@@ -131,7 +132,7 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         super().__post_init__()
         self.fill_from_preset(PRESETS)
         check_choice(self, "layers", LAYERS)
-        check_choice(self, "train_method", ("xattn", "noxattn"))
+        check_choice(self, "train_method", ("xattn", "xattn_kv", "noxattn"))
         check_choice(self, "loss_space", ("eps", "x0"))
         check_choice(self, "key_update", ("alternate", "joint"))
         check_positive(self, "num_key_tokens", "max_train_steps", "learning_rate", "key_learning_rate",
