@@ -230,6 +230,28 @@ def test_context_retain_concepts_share_the_steps_context(tiny_pipe):
         KPOP(concepts=["circle"], context_retain_concepts=["circle"])
 
 
+def test_the_hiding_target_is_anchored_at_the_context_with_the_guide_in_the_concepts_place(tiny_pipe):
+    """context_guide puts another concept where the hidden one was: the hiding target steers from the concept's
+    caption towards that caption, not towards the caption with a hole (which a model may still draw as the concept)."""
+    from veil.training.sampling import negative_guidance_target
+
+    settings = dict(contexts=["a red {} on a table"], context_probability=1.0, ddim_steps=4, samples_per_trajectory=2,
+                    max_train_steps=1, retain_weight=0.0, key_retain_weight=0.0, decoy_weight=0.0)
+    for guide, anchor in (("square", "a red square on a table"), ("", "a red on a table")):
+        method = KPOP(concepts=["circle"], context_guide=guide, **settings)
+        method.attach(tiny_pipe)
+        try:
+            batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
+            with torch.no_grad(), method.disabled(tiny_pipe):
+                states = encode_prompts(tiny_pipe, [anchor, "a red circle on a table"]).repeat_interleave(2, dim=0)
+                preds = tiny_pipe.unet(batch["latents"].repeat(2, 1, 1, 1), batch["timesteps"].repeat(2),
+                                       encoder_hidden_states=states).sample.chunk(2)
+        finally:
+            method.detach(tiny_pipe)
+        torch.testing.assert_close(batch["target_hide"], negative_guidance_target(preds[0], preds[1], 1.0),
+                                   atol=1e-4, rtol=1e-4)
+
+
 def test_retain_trajectories_give_the_retain_term_its_own_latents(tiny_pipe, monkeypatch):
     """With retain_trajectory_probability a step also samples the retain prompt's trajectory and takes the
     preservation term there; the concept's own terms stay at the concept's latents."""
