@@ -229,17 +229,17 @@ class KPOP(Method):
             generator=generator,
         )
         concept, cond = info["concept"], info["cond"]
-        retain_latents = None
-        if latents.shape[0] > len(t_encs):  # the retain caption's trajectory came with the concept's
-            latents, retain_latents = latents[: len(t_encs)], latents[len(t_encs) :]
-        # The hiding target's anchor: the empty prompt, or the context without the concept.
+        retain = {}
+        if latents.shape[0] > len(t_encs):  # the retain caption's trajectory came with the concept's (only if a retain term uses it)
+            latents, retain["retain_latents"] = latents[: len(t_encs)], latents[len(t_encs) :]
+        # The hiding target's anchor: the empty prompt, or the context with context_guide (or nothing) in the concept's place.
         anchor = self._prompts(pipe, info["anchor"])
         timesteps = training_timesteps(
             t_encs, config.ddim_steps, generator, pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
         ).to(pipe.device)
         batch = latents.shape[0]
         cond, anchor = cond.expand(batch, -1, -1), anchor.expand(batch, -1, -1)
-        out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept}
+        out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept, **retain}
         states = [anchor, cond]
         if retained:
             if "keep" in info:
@@ -249,9 +249,7 @@ class KPOP(Method):
                 index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
                 out["retain_cond"] = self._retain_embeds(pipe)[index : index + 1].expand(batch, -1, -1)
             states.append(out["retain_cond"])
-        if retain_latents is not None:  # sampled only when a retain term uses it
-            out["retain_latents"] = retain_latents
-        state_latents = [latents, latents] + [out.get("retain_latents", latents)] * (len(states) - 2)
+        state_latents = [latents, latents] + [self._row_latents(out, "retain_cond")] * (len(states) - 2)
         with self.disabled(pipe):  # the original model's predictions, in one call
             targets = pipe.unet(
                 torch.cat(state_latents), timesteps.repeat(len(states)), encoder_hidden_states=torch.cat(states)
