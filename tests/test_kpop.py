@@ -563,3 +563,35 @@ def test_bench_wrong_key_row_uses_the_key_trained_for_another_concept(tmp_path, 
     torch.testing.assert_close(used, trained_keys["square"][1]["square"][0].to(used.dtype))
     assert not any(isinstance(p, KeyedCrossAttnProcessor) for p in pipe.unet.attn_processors.values())  # detached again
 
+
+
+def test_key_finish_moves_the_key_alone_on_the_saved_unet_and_resumes(tmp_path):
+    """key_finish_steps: a second stage of key-only steps on L_recover; the public UNet is the main stage's, bit for bit,
+    the key ends nearer the original on the concept, and a resumed run finds both stages' results."""
+    settings = dict(concepts=["circle"], max_train_steps=3, learning_rate=1e-3, key_learning_rate=2e-2, layers="all",
+                    ddim_steps=4, samples_per_trajectory=2, key_update="joint")
+    plain, finished = KPOP(**settings), KPOP(key_finish_steps=12, **settings)
+    assert plain.stages() == ["main"] and finished.stages() == ["main", "key_finish"]
+    plain_pipe, pipe = build_tiny_pipeline(seed=0), build_tiny_pipeline(seed=0)
+    veil.fit_method(plain, plain_pipe, progress=False)
+    cost = veil.fit_method(finished, pipe, work_dir=tmp_path, progress=False)
+    assert cost["stages"] == {"main": {"steps": 3, "seconds": cost["stages"]["main"]["seconds"]},
+                              "key_finish": {"steps": 12, "seconds": cost["stages"]["key_finish"]["seconds"]}}
+    assert all(set(step) == {"key"} for step in cost["losses"][3:])
+    for name, tensor in plain.state_dict().items():  # the public part is untouched by the finish
+        torch.testing.assert_close(finished.state_dict()[name], tensor, rtol=0, atol=0)
+    assert finished.key.fingerprints() != plain.key.fingerprints()
+    _, plain_gap, _ = _prediction_gaps(plain_pipe, plain, "circle", plain.key)
+    _, finished_gap, _ = _prediction_gaps(pipe, finished, "circle", finished.key)
+    assert finished_gap < 0.8 * plain_gap  # the finished key brings the original's prediction back closer
+    assert "key.P_k.0" in load_file(tmp_path / "main" / "done.safetensors")  # the next stage starts from the trained key
+    finished.set_stage("key_finish")
+    assert finished.config.max_train_steps == 12 and finished.config.to_dict()["max_train_steps"] == 3
+    finished.set_stage("main")
+    resumed = KPOP(key_finish_steps=12, **settings)
+    veil.fit_method(resumed, build_tiny_pipeline(seed=0), work_dir=tmp_path, resume=True, progress=False)
+    assert resumed.key.fingerprints() == finished.key.fingerprints()
+    with pytest.raises(veil.VeilError, match="key_finish_steps"):
+        KPOP(key_finish_steps=-1, **settings)
+    with pytest.raises(veil.VeilError, match="no stage"):
+        finished.set_stage("tlmo")

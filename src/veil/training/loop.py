@@ -216,8 +216,9 @@ def fit_method(method, pipe, *, work_dir=None, resume=False, progress=True, **tr
         cost = train(method, pipe, work_dir=stage_dir, resume=stage_resume, progress=progress, **train_kwargs)
         if stage_dir is not None and len(stages) > 1:
             os.makedirs(stage_dir, exist_ok=True)
-            save_file({k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()},
-                      os.path.join(stage_dir, "done.safetensors"))
+            # Like a checkpoint, everything the next stage starts from (a KPOP key too); the work folder goes with the artifact.
+            state = getattr(method, "checkpoint_state_dict", method.state_dict)()
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(stage_dir, "done.safetensors"))
         total["steps"] += cost["steps"]
         total["seconds"] += cost["seconds"]
         total["losses"] += cost["losses"]

@@ -46,6 +46,11 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
     recover_weight: float = field(
         default=None, metadata={"help": "w2: weight of the recovery loss in the UNet step (preset: 0.1)."}
     )
+    key_finish_steps: int = field(
+        default=0,
+        metadata={"help": "Ours: key-only steps on L_recover after the UNet's steps, the UNet frozen (a second training "
+                  "stage): the key is fitted to the public model as it was saved, which no further step changes. 0: none."},
+    )
     key_update: str = field(
         default="alternate",
         metadata={"help": "alternate (the paper: a UNet step, then a key step on L_recover with the updated UNet) or joint "
@@ -137,6 +142,8 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
         check_choice(self, "key_update", ("alternate", "joint"))
         check_positive(self, "num_key_tokens", "max_train_steps", "learning_rate", "key_learning_rate",
                        "ddim_steps", "samples_per_trajectory")
+        if isinstance(self.key_finish_steps, bool) or not isinstance(self.key_finish_steps, int) or self.key_finish_steps < 0:
+            raise VeilError(f"key_finish_steps must be a whole number, 0 or more, got {self.key_finish_steps!r}.")
         for name in ("hide_weight", "recover_weight", "retain_weight", "key_retain_weight", "decoy_weight", "key_init_noise"):
             if getattr(self, name) < 0:
                 raise VeilError(f"{name} must be 0 or more, got {getattr(self, name)!r}.")

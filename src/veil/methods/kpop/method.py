@@ -27,6 +27,29 @@ def token_noise(tokens, scale, generator):
     return noise * (scale * tokens.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True))
 
 
+STAGES = ("main", "key_finish")
+
+
+class _KeyFinishConfig:
+    """The config as the training loop sees it in the ``key_finish`` stage: ``max_train_steps`` is
+    ``key_finish_steps``; everything else (``to_dict`` included) is the full config's."""
+
+    def __init__(self, config):
+        object.__setattr__(self, "_config", config)
+
+    @property
+    def max_train_steps(self):
+        return self._config.key_finish_steps
+
+    def __getattr__(self, name):
+        return getattr(self._config, name)
+
+    def __setattr__(self, name, value):
+        if name == "max_train_steps":
+            raise VeilError("Set key_finish_steps on the method's full config, not max_train_steps during the key_finish stage.")
+        setattr(self._config, name, value)
+
+
 @register_method("kpop")
 class KPOP(Method):
     """KPOP (Bui, Doan, Le, Montague, Abraham, Phung, arXiv 2403.12326): hide a concept, recover it with a key.
@@ -39,7 +62,7 @@ class KPOP(Method):
 
     Example:
         >>> method = KPOP(KPOPConfig.paper(["circle"], max_train_steps=300))
-        >>> veil.train(method, pipe)
+        >>> veil.fit_method(method, pipe)  # with key_finish_steps, then the key alone
         >>> veil.Artifact.from_method(method, pipe).save("hidden/")
         >>> veil.keys.save_key(method.key, "circle.veilkey", passphrase=secret)
         >>> with method.unlocked(pipe, method.key):
@@ -49,6 +72,7 @@ class KPOP(Method):
     config_class = KPOPConfig
 
     def __init__(self, config=None, **kwargs):
+        self._stage = "main"
         super().__init__(config, **kwargs)
         self.edit = UNetWeightEdit()
         self.key_prompts = None  # created when training starts; never part of state_dict()
@@ -59,6 +83,24 @@ class KPOP(Method):
         self._trajectories = TrajectoryPool(self.config.trajectory_batch)
         self._prompts = PromptCache()  # the phrasings, their contexts and anchors
         self._prefetched = False
+
+    @property
+    def config(self):
+        return self._config if self._stage == "main" else _KeyFinishConfig(self._config)
+
+    @config.setter
+    def config(self, value):
+        self._config = value
+
+    def stages(self):
+        """``main`` (the UNet and the key), then ``key_finish`` (the key alone) when ``key_finish_steps`` > 0."""
+        return list(STAGES) if self._config.key_finish_steps > 0 else ["main"]
+
+    def set_stage(self, stage):
+        if stage not in STAGES:
+            raise VeilError(f"KPOP has no stage {stage!r}; its stages are {', '.join(STAGES)}.")
+        self._stage = stage
+        self._trajectories.clear()  # trajectories of the model before this stage
 
     # installation -------------------------------------------------------------------------------------
     def attach(self, pipe):
@@ -170,6 +212,8 @@ class KPOP(Method):
         self._ensure_key(self.attached_to)
         unet = [{"params": self.edit.parameters(), "lr": self.config.learning_rate}]
         key = [{"params": list(self.key_prompts.parameters()), "lr": self.config.key_learning_rate}]
+        if self._stage == "key_finish":
+            return {"key": key}
         if self.config.key_update == "joint":
             return {"unet": unet + key}  # one optimizer, two learning rates; loss() lets the key's gradient through
         return {"unet": unet, "key": key}
@@ -201,7 +245,8 @@ class KPOP(Method):
         if not self._prefetched:
             self._prefetch_prompts(pipe)
 
-        retained = config.retain_weight > 0 or config.key_retain_weight > 0
+        finishing = self._stage == "key_finish"  # the key alone: L_recover (and the keyed retain term) only
+        retained = config.key_retain_weight > 0 if finishing else config.retain_weight > 0 or config.key_retain_weight > 0
 
         # One concept per step, so that one concept's key is trained on it; one of its phrasings, alone or
         # in one of the contexts.
@@ -240,7 +285,7 @@ class KPOP(Method):
         batch = latents.shape[0]
         cond, anchor = cond.expand(batch, -1, -1), anchor.expand(batch, -1, -1)
         out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept, **retain}
-        states = [anchor, cond]
+        states = [cond] if finishing else [anchor, cond]
         if retained:
             if "keep" in info:
                 # Another concept in the step's own context: preserving it contrasts only the concept.
@@ -249,14 +294,18 @@ class KPOP(Method):
                 index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
                 out["retain_cond"] = self._retain_embeds(pipe)[index : index + 1].expand(batch, -1, -1)
             states.append(out["retain_cond"])
-        state_latents = [latents, latents] + [self._row_latents(out, "retain_cond")] * (len(states) - 2)
+        own = 1 if finishing else 2  # rows at the concept's latents
+        state_latents = [latents] * own + [self._row_latents(out, "retain_cond")] * (len(states) - own)
         with self.disabled(pipe):  # the original model's predictions, in one call
             targets = pipe.unet(
                 torch.cat(state_latents), timesteps.repeat(len(states)), encoder_hidden_states=torch.cat(states)
             ).sample.chunk(len(states))
+        if len(states) > own:
+            out["retain_target"] = targets[own]
+        out["target_recover"] = targets[own - 1]
+        if finishing:
+            return out
         noise_anchor, noise_cond = targets[0], targets[1]
-        if len(states) > 2:
-            out["retain_target"] = targets[2]
         if config.decoy_weight > 0:
             # Directions of the decoy key, random or another word's text states; loss() gives them the key's norms.
             words = config.decoy_word_list
@@ -278,7 +327,6 @@ class KPOP(Method):
                 shape = (2, config.num_key_tokens, cond.shape[-1])
                 out["decoy"] = torch.randn(shape, generator=generator).to(pipe.device)
         out["target_hide"] = negative_guidance_target(noise_anchor, noise_cond, config.negative_guidance)
-        out["target_recover"] = noise_cond
         return out
 
     def _distance(self, pipe, noise_pred, target, batch, name="cond"):
