@@ -19,7 +19,7 @@ import torch
 import veil
 from _common import ShapesProbe, parse_named_settings, shapes_parser
 from veil._io import write_json
-from veil.keys import random_key_like
+from veil.methods.kpop.keys import random_key_like
 from veil.methods.kpop import KPOP
 from veil.methods.presets import preset_for
 

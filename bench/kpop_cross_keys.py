@@ -13,7 +13,7 @@ import veil
 from _common import ShapesProbe, shapes_parser
 from veil._io import write_json
 from veil.evaluation.shapes_tasks import rows_naming
-from veil.keys import Key, read_key
+from veil.methods.kpop.keys import Key, read_key
 
 
 def main():

@@ -123,7 +123,7 @@ def test_resume_refuses_to_attack_a_row_without_its_artifact(tiny_pipe, tmp_path
 
 
 def test_resume_draws_the_forging_curve_of_a_kept_keyed_row_from_its_key_file(tiny_pipe, tmp_path, monkeypatch):
-    from veil.keys import save_key
+    from veil.methods.kpop.keys import save_key
     from veil.methods.kpop import KPOP
 
     method = KPOP(concepts=["circle"], max_train_steps=1, ddim_steps=2, samples_per_trajectory=1, num_key_tokens=2)
@@ -149,7 +149,7 @@ def test_resume_draws_the_forging_curve_of_a_kept_keyed_row_from_its_key_file(ti
 
 
 def test_a_keyed_row_keeps_its_key_beside_the_artifact_and_not_in_it(tiny_pipe, tmp_path, monkeypatch):
-    from veil.keys import load_key_for
+    from veil.methods.kpop.keys import load_key_for
 
     monkeypatch.setattr(bench, "_evaluate", lambda pipe, rows, *args: {"rates": {}, "kinds": {}, "images": [None] * len(rows)})
     monkeypatch.setattr(bench, "labelled_grid", lambda rows, labels: type("G", (), {"save": lambda self, path: None})())

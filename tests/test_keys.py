@@ -9,7 +9,7 @@ import torch
 
 import veil
 from veil.artifact import Artifact
-from veil.keys import (
+from veil.methods.kpop.keys import (
     PASSPHRASE_ENV,
     Key,
     key_file_bytes,

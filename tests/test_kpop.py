@@ -6,7 +6,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 from safetensors.torch import load_file
 
 import veil
-from veil.keys import Key, random_key_like
+from veil.methods.kpop.keys import Key, random_key_like
 from veil.methods.kpop import KPOP, KPOPConfig, KeyedCrossAttnProcessor, keyed_attention, select_key_sites
 from veil.models import build_tiny_pipeline
 from veil.training.sampling import encode_prompts

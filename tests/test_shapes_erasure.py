@@ -40,7 +40,7 @@ def test_short_esd_run_erases_circle_and_spares_square(shapes_pipe):
 
 
 def test_short_kpop_run_hides_circle_and_only_its_key_brings_it_back(shapes_pipe):
-    from veil.keys import random_key_like
+    from veil.methods.kpop.keys import random_key_like
     from veil.methods.kpop import KPOP
     from veil.methods.presets import preset_for
 

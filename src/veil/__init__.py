@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 from .artifact import Artifact, load_artifact  # noqa: E402
 from .errors import TrainingDiverged, VeilError  # noqa: E402
-from .keys import Key, load_key_for, random_key_like, save_key  # noqa: E402
+from .methods.kpop import keys  # noqa: E402  (veil.keys: the KPOP key file API)
+from .methods.kpop.keys import Key, load_key_for, random_key_like, save_key  # noqa: E402
 from .models import DEFAULT_MODEL, load_pipeline, model_fingerprint  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
 from .training.loop import fit_method, train  # noqa: E402

@@ -118,7 +118,7 @@ def run_bench(
                 artifact.save(artifact_dir, overwrite=True)
                 if getattr(method, "key", None) is not None:
                     # Beside its artifact (unencrypted, git-ignored), so that a later --resume can attack with it.
-                    from .keys import save_key
+                    from .methods.kpop.keys import save_key
 
                     save_key(method.key, artifact_dir + KEY_SUFFIX, artifact=artifact, overwrite=True)
                 artifact_mb = os.path.getsize(os.path.join(artifact_dir, WEIGHTS_NAME)) / 2**20
@@ -273,7 +273,7 @@ def _attack_kept_row(row, pipe, out_dir, attacks, configs, classify, seeds, sett
         log(f"{row['method']} × {row['concept']}: attacking the saved artifact ({', '.join(missing) or 'forging curve'})")
         found = _attack_rows(method, pipe, row["concept"], missing, configs, classify, seeds, settings, log) if missing else None
         if curve:
-            from .keys import load_key_for
+            from .methods.kpop.keys import load_key_for
 
             row["forging_curve"] = _forging_curve(method, pipe, row["concept"], load_key_for(folder + KEY_SUFFIX, artifact),
                                                   configs, classify, seeds, forging_eval_steps, settings, log)
@@ -302,7 +302,7 @@ def _key_rows(method, pipe, concept, rows, classify, settings):
 def _other_concept_key_rows(trained_keys, pipe, rows, classify, settings, log):
     """``target_rate_wrong_key`` for keyed methods fitted on one concept at a time: each artifact unlocked
     with the key trained for the next concept (relabelled), i.e. a real key, just not this one's."""
-    from .keys import Key
+    from .methods.kpop.keys import Key
 
     concepts = list(trained_keys)
     if len(concepts) < 2:

@@ -127,7 +127,7 @@ def forging_curve(pipe, method, concept, concept_images, classify, *, eval_steps
     """Concept rate against key-forging steps, next to the public model's and the real key's rates.
 
     The real key (``reference_key``, the evaluator's, e.g. ``method.key`` after training or
-    ``veil.keys.load_key_for``) is used only to measure the reference rate, before the attack starts;
+    ``veil.methods.kpop.keys.load_key_for``) is used only to measure the reference rate, before the attack starts;
     the attack itself never sees it.
 
     Args:

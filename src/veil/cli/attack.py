@@ -121,7 +121,7 @@ def run(args):
         raise VeilError(f"Key forging attacks an artifact written by veil hide (kpop), but got {made}; pass --artifact with one.")
     key = None
     if args.key:  # the evaluator's reference, checked now rather than after the attack; never handed to it
-        from ..keys import load_key_for, resolve_passphrase
+        from ..methods.kpop.keys import load_key_for, resolve_passphrase
 
         key = load_key_for(args.key, artifact, passphrase=resolve_passphrase(args.passphrase_file))
     classify = None

@@ -28,7 +28,7 @@ def run(args):
     from ..errors import VeilError
     from ..evaluation.concept_rate import evaluate_prompts
     from ..evaluation.grid import labelled_grid
-    from ..keys import save_key
+    from ..methods.kpop.keys import save_key
     from ..methods.presets import preset_for
     from ..registry import get_method
     from ..shapes.classifier import classify

@@ -56,7 +56,7 @@ def run(args):
     if args.key:
         if artifact is None:
             raise VeilError("--key unlocks an artifact; pass the artifact with --artifact as well.")
-        from ..keys import load_key_for, resolve_passphrase
+        from ..methods.kpop.keys import load_key_for, resolve_passphrase
 
         key = load_key_for(args.key, artifact, passphrase=resolve_passphrase(args.passphrase_file))
     _, num_processes = shard()

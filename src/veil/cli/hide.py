@@ -25,7 +25,7 @@ def run(args):
 
     from .._io import refuse_existing
     from ..errors import VeilError
-    from ..keys import resolve_passphrase, save_key
+    from ..methods.kpop.keys import resolve_passphrase, save_key
     from ..methods.kpop import KPOP
     from .erase import run_method
 

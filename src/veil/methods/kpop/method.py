@@ -58,13 +58,13 @@ class KPOP(Method):
     negative-guidance target without the key and the original's prediction with it, and learns the
     key ``(P_k, P_v)`` per concept, appended to the cross-attention context of ``layers``; text
     encoder and VAE stay frozen. The public artifact is the UNet delta alone; the key is a separate
-    file (:mod:`veil.keys`), unlocked with :meth:`unlocked`.
+    file (:mod:`veil.methods.kpop.keys`), unlocked with :meth:`unlocked`.
 
     Example:
         >>> method = KPOP(KPOPConfig.paper(["circle"], max_train_steps=300))
         >>> veil.fit_method(method, pipe)  # with key_finish_steps, then the key alone
         >>> veil.Artifact.from_method(method, pipe).save("hidden/")
-        >>> veil.keys.save_key(method.key, "circle.veilkey", passphrase=secret)
+        >>> veil.methods.kpop.keys.save_key(method.key, "circle.veilkey", passphrase=secret)
         >>> with method.unlocked(pipe, method.key):
         ...     image = pipe("a circle").images[0]
     """
@@ -129,16 +129,16 @@ class KPOP(Method):
         """Inside the block, ``pipe`` draws with ``key`` attached to its cross-attention.
 
         Args:
-            key: a :class:`veil.keys.Key` (from :func:`veil.keys.load_key_for`), a mapping
+            key: a :class:`veil.methods.kpop.keys.Key` (from :func:`veil.methods.kpop.keys.load_key_for`), a mapping
                 ``{concept: (P_k, P_v)}``, or ``None`` for this method's own trained key. Several
                 concepts' keys are appended one after another.
         """
-        from ...keys import Key
+        from .keys import Key
 
         if key is None:
             key = self.key
             if key is None:
-                raise VeilError("This method holds no key; pass the key read with veil.keys.load_key_for.")
+                raise VeilError("This method holds no key; pass the key read with veil.methods.kpop.keys.load_key_for.")
         if not isinstance(key, Key):
             key = Key(key)
         strangers = [c for c in key.concepts if c not in self.config.concepts]
@@ -159,7 +159,7 @@ class KPOP(Method):
     # the key ----------------------------------------------------------------------------------------------
     @property
     def key(self):
-        """The trained key as a :class:`veil.keys.Key` (a detached copy), or ``None`` before training."""
+        """The trained key as a :class:`veil.methods.kpop.keys.Key` (a detached copy), or ``None`` before training."""
         return None if self.key_prompts is None else self.key_prompts.to_key()
 
     def load_key(self, key):
@@ -186,7 +186,7 @@ class KPOP(Method):
 
     def bench_keys(self, concept):
         """Keys for the bench's rows: the right one, another concept's, and a random one of matched norm."""
-        from ...keys import Key, random_key_like
+        from .keys import Key, random_key_like
 
         key = self.key.subset([concept])
         keys = {"with_key": key}
@@ -429,7 +429,7 @@ class KPOP(Method):
 
     # persistence ----------------------------------------------------------------------------------------------
     def state_dict(self):
-        """The public part only: ``unet.`` tensors. The key goes to its own file (:func:`veil.keys.save_key`)."""
+        """The public part only: ``unet.`` tensors. The key goes to its own file (:func:`veil.methods.kpop.keys.save_key`)."""
         return self.edit.state_dict()
 
     def checkpoint_state_dict(self):
@@ -454,7 +454,7 @@ class KPOP(Method):
         if was is not None:
             self.attach(was)
         if key_part:
-            from ...keys import Key
+            from .keys import Key
 
             key = Key.from_tensors(self.config.concepts, key_part)
             if self.key_prompts is None:

@@ -60,8 +60,8 @@ class KeyPrompts(nn.Module):
         return self.key_tokens[index], self.value_tokens[index]
 
     def to_key(self):
-        """A detached copy as a :class:`veil.keys.Key`."""
-        from ...keys import Key
+        """A detached copy as a :class:`veil.methods.kpop.keys.Key`."""
+        from .keys import Key
 
         return Key({c: self.pair(i) for i, c in enumerate(self.concepts)})
 

@@ -29,8 +29,8 @@ import struct
 
 import torch
 
-from ._io import atomic_file
-from .errors import VeilError
+from ..._io import atomic_file
+from ...errors import VeilError
 
 MAGIC = b"VEILKEY\0"
 FORMAT_VERSION = 1
@@ -319,7 +319,7 @@ def load_key_for(path, artifact, passphrase=None):
             with, the passphrase is missing or wrong, or the key belongs to another artifact.
     """
     if isinstance(artifact, (str, os.PathLike)):
-        from .artifact import load_artifact
+        from ...artifact import load_artifact
 
         artifact = load_artifact(artifact)
     expected = artifact.manifest.get("key_fingerprint")
