@@ -48,7 +48,7 @@ def main():
         settings = preset_for(DuMo, args.model, [args.concept]) | changes
         method = DuMo(DuMo.config_class.from_dict({**settings, "concepts": [args.concept]}))
         start = time.perf_counter()
-        veil.fit_method(method, pipe, progress=True)
+        veil.fit(method, pipe, progress=True)
         record["train_seconds"] = round(time.perf_counter() - start, 1)
         if args.artifact:
             veil.Artifact.from_method(method, pipe).save(args.artifact)

@@ -27,7 +27,7 @@ def main():
     pipe = veil.load_pipeline(args.model, device=args.device)
     method = veil.get_method("esd")(concepts=[args.concept], max_train_steps=args.steps, learning_rate=args.learning_rate)
     start = time.perf_counter()
-    cost = veil.train(method, pipe, progress=False)
+    cost = veil.fit(method, pipe, progress=False)
     wall = time.perf_counter() - start
     result = {
         "model": args.model,

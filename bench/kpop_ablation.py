@@ -42,7 +42,7 @@ def main():
         settings = preset_for(KPOP, args.model, [args.concept]) | changes
         method = KPOP(KPOP.config_class.from_dict({**settings, "concepts": [args.concept]}))
         start = time.perf_counter()
-        cost = veil.fit_method(method, pipe, progress=True)
+        cost = veil.fit(method, pipe, progress=True)
         seconds = time.perf_counter() - start
         row = {"changes": changes, "config": method.config.to_dict(), "train_seconds": round(seconds, 1),
                "final_loss": cost["losses"][-1] if cost.get("losses") else None}

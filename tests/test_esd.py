@@ -97,7 +97,7 @@ def _noise_shift(pipe, method, prompt, latents, timesteps):
 
 def test_esd_moves_the_concept_towards_the_negative_guidance_target(tiny_pipe):
     method = ESD(concepts=["a red circle"], max_train_steps=60, learning_rate=1e-3, ddim_steps=10, samples_per_trajectory=4)
-    cost = veil.train(method, tiny_pipe, progress=False)
+    cost = veil.fit(method, tiny_pipe, progress=False)
     losses = [step["main"] for step in cost["losses"]]
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.5 * first, (first, last)
@@ -132,12 +132,12 @@ def test_contexts_anchor_the_target_at_the_context_without_the_concept(tiny_pipe
 
 def test_a_context_guide_takes_the_concepts_place_in_the_anchor():
     config = ESD(concepts=["circle"], contexts=["a red {} on a table"], context_probability=1.0, context_guide="square").config
-    assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a red disc on a table", "a red square on a table")
+    assert config.draw_prompt("disc", torch.Generator().manual_seed(0))[1:] == ("a red disc on a table", "a red square on a table")
     config.context_guide = ""
-    assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a red disc on a table", "a red on a table")
+    assert config.draw_prompt("disc", torch.Generator().manual_seed(0))[1:] == ("a red disc on a table", "a red on a table")
     # The article before the slot follows the phrase; the anchor keeps the context's own.
     config.contexts, config.context_guide = ["a {} on a table"], "orb"
-    assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a disc on a table", "an orb on a table")
+    assert config.draw_prompt("disc", torch.Generator().manual_seed(0))[1:] == ("a disc on a table", "an orb on a table")
     assert config.place("An {}, plain backdrop", "circle") == "A circle, plain backdrop" and config.place("a {}", "") == "a"
 
 
