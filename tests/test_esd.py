@@ -146,3 +146,22 @@ def test_contexts_need_one_placeholder():
         ESD(concepts=["circle"], contexts=["a red circle"])
     with pytest.raises(veil.VeilError, match="context_probability"):
         ESD(concepts=["circle"], contexts=["a {}"], context_probability=1.5)
+
+
+def test_draw_sample_picks_a_concept_a_phrasing_a_context_and_distinct_steps():
+    from veil.methods.kpop import KPOPConfig
+
+    config = KPOPConfig(concepts=["circle", "square"], synonyms={"circle": ["disc", "orb"]}, contexts=["a red {} on a table"],
+                        context_probability=0.5, context_guide="star", ddim_steps=10, samples_per_trajectory=4)
+    generator = torch.Generator().manual_seed(0)
+    seen = {mode: [config.draw_sample(generator, phrases=mode) for _ in range(60)] for mode in ("never", "several", "always")}
+    for mode, draws in seen.items():
+        for draw in draws:
+            assert len(set(draw.t_encs)) == 4 and all(0 <= t < 10 for t in draw.t_encs)
+            if draw.context is None:
+                assert draw.anchor == "" and draw.prompt in ("circle", "disc", "orb", "square")
+            else:
+                assert draw.anchor == "a red star on a table" and draw.prompt.startswith("a red ")
+        phrases = {d.prompt.replace("a red ", "").replace(" on a table", "") for d in draws}
+        assert phrases == ({"circle", "square"} if mode == "never" else {"circle", "disc", "orb", "square"}), mode
+        assert {d.concept for d in draws} == {0, 1} and {d.context for d in draws} == {None, "a red {} on a table"}

@@ -120,6 +120,7 @@ def train_stage(
         TrainingDiverged: the loss became NaN or infinite; the last good checkpoint is kept.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     if not isinstance(stage, Stage):
         stages = method.stages()
@@ -129,6 +130,8 @@ def train_stage(
         stage = named[0] if named else stages[0]
     method.set_stage(stage.name)
     config = method.config
+    # accelerate keeps one precision per process; each run here sets its own.
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=pipe.device.type == "cpu")
     _freeze(pipe)
     method.attach(pipe)
