@@ -1,6 +1,6 @@
 """The method contract every concept hiding / erasure method implements.
 
-The training loop, the artifact and the command line know only this contract (DESIGN.md):
+The training loop, the artifact and the command line know only this contract (docs/architecture.md):
 ``attach`` / ``detach`` / ``disabled`` / ``trainable_parameters`` / ``make_batch`` / ``loss`` /
 ``fit`` / ``state_dict`` / ``load_state_dict``.
 """
@@ -66,7 +66,7 @@ def phrasings(config, concept):
 
 @dataclass
 class ESDSamplingConfig:
-    """Fields of ESD sampling (METHODS.md), shared by ESD, KPOP and DuMo configs."""
+    """Fields of ESD sampling (docs/methods/esd.md), shared by ESD, KPOP and DuMo configs."""
 
     negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the empty prompt the target goes."})
     start_guidance: float = field(

@@ -1,7 +1,7 @@
 """Per-model settings that make each method work at the scale of a given base model.
 
 The shapes world is ~100× smaller than SD 1.x and trains in minutes, so the papers' learning rates
-(tuned for SD) barely move it. Each entry is measured (bench/results/); ``veil erase``, ``veil hide``,
+(tuned for SD) barely move it. Each entry is measured (docs/methods/); ``veil erase``, ``veil hide``,
 ``veil bench`` and ``veil demo`` start from them, and a config file, ``--set`` or a flag overrides any
 field. On the shapes world, methods that take ``synonyms`` also get each concept's training synonyms,
 and a method whose preset turns ``retain_weight`` on retains every other shapes-world concept.
@@ -66,13 +66,14 @@ def _contexts_and_partials(concepts):
 
 PRESETS = {
     "shapes": {
-        # ESD-x, 4 samples per DDIM trajectory; measured in bench/results/shapes.
+        # ESD-x, 4 samples per DDIM trajectory; measured in bench/results/headline.
         "esd": {"max_train_steps": 200, "learning_rate": 5e-4},
         # KPOP, the tuned preset at this model's scale: the key on every cross-attention layer (the mid
         # block alone could not bring circles back: 25 % with the key). The UNet trains only cross-attention's to_k
         # and to_v (train_method xattn_kv): with every attn2 weight, to_q and to_out moved what every image feature
         # passes through, and hiding circle lost backgrounds behind other shapes (dotted 83.3 %, plain 73.3 % in two of
-        # five benches); with to_k and to_v alone, every other concept >= 98.3 % (bench/results/kpop_preset_s9).
+        # five benches); with to_k and to_v alone, every other concept >= 98.3 %
+        # (docs/experiments/kpop-trained-weights.md).
         # 500 steps at UNet lr 2e-3 (400: circle's public rate 14.6 % with seed 1; lr 4e-3: square lost dotted, 86.7 %),
         # key lr 2e-2, recovery weight 1 (0.5: square's key recovered 89.6 %). Every step hides the concept inside one
         # of the model's own captions, full or partial, or the bare word, in the shares the model was trained on
@@ -87,13 +88,14 @@ PRESETS = {
         # UNet pass for the UNet and the key (key_update joint), two trajectories per batched run, DDIM-20
         # trajectories (DDIM 25 was slower and kept other concepts no better). Not in the preset: retain trajectories
         # (retain_trajectory_probability), which cost circle's hiding or a key's refusal in one run of each form tried
-        # (bench/results/kpop_preset_s8, command.txt). The hiding anchor is the step's caption with another shape in
+        # (docs/experiments/kpop-retain-trajectories.md). The hiding anchor is the step's caption with another shape in
         # the concept's place (context_guide): with the shape simply removed ("a red on a plain background") the
-        # original draws a circle every time, so circle's target was a circle again (public 25 % in one run, KS2).
-        # Six benches of this preset without the key finish (G0-G4, G1b): public, synonyms and paraphrases 0 %, other
-        # concepts >= 95 %, keys 95.8-100 % but once 87.5 % (G1, square), random and other concepts' keys 0 %, 206-231 s.
+        # original draws a circle every time, so circle's target was a circle again (public 25 % in one run;
+        # docs/experiments/kpop-anchor.md).
+        # Six benches of this preset without the key finish: public, synonyms and paraphrases 0 %, other
+        # concepts >= 95 %, keys 95.8-100 % but once 87.5 % (square, seed 1), random and other concepts' keys 0 %, 206-231 s.
         # Then 50 key-only steps on the trained UNet (key_finish_steps; the public model does not move): square's key
-        # with seed 1 went 89.6 / 93.8 / 97.9 % -> 100 % in three runs (bench/results/kpop_key_finish_s10), for ~20 s.
+        # with seed 1 went 89.6 / 93.8 / 97.9 % -> 100 % in three runs (bench/results/kpop/ablation-key-finish), for ~20 s.
         "kpop": {"preset": "tuned", "layers": "all", "train_method": "xattn_kv", "max_train_steps": 500, "ddim_steps": 20,
                  "learning_rate": 2e-3,
                  "key_learning_rate": 2e-2, "recover_weight": 1.0, "retain_weight": 2.0, "key_retain_weight": 0.0,
@@ -109,14 +111,14 @@ PRESETS = {
         # of the prompt's tokens matches the concept's at 0.6 (skip_on=either): held-out phrasings ('a blue disc on
         # a dotted background') reach only 0.45-0.64 on the gate, like other shapes' captions, but 0.67 or more on
         # tokens (others at most 0.55). Circle / square paraphrases 5.7 / 21.2 %, others >= 98.3 %, every
-        # unrelated caption skipped (bench/results/dumo_epr_preserve, dumo_gate_either_*.json).
+        # unrelated caption skipped (bench/results/dumo/ablation-stage1, dumo/gate-thresholds).
         "dumo": {"max_train_steps": 400, "learning_rate": 2e-3, "ddim_steps": 25, "tlmo_max_train_steps": 60,
                  "tlmo_learning_rate": 1e-2, "preserve_weight": 0.03, "contexts": _contexts, "context_guide": _anchor,
                  "context_probability": 1.0, "epr_preserve_weight": 1.0, "epr_preserve_concepts": _same_kind_others,
                  "skip_on": "either", "token_skip_threshold": 0.6},
         # UCE: the concept's token states sent to another concept of its kind's (the empty guide left
         # circle at 96 %), its synonyms erased too, every other concept preserved. Circle and square: 0 %,
-        # synonyms 2.1 % / 0 %, others 100 %, fit 0.3 s (bench/results/shapes-all). Functions take the concepts.
+        # synonyms 2.1 % / 0 %, others 100 %, fit 0.3 s (bench/results/headline). Functions take the concepts.
         "uce": {"guide": _anchor, "preserve_concepts": _all_but_concepts_and_anchor},
     },
 }

@@ -7,7 +7,7 @@ from ...errors import VeilError
 from ..base import ESDSamplingConfig, MethodConfig, check_choice, check_positive, check_synonyms
 from .model import LAYERS
 
-# ``paper``: the authors' training (METHODS.md §1) with the spec's Decisions: key learning rate
+# ``paper``: the authors' training (docs/methods/kpop.md) with veil's choices where it is open: key learning rate
 # 1e-3 (the authors' 1e-5 barely moves unit-scale embeddings), losses on noise; no preservation.
 # ``tuned``: the same plus the preservation term over retain concepts.
 PRESETS = {
@@ -194,7 +194,7 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
 
     @classmethod
     def paper(cls, concepts, **overrides):
-        """The paper-faithful settings (METHODS.md §1)."""
+        """The paper-faithful settings (docs/methods/kpop.md)."""
         return cls(concepts=concepts, preset="paper", **overrides)
 
     @classmethod
