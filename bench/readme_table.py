@@ -70,6 +70,14 @@ def table(report, source=HEADLINE):
     lines += ["", f"Rates after the method, classifier-judged (model `{report.get('model')}`, seeds {seeds}, "
               f"DDIM {report.get('num_inference_steps')}, guidance {report.get('guidance_scale')}); other concepts as a share "
               f"of their base rate; train s: the bench's fitting time. Source: `{source}`."]
+    origins = {}
+    for row in rows:
+        if row.get("source"):
+            origins.setdefault(row["source"], []).append(NAMES.get(row["method"], row["method"]))
+    if origins:
+        parts = [f"{', '.join(dict.fromkeys(methods))} from {origin}" for origin, methods in origins.items()]
+        lines += ["", f"Rows taken from committed runs of the current presets (`{report.get('assembled_by', 'see the bench')}`): "
+                  + "; ".join(parts) + "."]
     return "\n".join(lines) + "\n"
 
 
