@@ -2,7 +2,7 @@
 
     python bench/headline_assemble.py --out bench/results/headline/bench.json
 
-``make bench`` rebuilds bench/results/headline from scratch (about an hour on one CPU thread); this script
+``make bench`` rebuilds bench/results/headline from scratch (over an hour on one CPU thread); this script
 is the stand-in when that is not possible: it takes, per method, the committed rows that were made with
 the method's current shapes preset and the bench's protocol (seeds 0 and 1, DDIM 20, guidance 3), and
 writes them as one ``bench.json`` whose rows each name their ``source``:
