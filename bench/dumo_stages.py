@@ -3,7 +3,7 @@ the gate on and off (canonical prompts, the concept's training synonyms, every o
 learned TLMO table, training times, EPR parameter count and artifact size; and the gate's cost: time
 to generate prompts that do not name the concept with the artifact attached vs the original model.
 
-    OMP_NUM_THREADS=1 python bench/dumo_stages.py --concept circle --out bench/results/dumo_stages_shapes_cpu.json \\
+    OMP_NUM_THREADS=1 python bench/dumo_stages.py --concept circle --out bench/results/dumo/ablation-stages/circle-preserve.json \\
         [--set learning_rate=2e-3 --set max_train_steps=300 ...]
 
 Settings start from the model's DuMo preset (veil.methods.presets); --set FIELD=VALUE overrides one.

@@ -3,8 +3,8 @@ the concept rate in public mode (canonical prompts and training synonyms), with 
 random key of matched norm, the other concepts' rates with and without the key, and the training time.
 
     OMP_NUM_THREADS=1 python bench/kpop_ablation.py --concept circle \\
-        --variant preset= --variant x0=loss_space=x0 --variant key_lr_1e-5=key_learning_rate=1e-5 \\
-        --out bench/results/kpop_ablation_shapes_cpu.json
+        --variant preset= --variant x0=loss_space=x0 --variant key_lr_1e-3=key_learning_rate=1e-3 \\
+        --out bench/results/kpop/ablation-loss-space/circle.json
 
 ``--variant NAME=FIELD=VALUE[,FIELD=VALUE]`` (``NAME=`` alone: the preset unchanged). Variants run one
 after another; the JSON is rewritten after each, so an interrupted run keeps what it finished.

@@ -1,7 +1,7 @@
 """Does a key-only finish on the trained UNet make KPOP's key recover more?
 
     OMP_NUM_THREADS=1 python bench/kpop_key_finish.py --concept square --train-seed 1 --runs 2 \\
-        --finish 0,50,100 --out bench/results/kpop_key_finish_s10/square_seed1.json
+        --finish 0,50,100 --out bench/results/kpop/ablation-key-finish/square-seed-1.json
 
 Each run trains the model's KPOP preset on the concept (``--set FIELD=VALUE`` changes it), then moves the key
 alone on ``L_recover`` with the UNet frozen (the public model does not change), and after each number of

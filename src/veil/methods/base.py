@@ -1,7 +1,7 @@
 """The method contract every concept hiding / erasure method implements.
 
-The training loop, the artifact and the command line know only this contract: ``attach`` / ``detach`` /
-``disabled``; ``stages`` / ``set_stage`` / ``optimizer_groups`` / ``optimizer_class`` / ``make_batch`` / ``loss`` /
+The training loop, the artifact and the command line know only this contract (docs/architecture.md):
+``attach`` / ``detach`` / ``disabled``; ``stages`` / ``set_stage`` / ``optimizer_groups`` / ``optimizer_class`` / ``make_batch`` / ``loss`` /
 ``after_step`` for trained methods, ``fit`` for closed-form ones; ``state_dict`` / ``checkpoint_state_dict`` /
 ``load_state_dict`` / ``extra_files`` / ``extra_manifest`` for persistence. :func:`veil.fit` runs a method whole.
 """
@@ -77,8 +77,7 @@ class Draw(typing.NamedTuple):
 
 @dataclass
 class ESDSamplingConfig:
-    """Fields of ESD sampling (partial DDIM trajectories of the concept, negative-guidance targets), shared by
-    ESD, KPOP and DuMo configs."""
+    """Fields of ESD sampling (docs/methods/esd.md), shared by ESD, KPOP and DuMo configs."""
 
     negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the empty prompt the target goes."})
     start_guidance: float = field(default=3.0, metadata={"help": "Classifier-free guidance of the partial DDIM trajectories."})

@@ -37,7 +37,7 @@ STAGES = ("epr", "tlmo")
 @dataclass
 class DuMoConfig(MethodConfig, ESDSamplingConfig):
     """DuMo: EPR (a trained copy of the UNet encoder feeding its skip connections) then TLMO (a learned
-    time × layer scale table). Stage-1 defaults follow the paper: AdamW at 1e-5 for 1000 steps."""
+    time × layer scale table). Stage-1 defaults follow docs/methods/dumo.md: AdamW at 1e-5 for 1000 steps."""
 
     max_train_steps: int = field(default=1000, metadata={"help": "Stage 1 (EPR): optimizer steps."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Stage 1 (EPR): AdamW learning rate."})

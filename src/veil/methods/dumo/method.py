@@ -220,7 +220,7 @@ class DuMo(Method):
         if "preserve" in info:
             out["preserve_cond"], out["preserve_target"] = states[2], targets[2]
         if self._stage == "tlmo":
-            # Preservation at the same x_t as the erase term, one anchor per sample.
+            # Preservation at the same x_t as the erase term (docs/methods/dumo.md), one anchor per sample.
             pool = self.anchor_pool(concept)
             picks = torch.randint(len(pool), (batch,), generator=generator).tolist()
             anchors = torch.cat([self._prompt_embeds(pipe, [pool[i]]) for i in picks])

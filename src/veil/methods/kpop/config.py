@@ -7,8 +7,9 @@ from ...errors import VeilError
 from ..base import ESDSamplingConfig, MethodConfig, check_choice, check_positive, check_synonyms
 from .model import LAYERS
 
-# ``paper``: the authors' training with a key learning rate of 1e-3 (1e-5 barely moves unit-scale embeddings) and
-# losses on noise; no preservation. ``tuned``: the same plus the preservation term over retain concepts.
+# ``paper``: the authors' training (docs/methods/kpop.md) with veil's choices where it is open: key learning rate
+# 1e-3 (the authors' 1e-5 barely moves unit-scale embeddings), losses on noise; no preservation.
+# ``tuned``: the same plus the preservation term over retain concepts.
 PRESETS = {
     "paper": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=1e-3, hide_weight=1.0,
                   recover_weight=0.1, loss_space="eps", retain_weight=0.0, key_retain_weight=0.0, decoy_weight=0.0),
@@ -129,7 +130,7 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
 
     @classmethod
     def paper(cls, concepts, **overrides):
-        """The paper-faithful settings."""
+        """The paper-faithful settings (docs/methods/kpop.md)."""
         return cls(concepts=concepts, preset="paper", **overrides)
 
     @classmethod

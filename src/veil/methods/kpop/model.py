@@ -34,7 +34,7 @@ class KeyPrompts(nn.Module):
 
     Args:
         concepts: the hidden concepts, in order.
-        init: ``(len(concepts), m, width)`` text-encoder states to start from (``E(c)[:m]`` in the paper).
+        init: ``(len(concepts), m, width)`` text-encoder states to start from (``E(c)[:m]``, docs/methods/kpop.md).
     """
 
     def __init__(self, concepts, init):
@@ -44,6 +44,14 @@ class KeyPrompts(nn.Module):
         # P_k = P_v = E(c)[:m] at the start, as two independent parameters.
         self.key_tokens = nn.ParameterList([nn.Parameter(init[i].clone()) for i in range(len(self.concepts))])
         self.value_tokens = nn.ParameterList([nn.Parameter(init[i].clone()) for i in range(len(self.concepts))])
+        # Where the key started (as secret as the key: it may hold secret noise): a non-persistent buffer, so it
+        # moves with the module and is in no state dict. Shifted decoys read it; checkpoints keep it
+        # (KPOP.checkpoint_state_dict).
+        self.register_buffer("start", init.clone(), persistent=False)
+
+    def shift(self, index):
+        """``(P_k − start, P_v − start)`` of concept ``index``: how far training has moved its key (detached)."""
+        return self.key_tokens[index].detach() - self.start[index], self.value_tokens[index].detach() - self.start[index]
 
     def __repr__(self):
         return f"KeyPrompts(concepts={self.concepts!r})"  # never the values
@@ -71,7 +79,7 @@ class KeyPrompts(nn.Module):
 
 
 class KeyedCrossAttnProcessor(nn.Module):
-    """Cross-attention with key prompts appended after the text tokens (KPOP, METHODS.md §1).
+    """Cross-attention with key prompts appended after the text tokens (KPOP, docs/methods/kpop.md).
 
     ``K = to_k(cat[E, P_k])``, ``V = to_v(cat[E, P_v])``, the query unchanged; the key tokens are
     never masked and serve every sample of the batch (both guidance halves). Stock processors
