@@ -60,6 +60,21 @@ def check_synonyms(config):
     config.synonyms = synonyms
 
 
+def check_templates(config, method):
+    """Normalise ``config.templates`` to a list of prompts holding exactly one ``{}`` each (UCE, MACE)."""
+    if isinstance(config.templates, str):
+        config.templates = [config.templates]
+    config.templates = [str(t) for t in config.templates]
+    bad = [t for t in config.templates if t.count("{}") != 1]
+    if not config.templates or bad:
+        raise VeilError(f"Each {method} template needs exactly one {{}} where the concept goes, got {(bad or ['(none)'])[0]!r}.")
+
+
+def check_preserve_scale(config):
+    if config.preserve_scale < 0:
+        raise VeilError(f"preserve scale must be 0 or more, got {config.preserve_scale!r}.")
+
+
 def phrasings(config, concept):
     """The concept and its synonyms, the concept first."""
     return [concept] + list(config.synonyms.get(concept, []))

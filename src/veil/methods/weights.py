@@ -8,11 +8,34 @@ memory. Swapping ``param.data`` copies nothing, so switching costs no time.
 
 import contextlib
 
+import torch
+
 from ..errors import VeilError
 from ..models import model_fingerprint
 from .base import Method
 
 PREFIX = "unet."
+
+
+def least_squares_projection(weight, inputs, targets, preserve, scale=1.0, preserve_scale=1.0, regularization=0.1):
+    """The projection ``W`` (out × d) that minimises, in float64,
+
+    ``s Σ_i ‖W x_i − y_i‖² + λ Σ_j ‖W p_j − W₀ p_j‖² + γ ‖W − W₀‖²_F``:
+
+    inputs ``x_i`` go to ``y_i``, preserved inputs ``p_j`` keep their outputs under the original ``W₀``
+    (``weight``) and ``γ`` holds every other direction at ``W₀``. Setting the gradient to zero gives
+    ``W = (s Σ y_i x_iᵀ + λ W₀ Σ p_j p_jᵀ + γ W₀)(s Σ x_i x_iᵀ + λ Σ p_j p_jᵀ + γ I)⁻¹``, solved rather than
+    inverted (the right factor is symmetric positive definite).
+
+    Args:
+        weight: ``(out, d)``; inputs: ``(n, d)``; targets: ``(n, out)`` row-aligned; preserve: ``(m, d)`` (may be empty).
+    """
+    w = weight.double()
+    x, y, p = inputs.double(), targets.double(), preserve.double()
+    eye = torch.eye(w.shape[1], dtype=torch.float64, device=w.device)
+    right = scale * y.T @ x + preserve_scale * (w @ p.T) @ p + regularization * w
+    left = regularization * eye + scale * x.T @ x + preserve_scale * p.T @ p
+    return torch.linalg.solve(left, right.T).T.to(weight.dtype)
 
 
 def select_unet_parameters(unet, train_method):

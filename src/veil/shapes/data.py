@@ -214,6 +214,13 @@ def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
 
 def render(shape: str, colour: str, background: str, rng: np.random.Generator) -> np.ndarray:
     """Render one image; returns uint8 [32,32,3]. Deterministic given the rng state."""
+    return render_with_mask(shape, colour, background, rng)[0]
+
+
+def render_with_mask(shape: str, colour: str, background: str,
+                     rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`render`'s image (the same for the same rng state) and the object's coverage of each
+    pixel, float [32,32] in [0, 1]: where the shape (and so its colour) is; 1 minus it is the background."""
     if shape not in SHAPES or colour not in COLOURS or background not in BACKGROUNDS:
         raise ValueError(f"unknown concept in {(shape, colour, background)}")
     bg = _background(background, rng)
@@ -237,7 +244,7 @@ def render(shape: str, colour: str, background: str, rng: np.random.Generator) -
     m = np.asarray(mask_img, dtype=np.float64) / 255.0
     alpha = m.reshape(SIZE, k, SIZE, k).mean(axis=(1, 3))[..., None]  # box downsample
     img = alpha * rgb[None, None, :] + (1 - alpha) * bg[..., None]
-    return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+    return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8), alpha[..., 0]
 
 
 def make_dataset(n: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:

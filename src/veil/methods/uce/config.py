@@ -3,8 +3,7 @@
 import typing
 from dataclasses import dataclass, field
 
-from ...errors import VeilError
-from ..base import MethodConfig, check_positive, check_synonyms
+from ..base import MethodConfig, check_positive, check_preserve_scale, check_synonyms, check_templates
 
 
 @dataclass
@@ -29,12 +28,6 @@ class UCEConfig(MethodConfig):
     def __post_init__(self):
         super().__post_init__()
         check_positive(self, "erase_scale", "regularization")
-        if isinstance(self.templates, str):
-            self.templates = [self.templates]
-        self.templates = [str(t) for t in self.templates]
-        bad = [t for t in self.templates if t.count("{}") != 1]
-        if not self.templates or bad:
-            raise VeilError(f"Each UCE template needs exactly one {{}} where the concept goes, got {(bad or ['(none)'])[0]!r}.")
+        check_templates(self, "UCE")
         check_synonyms(self)
-        if self.preserve_scale < 0:
-            raise VeilError(f"preserve scale must be 0 or more, got {self.preserve_scale!r}.")
+        check_preserve_scale(self)

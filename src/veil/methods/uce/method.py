@@ -5,7 +5,7 @@ import torch
 from ...registry import register_method
 from ...training.sampling import encode_prompts
 from ..base import phrasings
-from ..weights import WeightEditMethod
+from ..weights import WeightEditMethod, least_squares_projection
 from .config import UCEConfig
 from .presets import MODEL_PRESETS
 
@@ -21,14 +21,8 @@ def uce_closed_form(weight, erase, guide, preserve, erase_scale=1.0, preserve_sc
     Args:
         weight: ``(out, d)``; erase, guide: ``(n, d)`` row-aligned; preserve: ``(m, d)`` (may be empty).
     """
-    w = weight.double()
-    d = w.shape[1]
-    erase, guide, preserve = erase.double(), guide.double(), preserve.double()
-    eye = torch.eye(d, dtype=torch.float64, device=w.device)
-    right = regularization * eye + erase_scale * guide.T @ erase + preserve_scale * preserve.T @ preserve
-    left = regularization * eye + erase_scale * erase.T @ erase + preserve_scale * preserve.T @ preserve
-    # W_new = W · right · left⁻¹, solved rather than inverted: left is symmetric positive definite.
-    return torch.linalg.solve(left, (w @ right).T).T.to(weight.dtype)
+    guide_out = guide.double() @ weight.double().T
+    return least_squares_projection(weight, erase, guide_out, preserve, erase_scale, preserve_scale, regularization)
 
 
 @register_method("uce")
