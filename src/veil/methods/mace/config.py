@@ -11,7 +11,7 @@ from ..base import MethodConfig, check_choice, check_positive, check_preserve_sc
 class MACEConfig(MethodConfig):
     """Mass Concept Erasure. Defaults follow the authors' SD 1.x object configs (rank 1, 50 steps at 1e-5, lambda 1e3)."""
 
-    guide: str = field(default="", metadata={"help": "What the concept's prompts are refined towards: the empty prompt or a super-category, e.g. 'ground'."})
+    guide: str = field(default="", metadata={"help": "What the concept's prompts are refined towards: nothing, or a super-category ('ground')."})
     preserve_concepts: typing.List[str] = field(default_factory=list, metadata={"help": "Concepts whose projections the refinement and the fusion keep."})
     preserve_scale: float = field(default=0.0, metadata={"help": "Weight of the preserve terms in the refinement and the fusion."})
     regularization: float = field(default=1000.0, metadata={"help": "lambda: ridge pull of every closed-form edit towards the weights before it."})
@@ -20,7 +20,7 @@ class MACEConfig(MethodConfig):
     )
     templates: typing.List[str] = field(
         default_factory=lambda: ["{}", "a photo of {}"],
-        metadata={"help": "Prompts with {} where the concept goes, used by the refinement, the LoRA and the fusion."},
+        metadata={"help": "Prompts with {} where the concept goes, for the refinement, the LoRAs and the fusion."},
     )
     rank: int = field(default=1, metadata={"help": "Rank of each concept's LoRA on every cross-attention to_k and to_v."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Adam learning rate of the LoRAs."})
@@ -28,7 +28,7 @@ class MACEConfig(MethodConfig):
     images_per_concept: int = field(default=8, metadata={"help": "Images of each concept the LoRA is trained on."})
     region: str = field(
         default="attention",
-        metadata={"help": "Where the concept is in a training image: attention (its token's cross-attention map) or renderer (the shapes world's mask)."},
+        metadata={"help": "The concept's region: attention (its tokens' cross-attention) or renderer (shapes-world mask)."},
     )
     region_threshold: float = field(default=0.5, metadata={"help": "Share of its peak above which a pixel of the attention map is in the region."})
     generation_steps: int = field(default=30, metadata={"help": "Sampling steps of each generated training image (region: attention)."})
