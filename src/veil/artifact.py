@@ -188,8 +188,19 @@ class Artifact:
             self._method.detach(pipe)
 
     # exports -----------------------------------------------------------------------------------------
+    def check_export(self, what="a diffusers pipeline folder"):
+        """Refuse, in one sentence, a method whose effect ``what`` cannot hold (DuMo, SLD): exporting the base
+        model's weights unchanged would look like success."""
+        reason = get_method(self.method_name).pipeline_export_refusal
+        if reason:
+            raise VeilError(
+                f"A {self.method_name} artifact {reason}, which {what} cannot hold; use the artifact folder itself "
+                "(--artifact with veil generate or veil eval, or veil.load_artifact(path).attach(pipe))."
+            )
+
     def export_pipeline(self, pipe, out_dir, overwrite=False):
         """A full diffusers pipeline folder with the change baked in (weight-editing methods)."""
+        self.check_export()
         method = self.attach(pipe)
         try:
             with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -200,6 +211,7 @@ class Artifact:
 
     def export_unet_state_dict(self, path, overwrite=False):
         """The ESD/UCE-style partial UNet state dict: ``unet.load_state_dict(sd, strict=False)`` loads it."""
+        self.check_export("a UNet state dict")
         non_unet = sorted(k for k in self.tensors if not k.startswith("unet."))
         if non_unet:
             raise VeilError(

@@ -21,5 +21,6 @@ def run(args):
     if args.format == "unet-state-dict":
         artifact.export_unet_state_dict(args.out, overwrite=args.overwrite)
     else:
+        artifact.check_export()  # before the model loads
         artifact.export_pipeline(load_model(args), args.out, overwrite=args.overwrite)
     print(f"Exported {args.artifact} as {args.format} to {args.out}")

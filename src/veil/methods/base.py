@@ -156,6 +156,9 @@ class Method:
     name = None
     kind = "trained"
     config_class = MethodConfig
+    # Why a stock diffusers pipeline folder cannot hold what the method does (``veil export --format
+    # pipeline`` refuses with it); ``None`` when the method's whole effect is an edit of the weights.
+    pipeline_export_refusal = None
 
     def __init__(self, config=None, **kwargs):
         if config is None:
@@ -224,3 +227,7 @@ class Method:
     def extra_manifest(self):
         """Extra JSON-serialisable fields for the artifact manifest (e.g. key fingerprints)."""
         return {}
+
+    def sampling_warning(self, num_inference_steps):
+        """A sentence when sampling with ``num_inference_steps`` leaves the method without effect, else ``None``."""
+        return None

@@ -2,6 +2,8 @@
 
 import torch
 
+from ...architectures.sdxl import token_states
+from ...errors import VeilError
 from ...registry import register_method
 from ...training.sampling import encode_prompts
 from ..base import phrasings
@@ -46,10 +48,18 @@ class UCE(WeightEditMethod):
         return [n for n, _ in unet.named_parameters() if any(f"attn2.{p}.weight" in n for p in projections)]
 
     def _states(self, pipe, prompts):
-        """Token states used by the edit: every position after [CLS]/<bos> (words, end token, padding)."""
+        """Token states used by the edit: every position after [CLS]/<bos> (words, end token, padding),
+        ``(n · (tokens − 1), cross_attention_dim)``; on SDXL the two text encoders' states side by side."""
+        width = pipe.unet.config.cross_attention_dim
         if not prompts:
-            return torch.zeros(0, pipe.unet.config.cross_attention_dim, device=pipe.device)
-        return encode_prompts(pipe, prompts)[:, 1:].reshape(-1, pipe.unet.config.cross_attention_dim)
+            return torch.zeros(0, width, device=pipe.device)
+        states = token_states(pipe, encode_prompts(pipe, prompts))
+        if states.shape[-1] != width:
+            raise VeilError(
+                f"The prompt states are {states.shape[-1]} wide but the UNet's cross-attention reads {width}; "
+                "load the model as one pipeline (an SDXL folder as StableDiffusionXLPipeline)."
+            )
+        return states[:, 1:].reshape(-1, width)
 
     @torch.no_grad()
     def fit(self, pipe):
