@@ -270,9 +270,19 @@ def test_cli_erase_hide_generate_export_on_sd_folders(folders, tmp_path, capsys)
     from PIL import Image
 
     assert Image.open(tmp_path / "g" / images[0]).size == (64, 64)  # full size, not the grid's 96-px cell
-    code, out, err = run_cli(capsys, "export", "--artifact", tmp_path / "esd", "--model", folders["sd15"], "--out", tmp_path / "exported")
+    code, out, err = run_cli(capsys, "eval", "--model", folders["sdxl"], "--artifact", tmp_path / "kpop", "--key", tmp_path / "cat.veilkey",
+                             "--limit", "1", "--num-inference-steps", "2", "--out", tmp_path / "eval")
     assert code == 0, err
-    assert load_pipeline(str(tmp_path / "exported")).unet.config.cross_attention_dim == 32
+    assert set(json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"]) == {"original", "erased", "unlocked"}
+    for artifact, model in (("esd", "sd15"), ("kpop", "sdxl")):
+        code, out, err = run_cli(capsys, "export", "--artifact", tmp_path / artifact, "--model", folders[model],
+                                 "--out", tmp_path / f"exported-{model}")
+        assert code == 0, err
+        exported = load_pipeline(str(tmp_path / f"exported-{model}"))
+        assert type(exported).__name__ == type(load_pipeline(str(folders[model]))).__name__
+        edited = veil.load_artifact(tmp_path / artifact).tensors
+        name = next(iter(edited))
+        assert torch.equal(exported.unet.state_dict()[name[len("unet."):]], edited[name])  # the edit, not the base
 
 
 def test_generate_defaults_to_sd_guidance_and_warns_about_sld_warmup(folders, tmp_path, capsys, monkeypatch):
