@@ -78,6 +78,14 @@ def test_reduced_models_keep_the_architecture(pipes):
     assert model_fingerprint(build_random_pipeline("sd15", reduced=True, seed=1).unet) != model_fingerprint(pipes["sd15"].unet)
 
 
+def test_a_half_precision_build_is_the_float32_build_cast(pipes):
+    half = build_random_pipeline("sdxl", reduced=True, dtype=torch.bfloat16)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        full = getattr(pipes["sdxl"], name).state_dict()
+        for key, tensor in getattr(half, name).state_dict().items():
+            assert tensor.dtype == torch.bfloat16 and torch.equal(tensor, full[key].to(torch.bfloat16)), (name, key)
+
+
 def test_folders_load_as_their_pipeline_class(pipes, folders):
     for name, folder in folders.items():
         assert pipeline_kind(str(folder)) == ("sdxl" if name == "sdxl" else "sd")

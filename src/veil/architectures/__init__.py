@@ -81,11 +81,13 @@ def build_random_pipeline(name, reduced=False, seed=0, dtype=torch.float32):
     components = {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        components["unet"] = diffusers.UNet2DConditionModel(**configs["unet"])
-        components["vae"] = diffusers.AutoencoderKL(**configs["vae"])
+        # Each component is cast as soon as it is built: a bf16 SDXL never holds all of its fp32 weights at once.
+        # The random draws are the same whatever the dtype: the weights are the float32 build, cast.
+        components["unet"] = diffusers.UNet2DConditionModel(**configs["unet"]).to(dtype)
+        components["vae"] = diffusers.AutoencoderKL(**configs["vae"]).to(dtype)
         for component in ("text_encoder", "text_encoder_2"):
             if component in configs:
-                components[component] = _text_encoder(configs[component])
+                components[component] = _text_encoder(configs[component]).to(dtype)
     for component in ("tokenizer", "tokenizer_2"):
         if component in configs:
             components[component] = clip_tokenizer(**configs[component])
@@ -98,4 +100,4 @@ def build_random_pipeline(name, reduced=False, seed=0, dtype=torch.float32):
         components.update(safety_checker=None, feature_extractor=None)
     pipe = pipeline_class(**components, **architecture.get("pipeline_config", {}))
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(dtype=dtype) if dtype != torch.float32 else pipe
+    return pipe
