@@ -104,6 +104,8 @@ def test_safety_checker_is_left_out_and_variants_load(pipes, tmp_path):
     (folder / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(VeilError, match="--variant fp16"):
         load_pipeline(str(folder))
+    with pytest.raises(VeilError, match="drop --variant"):
+        load_pipeline("sd15-random", variant="fp16")
     loaded = load_pipeline(str(folder), variant="fp16")
     assert loaded.safety_checker is None and loaded.feature_extractor is None
     assert model_fingerprint(loaded.unet) == model_fingerprint(pipes["sd15"].unet)

@@ -231,6 +231,8 @@ def load_pipeline(model=DEFAULT_MODEL, device="cpu", dtype=torch.float32, varian
     if model is None:
         model = DEFAULT_MODEL
     model = str(model)
+    if variant and model in EMBEDDED_MODELS:
+        raise VeilError(f"--variant selects weight files of a folder or hub id; {model!r} is built in, so drop --variant.")
     if model == "shapes":
         from .shapes import PIPELINE_DIR, load_shapes_pipeline, weights_available
 
