@@ -155,13 +155,6 @@ def test_attack_text_encoding_matches_the_pipeline_on_sdxl(pipes):
     assert input_table(pipe).shape == (49408, 96)  # both encoders' rows side by side
 
 
-def _train(method, pipe):
-    if method.kind == "trained":
-        veil.train(method, pipe, progress=False)
-    elif method.kind == "closed_form":
-        method.fit(pipe)
-
-
 def _draw(pipe, steps=2):
     return pipe("a cat", num_inference_steps=steps, guidance_scale=7.5, output_type="pt",
                 generator=torch.Generator().manual_seed(0)).images
@@ -179,10 +172,10 @@ def test_every_method_runs_on_sdxl(pipes, tmp_path, name, settings):
     original = _draw(pipe)
     cls = veil.get_method(name)
     method = cls(cls.config_class(concepts=["cat"], **settings))
-    _train(method, pipe)
+    veil.fit(method, pipe, progress=False)
     artifact = veil.Artifact.from_method(method, pipe)
     artifact.save(tmp_path / name)
-    method.detach(pipe) if method.attached_to is pipe else None
+    method.detach(pipe)
     assert torch.equal(_draw(pipe), original)  # detached: the base model again
     loaded = veil.load_artifact(tmp_path / name)
     attached = loaded.attach(pipe)
@@ -232,7 +225,7 @@ def test_every_attack_runs_on_sdxl(pipes):
 
     pipe = pipes["sdxl"]
     method = KPOP(KPOPConfig.paper(["cat"], max_train_steps=1, layers="all", ddim_steps=4, num_key_tokens=2))
-    veil.train(method, pipe, progress=False)
+    veil.fit(method, pipe, progress=False)
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
     try:
