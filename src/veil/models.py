@@ -170,8 +170,21 @@ def _load_folder(path, dtype, variant=None):
     try:
         return _from_pretrained(cls, path, dtype, variant)
     except (OSError, ValueError, EnvironmentError) as error:
-        hint = f" (saved with variant={variant!r}?)" if variant else " (saved with a variant such as fp16? pass --variant fp16)"
+        found = sorted(_saved_variants(path) - {variant})
+        hint = f" or pass --variant {found[0]}, the variant its weights were saved with" if found else ""
         raise VeilError(f"Could not load the pipeline in {path!r} ({error}); check that the folder is complete{hint}.") from None
+
+
+def _saved_variants(path):
+    """The variants (``fp16``, ...) of the weight files in a pipeline folder's components."""
+    variants = set()
+    for component in os.listdir(path):
+        folder = os.path.join(path, component)
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            match = re.match(r"^.+\.([A-Za-z0-9_]+)(-\d+-of-\d+)?\.(safetensors|bin)$", name)  # model.fp16[-00001-of-00002].safetensors
+            if match:
+                variants.add(match.group(1))
+    return variants
 
 
 def _load_hub(model_id, dtype, variant=None):
