@@ -114,10 +114,13 @@ PRESETS = {
                  "tlmo_learning_rate": 1e-2, "preserve_weight": 0.03, "contexts": _contexts, "context_guide": _anchor,
                  "context_probability": 1.0, "epr_preserve_weight": 1.0, "epr_preserve_concepts": _same_kind_others,
                  "skip_on": "either", "token_skip_threshold": 0.6},
-        # UCE: the concept's token states sent to another concept of its kind's (the empty guide left
-        # circle at 96 %), its synonyms erased too, every other concept preserved. Circle and square: 0 %,
-        # synonyms 2.1 % / 0 %, others 100 %, fit 0.3 s (bench/results/shapes-all). Functions take the concepts.
-        "uce": {"guide": _anchor, "preserve_concepts": _all_but_concepts_and_anchor},
+        # UCE, veil's variant: every token state after the start token (not the authors' last subject token),
+        # sent position by position to another concept of its kind's (the empty guide left circle at 96 %), lambda
+        # 0.1 (the authors' 0.5 pulls harder towards the original), its synonyms erased too, every other concept
+        # preserved. Circle and square: 0 %, synonyms 2.1 % / 0 %, others 100 %, fit 0.3 s (bench/results/shapes-all);
+        # paper mode against it: bench/results/uce/paper-mode. Functions take the concepts.
+        "uce": {"guide": _anchor, "preserve_concepts": _all_but_concepts_and_anchor, "token_selection": "all",
+                "regularization": 0.1},
     },
 }
 
