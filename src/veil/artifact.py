@@ -60,9 +60,10 @@ class Artifact:
             "method": method.name,
             "config": method.config.to_dict(),
             "concepts": list(method.config.concepts),
+            # Without a pipeline (weights imported from another layout) the base model is unknown.
             "base_model": {
                 "name": getattr(pipe, "veil_model_name", None) or getattr(pipe, "name_or_path", None),
-                "fingerprint": model_fingerprint(pipe.unet),
+                "fingerprint": model_fingerprint(pipe.unet) if pipe is not None else None,
             },
             "veil_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -157,6 +158,8 @@ class Artifact:
 
     # use ---------------------------------------------------------------------------------------------
     def check_base(self, pipe):
+        if self.fingerprint is None:  # imported weights: the method checks every tensor's shape on attach
+            return
         actual = model_fingerprint(pipe.unet)
         if actual != self.fingerprint:
             base = self.manifest["base_model"].get("name")

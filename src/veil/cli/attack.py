@@ -96,7 +96,7 @@ def run(args):
     from safetensors.torch import save_file
 
     from .._io import atomic_dir
-    from ..artifact import load_artifact
+    from .common import open_artifact
     from ..attacks import forging_curve, get_attack, run_attacks
     from ..attacks.base import concept_prompt
     from ..errors import VeilError
@@ -113,7 +113,7 @@ def run(args):
     if args.key and eval_steps is None:
         raise VeilError("--key is the reference row of the key-forging curve; give --eval-steps as well.")
     check_output(args.out, args.overwrite)
-    artifact = load_artifact(args.artifact) if args.artifact else None
+    artifact = open_artifact(args.artifact) if args.artifact else None
     if artifact is not None and args.concept not in artifact.concepts:
         raise VeilError(f"The artifact hides {', '.join(map(repr, artifact.concepts))}, not {args.concept!r}; pass one of those with --concept.")
     if attack_cls.name == "key_forging" and (artifact is None or not attack_cls(config).applies_to(artifact.build_method())):

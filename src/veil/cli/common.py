@@ -24,6 +24,17 @@ def load_model(args):
     return load_pipeline(args.model, device=resolve_device(args.device))
 
 
+def open_artifact(path):
+    """The artifact behind ``--artifact``: a veil artifact folder, or a DuMo checkpoint folder in the authors'
+    layout (their config.json names the DuMo class), read as a DuMo artifact in paper mode."""
+    from ..artifact import load_artifact
+    from ..methods.dumo.compat import authors_artifact, is_authors_folder
+
+    if path is not None and is_authors_folder(str(path)):
+        return authors_artifact(str(path))
+    return load_artifact(path)
+
+
 def add_training_flags(parser, what="the method's"):
     """Flags of every command that trains a method through veil's loop (erase, hide)."""
     parser.add_argument("--steps", type=int, help=f"Training steps ({what} max_train_steps).")

@@ -41,7 +41,7 @@ def parse_scorers(items):
 
 
 def run(args):
-    from ..artifact import load_artifact
+    from .common import open_artifact
     from ..errors import VeilError
     from ..evaluation.generate import shard
     from ..evaluation.harness import evaluate
@@ -49,7 +49,7 @@ def run(args):
     from .generate import parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds else None
-    artifact = load_artifact(args.artifact) if args.artifact else None
+    artifact = open_artifact(args.artifact) if args.artifact else None
     if artifact is not None:
         artifact.path = args.artifact
     key = None

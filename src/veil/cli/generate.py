@@ -61,7 +61,7 @@ def comparison_rows(pipe, prompts, seeds, artifact=None, key=None, num_inference
 
 
 def run(args):
-    from ..artifact import load_artifact
+    from .common import open_artifact
     from ..errors import VeilError
     from ..evaluation.grid import labelled_grid, save_png
     from ..evaluation.sampling import warn_if_truncated
@@ -71,7 +71,7 @@ def run(args):
     if args.num_inference_steps <= 0:
         raise VeilError(f"--num-inference-steps must be greater than 0, got {args.num_inference_steps}.")
     check_output(args.out, args.overwrite)
-    artifact = load_artifact(args.artifact) if args.artifact else None
+    artifact = open_artifact(args.artifact) if args.artifact else None
     key = None
     if args.key:
         if artifact is None:

@@ -105,7 +105,8 @@ PRESETS = {
         # ESD target at the same caption with another shape of its kind (contexts, context_guide), and (ours)
         # keeps the other shapes of its kind, put in the same caption, as the original drew them
         # (epr_preserve_*), so that EPR itself tells the concept from its neighbours; 2e-3 for 400 steps on
-        # DDIM-25 trajectories, stage 2 (60 steps, lambda 0.03). The eraser runs when the gate reaches 0.7 or one
+        # DDIM-25 trajectories, stage 2 (60 steps, lambda 0.03). Beyond the release (which never skips, paper mode; its
+        # effect: bench/results/dumo/paper-mode), the eraser runs only when the gate reaches 0.7 or one
         # of the prompt's tokens matches the concept's at 0.6 (skip_on=either): held-out phrasings ('a blue disc on
         # a dotted background') reach only 0.45-0.64 on the gate, like other shapes' captions, but 0.67 or more on
         # tokens (others at most 0.55). Circle / square paraphrases 5.7 / 21.2 %, others >= 98.3 %, every
@@ -113,7 +114,7 @@ PRESETS = {
         "dumo": {"max_train_steps": 400, "learning_rate": 2e-3, "ddim_steps": 25, "tlmo_max_train_steps": 60,
                  "tlmo_learning_rate": 1e-2, "preserve_weight": 0.03, "contexts": _contexts, "context_guide": _anchor,
                  "context_probability": 1.0, "epr_preserve_weight": 1.0, "epr_preserve_concepts": _same_kind_others,
-                 "skip_on": "either", "token_skip_threshold": 0.6},
+                 "gate_threshold": 0.7, "skip_on": "either", "token_skip_threshold": 0.6},
         # UCE, veil's variant: every token state after the start token (not the authors' last subject token),
         # sent position by position to another concept of its kind's (the empty guide left circle at 96 %), lambda
         # 0.1 (the authors' 0.5 pulls harder towards the original), its synonyms erased too, every other concept

@@ -37,7 +37,9 @@ STAGES = ("epr", "tlmo")
 @dataclass
 class DuMoConfig(MethodConfig, ESDSamplingConfig):
     """DuMo: EPR (a trained copy of the UNet encoder feeding its skip connections) then TLMO (a learned
-    time × layer scale table). Stage-1 defaults follow METHODS.md §2: AdamW at 1e-5 for 1000 steps."""
+    time × layer scale table). Stage-1 defaults: AdamW at 1e-5 for 1000 steps. Inference defaults are paper
+    mode, the authors' release: every prompt's residuals scaled by its gate, none skipped; ``gate_threshold``
+    and ``skip_on`` are veil's options beyond it (the shapes preset's)."""
 
     max_train_steps: int = field(default=1000, metadata={"help": "Stage 1 (EPR): optimizer steps."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Stage 1 (EPR): AdamW learning rate."})
@@ -79,15 +81,22 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
     )
     facilitate: float = field(default=1.0, metadata={"help": "Gate factor: g = facilitate · max(cosine, token overlap)."})
     gate_threshold: float = field(
-        default=0.7,
+        default=0.0,
         metadata={"help": "Prompts whose gate is below this skip the eraser entirely (no EPR forward, output "
-                  "unchanged); 0 never skips. The cosine of flattened text states is high for any two prompts "
-                  "of one template (shapes world, concept 'circle': other shapes' captions 0.57-0.64, the "
-                  "empty prompt 0.66), so the threshold sits above that; naming the concept gives 1."},
+                  "unchanged). 0 (paper mode, the authors' release): nothing skips, every prompt's residuals are "
+                  "scaled by its gate. Above 0 is veil's option: the cosine of flattened text states is high for "
+                  "any two prompts of one template (shapes world, concept 'circle': other shapes' captions "
+                  "0.57-0.64, the empty prompt 0.66), so the shapes preset skips below 0.7; naming the concept gives 1."},
+    )
+    apply_time_scale: bool = field(
+        default=True,
+        metadata={"help": "Scale the residuals by the TLMO table at inference (training always does). The authors' "
+                  "nudity script applies neither the table nor the gate: loading an authors' checkpoint of an "
+                  "ungated (nudity-like) concept turns this off unless it is given."},
     )
     skip_on: str = field(
         default="gate",
-        metadata={"help": "What decides that a prompt skips the eraser (ours): gate (its gate below gate_threshold), "
+        metadata={"help": "What decides that a prompt skips the eraser (veil's; the release has no skip): gate (its gate below gate_threshold), "
                   "tokens (the highest cosine between one of its content-token states and one of the concept's, or a "
                   "synonym's, below token_skip_threshold) or either (it runs when either signal is high). The residuals "
                   "are always scaled by the gate. The flattened cosine ranks some held-out phrasings among other "
