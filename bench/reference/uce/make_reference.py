@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 import tempfile
 
 import torch
@@ -33,6 +34,8 @@ import veil
 from veil.models import build_tiny_pipeline
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from _authors import function_from_file  # noqa: E402
 # Cases of the current script: (name, concepts, guide, preserve). The empty guide is the script's default.
 CURRENT_CASES = [
     ("current-circle-to-empty", ["circle"], "", []),
@@ -54,16 +57,6 @@ def _import(path, name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _function(path, name, namespace):
-    """One top-level function of a Python file, compiled from that file alone."""
-    with open(path) as handle:
-        tree = ast.parse(handle.read(), filename=path)
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
-    namespace = dict(namespace)
-    exec(compile(ast.Module(body=[node], type_ignores=[]), path, "exec"), namespace)  # noqa: S102
-    return namespace[name]
 
 
 def _commit(path):
@@ -119,7 +112,7 @@ def _float_cast_kept_for(dtype):
 
 def run_paper_era(script, commit):
     # The script downloads a CLIP model when imported; only its edit_model function is executed, from its file.
-    edit_model = _function(script, "edit_model", {"torch": torch, "copy": copy, "ast": ast})
+    edit_model = function_from_file(script, "edit_model", {"torch": torch, "copy": copy, "ast": ast})
     for (name, concepts, guide, preserve), dtype in itertools.product(PAPER_ERA_CASES, (torch.float32, torch.float64)):
         pipe = build_tiny_pipeline(seed=0, text_encoder="clip").to(dtype)
         retain = [""] + list(preserve)  # as its __main__ builds the preserve set
