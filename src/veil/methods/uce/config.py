@@ -15,37 +15,29 @@ class UCEConfig(MethodConfig):
     last subject token, lambda 0.5, erase and preserve scale 1); ``token_selection`` picks the paper-era
     script's token rows or veil's own (every position after the start token, the shapes preset's)."""
 
-    guide: str = field(default="", metadata={"help": "What erased concepts map to: the empty prompt (default) or an anchor such as 'a shape'."})
+    guide: str = field(default="", metadata={"help": "What erased concepts map to: the empty prompt (default) or e.g. 'a shape'."})
     preserve_concepts: typing.List[str] = field(default_factory=list, metadata={"help": "Concepts whose projections must not move."})
     token_selection: str = field(
         default="last_token",
-        metadata={"help": "Which token states enter the edit. last_token (paper mode, the authors' current script): each "
-                  "phrase's last subject token, the guide's and the preserve phrases' too (the empty guide gives its start "
-                  "token). last_token_to_end (the paper-era script): the concept from its last subject token to the end, "
-                  "the guide's rows aligned at the guide's own last subject token, every row of '' and of each preserve "
-                  "phrase kept, and preserve_scale max(0.1, 1/(1 + number of preserve phrases)) unless given. all (veil's, "
-                  "the shapes preset): every position after the start token, concept and guide position by position."},
+        metadata={"help": "Token states in the edit: last_token (paper mode, the authors' current script), last_token_to_end "
+                  "(the paper-era script, with '' preserved) or all (veil's: every position after the start token)."},
     )
     erase_scale: float = field(default=1.0, metadata={"help": "Weight of the erase terms (the authors': 1)."})
     preserve_scale: typing.Optional[float] = field(
         default=None,
-        metadata={"help": "Weight of the preserve terms. None: 1 (the authors' current script), or max(0.1, 1/n) with "
-                  "token_selection last_token_to_end (the paper-era script)."},
+        metadata={"help": "Weight of the preserve terms; None: the chosen script's (1, or max(0.1, 1/n) for last_token_to_end)."},
     )
     regularization: float = field(
-        default=0.5,
-        metadata={"help": "lambda of the authors' scripts (both use 0.5): ridge pull towards the original weights; "
-                  "smaller moves the concept further (the shapes preset uses 0.1)."},
+        default=0.5, metadata={"help": "lambda, the pull towards the original weights (the authors' scripts: 0.5)."}
     )
     edit_keys: bool = field(default=True, metadata={"help": "Edit to_k as well as to_v."})
     synonyms: typing.Dict[str, typing.List[str]] = field(
         default_factory=dict,
-        metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}; each is erased (sent to the guide) too."},
+        metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}, erased too."},
     )
     templates: typing.List[str] = field(
         default_factory=lambda: ["{}"],
-        metadata={"help": "Prompts with {} where the concept goes: every erase, guide and preserve phrase is encoded in each, "
-                  "so the edit sees the concept in context as well as alone. Default ['{}']: the phrase alone (the paper)."},
+        metadata={"help": "Prompts with {} where the concept goes, each phrase encoded in every one ('{}': alone)."},
     )
 
     def __post_init__(self):
