@@ -69,19 +69,13 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
     )
     facilitate: float = field(default=1.0, metadata={"help": "Gate factor: g = facilitate · max(cosine, token overlap)."})
     gate_threshold: float = field(
-        default=0.0,
-        metadata={"help": "Prompts whose gate is below this skip the eraser entirely. 0 (paper mode, the release): none "
-                  "skips, every prompt's residuals are scaled by its gate; above 0 is veil's (shapes preset: 0.7)."},
+        default=0.0, metadata={"help": "Gate below which a prompt skips the eraser; 0: none skips (the release), 0.7: veil's."}
     )
     apply_time_scale: bool = field(
-        default=True,
-        metadata={"help": "Scale the residuals by the TLMO table at inference (training always does); off on the "
-                  "release's nudity path, which an authors' checkpoint of a nudity-like concept loads on."},
+        default=True, metadata={"help": "Scale residuals by the TLMO table at inference (off: the release's nudity path)."}
     )
     skip_on: str = field(
-        default="gate",
-        metadata={"help": "What makes a prompt skip the eraser (veil's; the release never skips): gate, tokens or either "
-                  "(runs if either is high)."},
+        default="gate", metadata={"help": "What makes a prompt skip the eraser (veil's): gate, tokens or either."}
     )
     token_skip_threshold: float = field(
         default=0.6, metadata={"help": "With skip_on tokens or either: the best token cosine below which a prompt skips."}

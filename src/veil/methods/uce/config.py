@@ -19,13 +19,11 @@ class UCEConfig(MethodConfig):
     preserve_concepts: typing.List[str] = field(default_factory=list, metadata={"help": "Concepts whose projections must not move."})
     token_selection: str = field(
         default="last_token",
-        metadata={"help": "Token states in the edit: last_token (paper mode, the authors' current script), last_token_to_end "
-                  "(the paper-era script, with '' preserved) or all (veil's: every position after the start token)."},
+        metadata={"help": "Token states edited: last_token (paper mode), last_token_to_end (paper-era) or all (veil's)."},
     )
     erase_scale: float = field(default=1.0, metadata={"help": "Weight of the erase terms (the authors': 1)."})
     preserve_scale: typing.Optional[float] = field(
-        default=None,
-        metadata={"help": "Weight of the preserve terms; None: the chosen script's (1, or max(0.1, 1/n) for last_token_to_end)."},
+        default=None, metadata={"help": "Weight of the preserve terms; None: 1, or max(0.1, 1/n) for last_token_to_end."}
     )
     regularization: float = field(
         default=0.5, metadata={"help": "lambda, the pull towards the original weights (the authors' scripts: 0.5)."}
