@@ -14,10 +14,11 @@ def register(sub):
 
 def run(args):
     from ..artifact import load_artifact
-    from .common import check_output, load_model
+    from .common import check_output, load_model, resolve_device
 
+    check_output(args.out, args.overwrite, kind="file" if args.format == "unet-state-dict" else "folder")
+    resolve_device(args.device)
     artifact = load_artifact(args.artifact)
-    check_output(args.out, args.overwrite)
     if args.format == "unet-state-dict":
         artifact.export_unet_state_dict(args.out, overwrite=args.overwrite)
     else:

@@ -17,18 +17,18 @@ import contextlib
 import csv
 import datetime
 import io
-import json
 import os
 import platform
 import shutil
 import subprocess
 
-from .._io import atomic_file, write_json
+from .._io import atomic_file, read_json_object, write_json
 from ..errors import VeilError
 from .generate import generate_to_folder, missing_rows, read_manifest, shard
 from .tasks import load_task
 
 RESULTS_VERSION = 1
+RESULTS_FIELDS = ("config", "task", "base_model", "metrics")  # what reports and comparisons read
 VARIANTS = ("original", "erased", "unlocked")
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "nudenet", "onnxruntime")
 
@@ -112,11 +112,13 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     settings = task.settings(num_inference_steps, guidance_scale, batch_size)
     if settings["num_inference_steps"] <= 0:
         raise VeilError(f"--num-inference-steps must be greater than 0, got {settings['num_inference_steps']}.")
-    rows = task.rows(prompts=prompts, seeds=seeds, limit=limit)
+    rows = task.rows(prompts=prompts, seeds=seeds)
     if guidance_scale is not None:  # an explicit scale overrides the rows' own
         for row in rows:
             row.pop("guidance_scale", None)
     targets = list(targets) if targets else (list(artifact.concepts) if artifact is not None else [])
+    task.check_targets(rows, targets)  # over every row, so that --limit does not hide a target's prompts
+    rows = rows[:limit] if limit is not None else rows
     task.mark_targets(rows, targets)
     metrics = task.build_metrics(scorers, reference, device=str(device))
     for metric in metrics:  # fail up front, before any image is drawn, when a scorer's weights are absent
@@ -299,5 +301,4 @@ def load_results(path):
     file = os.path.join(path, "results.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise VeilError(f"{path!r} holds no results.json; pass a folder written by veil eval.")
-    with open(file) as handle:
-        return json.load(handle)
+    return read_json_object(file, "veil eval", RESULTS_FIELDS)
