@@ -1,8 +1,12 @@
 """Bad inputs across every ``veil`` command, each run as a new user would run it, and what became of each.
 
-Every case runs ``veil`` in a subprocess from its own empty folder (with ``--model tiny``), after
-laying out the files it needs there (a file to be used as a parent folder, an artifact whose
-manifest is a JSON list, a corrupt ``bench.json``, ...). Each outcome is one of:
+Every case runs ``veil`` in a process of its own from its own empty folder (with ``--model tiny``),
+after laying out the files it needs there (a file to be used as a parent folder, an artifact whose
+manifest is a JSON list, a corrupt ``bench.json``, ...). By default each case's process is forked
+from one that has already imported veil and torch (so that a case costs a fraction of a second, not a
+fresh interpreter's start); ``--fresh`` starts ``python -m veil.cli.main`` for every case instead, and
+the first case of every command always runs fresh, so that what is printed while importing (library
+notices) is seen too. Each outcome is one of:
 
 * ``refused``: exit status 2, a one-sentence error, no traceback, nothing new written;
 * ``warned``: accepted with a warning, where a warning is the right answer (a truncated concept);
@@ -29,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 TINY = ["--model", "tiny"]
 HUGE = "1180591620717411303424"
@@ -160,7 +165,7 @@ def build_cases():
         cases.append(Case(command, "--seed huge", argv + ["--seed", HUGE]))
         cases.append(Case(command, "--set learning_rate=nan", argv + ["--set", "learning_rate=nan"]))
         cases.append(Case(command, "--checkpoint-every 0", argv + ["--checkpoint-every", "0"]))
-        cases.append(Case(command, "--set max_train_steps=abc", argv + ["--set", "max_train_steps=abc"]))
+        cases.append(Case(command, "--set ddim_steps=abc", argv + ["--set", "ddim_steps=abc"]))
     cases.append(Case("attack", "--lr nan", attack + ["--out", "o", "--lr", "nan"]))
     cases.append(Case("attack", "--steps 0", with_flag(attack, "--steps", "0") + ["--out", "o"]))
     cases.append(Case("attack", "--num-images 0", attack + ["--out", "o", "--num-images", "0"]))
@@ -299,12 +304,12 @@ def build_cases():
 
 
 # -------------------------------------------------------------------------------------------------
-def make_fixtures(folder, veil):
+def make_fixtures(folder):
     """A UCE artifact (and broken copies), a KPOP artifact with its key and an evaluation folder, made once."""
     def run(*argv):
-        done = subprocess.run([*veil, *argv], cwd=folder, capture_output=True, text=True, env=_env(folder))
-        if done.returncode != 0:
-            raise SystemExit(f"making a fixture failed: veil {' '.join(argv)}\n{done.stderr[-2000:]}")
+        code, _, stderr = run_forked(argv, folder, _env(folder), timeout=1800)
+        if code != 0:
+            raise SystemExit(f"making a fixture failed: veil {' '.join(argv)}\n{stderr[-2000:]}")
 
     os.makedirs(folder, exist_ok=True)
     run("erase", "--method", "uce", *TINY, "--concept", "circle", "--out", "uce")
@@ -375,17 +380,81 @@ def classify(returncode, output, lost, new):
     return "other exit"
 
 
-def run_case(case, root, fixtures, veil, timeout):
+def run_fresh(argv, cwd, env, timeout):
+    """``veil argv`` in a new interpreter: ``(exit status or 'timeout', stdout, stderr)``."""
+    try:
+        done = subprocess.run([sys.executable, "-m", "veil.cli.main", *argv], cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout, env=env, errors="replace")
+        return done.returncode, done.stdout, done.stderr
+    except subprocess.TimeoutExpired as expired:
+        return "timeout", str(expired.stdout or ""), str(expired.stderr or "")
+
+
+def preload():
+    """Import what the commands import, once, in the process the cases are forked from."""
+    import veil  # noqa: F401  (first: it quiets library notices the others would print)
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+    from transformers import BertModel  # noqa: F401
+
+    import veil.attacks  # noqa: F401
+    import veil.bench  # noqa: F401
+    import veil.cli.main  # noqa: F401
+    import veil.evaluation.harness  # noqa: F401
+    import veil.evaluation.report  # noqa: F401
+    import veil.shapes.classifier  # noqa: F401
+
+
+def run_forked(argv, cwd, env, timeout):
+    """``veil argv`` in a process forked from this one (veil already imported): as :func:`run_fresh`."""
+    with tempfile.TemporaryDirectory() as logs:
+        out_path, err_path = os.path.join(logs, "out"), os.path.join(logs, "err")
+        pid = os.fork()
+        if pid == 0:  # the case's own process: its folder, environment and output files, then veil's main
+            code = 1
+            try:
+                os.chdir(cwd)
+                os.environ.clear()
+                os.environ.update(env)
+                for fd, path in ((1, out_path), (2, err_path)):
+                    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+                from veil.cli.main import main
+
+                code = main(list(argv))
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else 1
+            except BaseException:  # noqa: BLE001 - reported as the interpreter would report it
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code if isinstance(code, int) else 0)
+        deadline = time.monotonic() + timeout
+        status = None
+        while status is None:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = os.waitstatus_to_exitcode(raw)
+            elif time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                status = "timeout"
+            else:
+                time.sleep(0.02)
+
+        def read(path):
+            with open(path, errors="replace") as handle:
+                return handle.read()
+
+        return status, read(out_path), read(err_path)
+
+
+def run_case(case, root, fixtures, fresh, timeout):
     folder = tempfile.mkdtemp(prefix="case-", dir=root)
     lay_out(case, folder, fixtures)
     before = snapshot(folder)
     start = time.perf_counter()
-    try:
-        done = subprocess.run([*veil, *case.argv], cwd=folder, capture_output=True, text=True, timeout=timeout,
-                              env=_env(fixtures, case.env), errors="replace")
-        returncode, stdout, stderr = done.returncode, done.stdout, done.stderr
-    except subprocess.TimeoutExpired as expired:
-        returncode, stdout, stderr = "timeout", str(expired.stdout or ""), str(expired.stderr or "")
+    returncode, stdout, stderr = (run_fresh if fresh else run_forked)(case.argv, folder, _env(fixtures, case.env), timeout)
     seconds = time.perf_counter() - start
     after = snapshot(folder)
     lost = sorted(p for p, digest in before.items() if after.get(p) != digest)
@@ -394,7 +463,7 @@ def run_case(case, root, fixtures, veil, timeout):
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("usage:", "  ", "               "))]
     shutil.rmtree(folder, ignore_errors=True)
     return {
-        "case": case.name, "command": case.command, "argv": [_short(a) for a in case.argv], "env": case.env,
+        "case": case.name, "command": case.command, "argv": [_short(a) for a in case.argv], "env": case.env, "fresh": fresh,
         "exit_status": returncode, "outcome": outcome, "acceptable": outcome in case.ok,
         "message": _short(lines[-1]) if lines else _short(stdout.strip().splitlines()[-1] if stdout.strip() else ""),
         "stderr_lines": len(lines), "lost": lost, "new": new, "seconds": round(seconds, 2),
@@ -430,6 +499,7 @@ def main():
     parser.add_argument("--only", help="Run only the cases whose name holds this text.")
     parser.add_argument("--timeout", type=float, default=180, help="Seconds a case may run.")
     parser.add_argument("--list", action="store_true", help="List the cases and stop.")
+    parser.add_argument("--fresh", action="store_true", help="Start a new interpreter for every case (slow: each imports torch).")
     args = parser.parse_args()
     cases = [c for c in build_cases() if not args.only or args.only in c.name]
     if args.list:
@@ -437,20 +507,23 @@ def main():
             print(case.name)
         print(f"{len(cases)} cases")
         return
-    veil = [sys.executable, "-m", "veil.cli.main"]
     root = tempfile.mkdtemp(prefix="veil-bad-inputs-")
     fixtures = os.path.join(root, "fixtures")
     start = time.perf_counter()
-    make_fixtures(fixtures, veil)
-    records = []
+    preload()
+    make_fixtures(fixtures)
+    records, commands_seen = [], set()
     for number, case in enumerate(cases, 1):
-        record = run_case(case, root, fixtures, veil, args.timeout)
+        fresh = args.fresh or case.command not in commands_seen
+        commands_seen.add(case.command)
+        record = run_case(case, root, fixtures, fresh, args.timeout)
         records.append(record)
         print(f"[{number}/{len(cases)}] {record['outcome']:<20} {record['seconds']:6.1f} s  {case.name}", flush=True)
     shutil.rmtree(root, ignore_errors=True)
     counts = {o: sum(r["outcome"] == o for r in records) for o in OUTCOMES}
     os.makedirs(args.out, exist_ok=True)
-    summary = {"cases": len(records), "outcomes": counts, "not_acceptable": sum(not r["acceptable"] for r in records),
+    summary = {"cases": len(records), "fresh_interpreter": sum(r["fresh"] for r in records), "outcomes": counts,
+               "not_acceptable": sum(not r["acceptable"] for r in records),
                "seconds": round(time.perf_counter() - start, 1), "python": sys.version.split()[0]}
     with open(os.path.join(args.out, "results.json"), "w") as handle:
         json.dump({"summary": summary, "cases": records}, handle, indent=2)
