@@ -168,6 +168,13 @@ def test_an_unknown_target_is_refused_rather_than_scored(here, capsys, no_model)
             fragments=["names the target 'hexagon'"])
 
 
+@pytest.mark.parametrize("argv,fragment", [(["--scorer", "bogus=x"], "no metric scored by 'bogus'"),
+                                           (["--scorer", "nudenet=x"], "no metric scored by 'nudenet'"),
+                                           (["--reference", "nope"], "has no FID metric")])
+def test_a_scorer_or_reference_the_task_would_ignore_is_refused(here, capsys, no_model, argv, fragment):
+    refused(capsys, here, "eval", "--model", "tiny", "--limit", "1", "--out", "v", *argv, fragments=[fragment])
+
+
 def test_a_list_shaped_manifest_is_refused(here, capsys, no_model, artifact):
     (artifact / "veil.json").write_text("[1, 2, 3]\n")
     refused(capsys, here, *GENERATE, "--out", "g.png", "--artifact", artifact, fragments=["holds a JSON list"])

@@ -121,6 +121,7 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     rows = rows[:limit] if limit is not None else rows
     task.mark_targets(rows, targets)
     metrics = task.build_metrics(scorers, reference, device=str(device))
+    _check_scorers(task, metrics, scorers, reference)
     for metric in metrics:  # fail up front, before any image is drawn, when a scorer's weights are absent
         metric.prepare()
         metric.targets = targets
@@ -189,6 +190,20 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     for line in summary_lines(results):
         log(line)
     return results
+
+
+def _check_scorers(task, metrics, scorers, reference):
+    """Refuse a scorer or a reference folder the task's metrics would not use: given, it would be ignored."""
+    keys = sorted({m.scorer_key for m in metrics if m.scorer_key})
+    unused = sorted(set(scorers or {}) - set(keys))
+    if unused:
+        raise VeilError(f"The {task.name} task has no metric scored by {unused[0]!r}; its scorers are "
+                        f"{', '.join(keys) or 'none'}, so leave that --scorer out.")
+    if reference is not None:
+        if not any(m.name == "fid" for m in metrics):
+            raise VeilError(f"--reference gives FID its real images, and the {task.name} task has no FID metric; leave --reference out.")
+        if not os.path.isdir(reference):
+            raise VeilError(f"--reference {reference!r} is not a folder; give a folder of real images for FID.")
 
 
 def score_generations(out_dir, variants, rows, metrics, batch_size=32):
