@@ -145,6 +145,15 @@ def test_numbers_out_of_range_are_refused(here, capsys, no_model, argv, fragment
     refused(capsys, here, *argv, fragments=[fragment])
 
 
+@pytest.mark.parametrize("limit", [-1, 0])
+def test_the_library_refuses_a_limit_below_one(tmp_path, tiny_pipe, limit):
+    from veil.evaluation.harness import evaluate
+
+    with pytest.raises(veil.VeilError, match="--limit must be a whole number greater than 0"):
+        evaluate("shapes_concepts", str(tmp_path / "v"), pipe=tiny_pipe, limit=limit, record=False)
+    assert not (tmp_path / "v").exists()
+
+
 @pytest.mark.parametrize("concept", ["cir\ncle", "cir\x07cle", "cir\tcle"])
 def test_a_concept_with_control_characters_is_refused(here, capsys, no_model, concept):
     refused(capsys, here, "erase", "--method", "uce", "--model", "tiny", "--concept", concept, "--out", "o",

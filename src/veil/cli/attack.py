@@ -101,7 +101,7 @@ def run(args):
     from ..attacks.base import concept_prompt
     from ..errors import VeilError
     from ..evaluation.grid import labelled_grid
-    from .common import check_output, check_concept, load_model, resolve_device
+    from .common import check_concept, check_output, load_model, resolve_device
     from .generate import parse_seeds
 
     check_output(args.out, args.overwrite)
