@@ -69,7 +69,7 @@ def refused(capsys, folder, *argv, fragments=()):
 @pytest.fixture
 def artifact(tmp_path, tiny_pipe):
     method = veil.get_method("uce")(concepts=["circle"])
-    veil.fit_method(method, tiny_pipe)
+    veil.fit(method, tiny_pipe)
     veil.Artifact.from_method(method, tiny_pipe).save(tmp_path / "art")
     method.detach(tiny_pipe)
     return tmp_path / "art"
@@ -233,7 +233,7 @@ def test_the_nan_guard_advises_resume_only_when_a_checkpoint_exists(tiny_pipe, t
     method = veil.get_method("esd")(concepts=["circle"], max_train_steps=3, learning_rate=1e-3, ddim_steps=6)
     method.loss = lambda pipe, batch, phase=None: torch.tensor(float("nan"), requires_grad=True)
     with pytest.raises(veil.TrainingDiverged) as caught:
-        veil.train(method, tiny_pipe, work_dir=str(tmp_path / "work"), progress=False)
+        veil.fit(method, tiny_pipe, work_dir=str(tmp_path / "work"), progress=False)
     assert "no checkpoint was written yet" in str(caught.value) and "--resume" not in str(caught.value)
 
 

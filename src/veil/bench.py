@@ -19,7 +19,7 @@ from .evaluation.grid import labelled_grid
 from .evaluation.shapes_tasks import rows_naming, task_rows
 from .methods.presets import preset_for
 from .registry import get_method
-from .training.loop import fit_method
+from .training.loop import fit
 
 SETS = ("canonical", "synonyms", "paraphrase", "short")
 KEY_SUFFIX = ".veilkey"  # a keyed method's key, next to its artifact folder
@@ -108,7 +108,7 @@ def run_bench(
                 method = method_cls(bench_config(method_cls, model_name, concept, overrides))
                 log(f"{method_cls.name} × {concept}: fitting")
                 start = time.perf_counter()
-                cost = fit_method(method, pipe, progress=progress)
+                cost = fit(method, pipe, progress=progress)
                 seconds = cost.get("seconds") or round(time.perf_counter() - start, 3)
                 artifact_dir = os.path.join(out_dir, "artifacts", f"{method_cls.name}-{concept.replace(' ', '_')}")
                 artifact = Artifact.from_method(method, pipe, {k: v for k, v in cost.items() if k != "losses"})
