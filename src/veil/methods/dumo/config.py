@@ -63,7 +63,7 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
         default="aligned", metadata={"help": "aligned (t at the latent's own noise level) or esd (t from t_enc as published)."}
     )
     gate: typing.Optional[bool] = field(
-        default=None, metadata={"help": "Scale each prompt's residuals by its similarity to the concept (None: on, but nudity)."}
+        default=None, metadata={"help": "Scale residuals by the prompt's similarity to the concept (None: on, off for nudity-like concepts)."}
     )
     facilitate: float = field(default=1.0, metadata={"help": "Gate factor: g = facilitate · max(cosine, token overlap)."})
     gate_threshold: float = field(
