@@ -11,6 +11,7 @@
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import warnings
@@ -23,6 +24,17 @@ DEFAULT_MODEL = "shapes"
 EMBEDDED_MODELS = ("shapes", "tiny")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class _TorchvisionFallbackFilter(logging.Filter):
+    """Drops transformers' notice that its image processors fall back to PIL without torchvision: veil
+    draws no image through them (the safety checker is off), so the notice only buries veil's own output."""
+
+    def filter(self, record):
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())
 
 
 def _sd_scheduler():

@@ -20,10 +20,11 @@ def register(sub):
 
 
 def run(args):
-    from .common import check_output, load_model, open_artifact
+    from .common import check_output, load_model, open_artifact, resolve_device
 
+    check_output(args.out, args.overwrite, kind="file" if args.format == "unet-state-dict" else "folder")
+    resolve_device(args.device)
     artifact = open_artifact(args.artifact)
-    check_output(args.out, args.overwrite)
     if args.format == "unet-state-dict":
         artifact.export_unet_state_dict(args.out, overwrite=args.overwrite)
     elif args.format == "dumo-authors":
