@@ -195,7 +195,7 @@ def test_uce_edits_sdxl_with_its_2048_wide_layout(pipes):
     pipe = pipes["sdxl"]
     method = veil.get_method("uce")(concepts=["cat"], guide="a dog", preserve_concepts=[])
     method.fit(pipe)
-    erase, guide = method._states(pipe, ["cat"]), method._states(pipe, ["a dog"])
+    erase, guide, _ = method._rows(pipe, ["cat"], ["a dog"], [])
     assert erase.shape[-1] == pipe.unet.config.cross_attention_dim
     name = next(iter(method.edit.edited))
     weight, edited = dict(pipe.unet.named_parameters())[name].detach(), method.edit.edited[name]
