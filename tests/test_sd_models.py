@@ -274,7 +274,7 @@ def test_cli_erase_hide_generate_export_on_sd_folders(folders, tmp_path, capsys)
 
     assert Image.open(tmp_path / "g" / images[0]).size == (64, 64)  # full size, not the grid's 96-px cell
     code, out, err = run_cli(capsys, "eval", "--model", folders["sdxl"], "--artifact", tmp_path / "kpop", "--key", tmp_path / "cat.veilkey",
-                             "--limit", "1", "--num-inference-steps", "2", "--out", tmp_path / "eval")
+                             "--targets", "circle", "--limit", "1", "--num-inference-steps", "2", "--out", tmp_path / "eval")
     assert code == 0, err
     assert set(json.loads((tmp_path / "eval" / "results.json").read_text())["metrics"]) == {"original", "erased", "unlocked"}
     for artifact, model in (("esd", "sd15"), ("kpop", "sdxl")):
