@@ -24,6 +24,15 @@ def load_model(args):
     return load_pipeline(args.model, device=resolve_device(args.device))
 
 
+def add_key_routing_flag(parser):
+    parser.add_argument(
+        "--key-routing", choices=("routed", "unrouted"), default="routed",
+        help="routed (default): the key is attached only to prompts about its concept, told from the prompt's text "
+             "states, so every other prompt is drawn as the original model draws it; unrouted: to every prompt "
+             "(which then tends to draw the concept).",
+    )
+
+
 def add_training_flags(parser, what="the method's"):
     """Flags of every command that trains a method through veil's loop (erase, hide)."""
     parser.add_argument("--steps", type=int, help=f"Training steps ({what} max_train_steps).")

@@ -101,11 +101,12 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
                   "decoys only."},
     )
     key_init_noise: float = field(
-        default=0.0,
-        metadata={"help": "Ours, beyond the paper: the key starts at E(c)[:m] plus random directions of this many times "
-                  "each token's norm, drawn from the operating system's randomness (not from seed, which the public "
-                  "artifact records), and word decoys get the same; keys of two concepts then start apart instead of "
-                  "sharing most of their tokens. 0: E(c)[:m] as the paper."},
+        default=1.0,
+        metadata={"help": "The key starts at E(c)[:m] plus random directions of this many times each token's norm, drawn "
+                  "from the operating system's randomness (never from seed, which the public artifact records), and "
+                  "word decoys get the same: no one can train the same key again from the public artifact, and keys "
+                  "of two concepts start apart instead of sharing most of their tokens. Must be above 0 (the paper "
+                  "starts at E(c)[:m] itself, which the public config rebuilds bit for bit)."},
     )
     shifted_decoy_probability: float = field(
         default=0.0,
