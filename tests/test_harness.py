@@ -360,6 +360,12 @@ def test_eval_unlocked_with_a_kpop_key(tmp_path, capsys, stand_in_shapes):
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["config"]["variants"] == ["original", "erased", "unlocked"] and results["config"]["unlocked"] is True
     assert "veilkey" not in (tmp_path / "r" / "results.json").read_text().replace(str(tmp_path), "")  # the key stays out
+    assert results["config"]["key_routing"] == "routed"  # the key holder's model: the key only on prompts about circle
+    # Images drawn with the routed key are not taken for the unrouted key's.
+    code, _, err = run_cli(capsys, "eval", "--task", "shapes_concepts", *EVAL, "--artifact", tmp_path / "hidden",
+                           "--key", tmp_path / "circle.veilkey", "--key-routing", "unrouted", "--out", tmp_path / "r", "--rescore")
+    assert code == 2 and "Traceback" not in err  # after the original and erased rows' progress bars, one sentence:
+    assert_one_sentence_error(code, err.strip().splitlines()[-1], "key_routing 'routed'")
 
 
 def test_artists_task_scores_clip_and_lpips_on_targets_and_nontargets(tmp_path, tiny_pipe):

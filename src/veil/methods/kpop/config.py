@@ -9,7 +9,8 @@ from .model import LAYERS
 
 # ``paper``: the authors' training (METHODS.md §1) with the spec's Decisions: key learning rate
 # 1e-3 (the authors' 1e-5 barely moves unit-scale embeddings), losses on noise; no preservation.
-# ``tuned``: the same plus the preservation term over retain concepts.
+# ``tuned``: the same plus the preservation term over retain concepts. Both start the key at E(c)[:m] plus secret
+# noise (key_init_noise, 1 by default): from E(c)[:m] alone, the public config trains the same key again.
 PRESETS = {
     "paper": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=1e-3, hide_weight=1.0,
                   recover_weight=0.1, loss_space="eps", retain_weight=0.0, key_retain_weight=0.0, decoy_weight=0.0),
