@@ -207,29 +207,11 @@ def test_eval_results_hold_no_key(tmp_path, capsys, monkeypatch, classifier=CLAS
     assert written and not any(_leaks(blob, key) for blob in (written, stdout.encode(), err.encode()))
 
 
-def _gap(pipe, method, prompt, key):
-    """How far ``key`` on the public model leaves the original's prediction for ``prompt`` (mean squared difference)."""
-    from veil.training.sampling import encode_prompts
-
-    generator = torch.Generator().manual_seed(1)
-    latents = torch.randn(8, 4, 8, 8, generator=generator)
-    timesteps = torch.randint(0, 1000, (8,), generator=generator)
-    embeds = encode_prompts(pipe, [prompt]).expand(8, -1, -1)
-    with torch.no_grad():
-        with method.disabled(pipe):
-            original = pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample
-        with method.unlocked(pipe, key):
-            return (pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample - original).pow(2).mean().item()
-
-
 def test_a_key_cannot_be_trained_again_from_the_public_artifacts_settings(tmp_path, capsys):
-    """Hiding again from the public veil.json (same seed, same settings) gives another key: veil refuses it for the
-    public artifact, and used anyway it brings the original's prediction back far less than the real key does. (It
-    does better than random directions: a key trained for the same concept on a like UNet carries over in part.)"""
-    from veil.models import build_tiny_pipeline
-
-    settings = ["--model", "tiny", "--concept", "circle", "--steps", "40", "--seed", "3", "--set", "ddim_steps=4",
-                "--set", "layers=all", "--set", "key_learning_rate=1e-2", "--lr", "1e-3"]
+    """Hiding again from the public veil.json (same seed, same settings) gives another key, which veil refuses for the
+    public artifact. (How much such a key unlocks when forced in anyway: bench/kpop_rebuilt_key.py.)"""
+    settings = ["--model", "tiny", "--concept", "circle", "--steps", "4", "--seed", "3", "--set", "ddim_steps=4",
+                "--set", "layers=all"]
     code, _, err = run_cli(capsys, "hide", *settings, "--out", tmp_path / "pub", "--key-out", tmp_path / "secret.veilkey")
     assert code == 0, err
     code, _, err = run_cli(capsys, "hide", "--model", "tiny", "--concept", "circle", "--config", tmp_path / "pub" / "veil.json",
@@ -239,16 +221,11 @@ def test_a_key_cannot_be_trained_again_from_the_public_artifacts_settings(tmp_pa
     assert veil.load_artifact(tmp_path / "repro").manifest["config"] == public.manifest["config"]
     secret, rebuilt = read_key(tmp_path / "secret.veilkey"), read_key(tmp_path / "repro.veilkey")
     assert secret.fingerprints() != rebuilt.fingerprints()
-    with pytest.raises(veil.VeilError, match="belongs to another artifact"):
-        load_key_for(tmp_path / "repro.veilkey", public)
-
-    pipe = build_tiny_pipeline(seed=0)
-    method = public.attach(pipe)
-    randoms = [_gap(pipe, method, "circle", random_key_like(secret, torch.Generator().manual_seed(s))) for s in range(5)]
-    right, again = _gap(pipe, method, "circle", secret), _gap(pipe, method, "circle", rebuilt)
-    public.detach(pipe)
-    assert right < 0.5 * min(randoms), (right, randoms)  # the measure tells an unlocking key from a random one
-    assert again > 1.3 * right, (again, right)  # rebuilt bit for bit, it would be the key itself
+    assert not torch.allclose(secret["circle"][0], rebuilt["circle"][0], atol=1e-2)  # not merely a few bits apart
+    code, _, err = run_cli(capsys, "generate", "--model", "tiny", "--artifact", tmp_path / "pub", "--key", tmp_path / "repro.veilkey",
+                           "--prompt", "a circle", "--seeds", "0", "--num-inference-steps", "2", "--out", tmp_path / "g.png")
+    assert_one_sentence_error(code, err, "belongs to another artifact")
+    assert not (tmp_path / "g.png").exists()
 
 
 def test_checkpoints_seal_the_key_under_the_passphrase_and_resume_with_it(tmp_path, monkeypatch):
