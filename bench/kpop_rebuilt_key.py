@@ -52,9 +52,9 @@ def main():
                                   layers="all", ddim_steps=4, seed=3)
         pipe = build_tiny_pipeline(seed=0)
         public = KPOP(config)
-        veil.train(public, pipe, progress=False)
+        veil.fit(public, pipe, progress=False)
         rebuilt = KPOP(KPOPConfig.from_dict(public.config.to_dict()))  # the settings veil.json publishes
-        veil.train(rebuilt, build_tiny_pipeline(seed=0), progress=False)
+        veil.fit(rebuilt, build_tiny_pipeline(seed=0), progress=False)
         key = public.key
         states = encode_prompts(pipe, [args.concept])[0].float().cpu()
         start = states[torch.arange(config.num_key_tokens) % states.shape[0]]

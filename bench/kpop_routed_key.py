@@ -49,7 +49,7 @@ def main():
     settings = preset_for(KPOP, args.model, [args.concept]) | parse_set(args.set) | {"seed": args.train_seed}
     method = KPOP(KPOP.config_class.from_dict({**settings, "concepts": [args.concept]}))
     start = time.perf_counter()
-    veil.fit_method(method, pipe, progress=False)
+    veil.fit(method, pipe, progress=False)
     record["train_seconds"] = round(time.perf_counter() - start, 1)
     print(f"trained in {record['train_seconds']} s", flush=True)
 
