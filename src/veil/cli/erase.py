@@ -27,6 +27,7 @@ def run_method(args, method_cls, concepts, configure=None, save_outputs=None):
     import shutil
 
     from ..artifact import Artifact
+    from ..errors import VeilError
     from ..evaluation.sampling import warn_if_truncated
     from ..training.loop import fit
     from .common import check_output, load_model, method_config, resolve_device, work_dir_for
