@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from . import __version__
-from ._io import atomic_dir, atomic_file
+from ._io import atomic_dir, atomic_file, recover
 from .errors import VeilError
 from .models import model_fingerprint
 from .registry import get_method
@@ -111,7 +111,8 @@ class Artifact:
 
     @classmethod
     def load(cls, path):
-        """Read and verify an artifact folder."""
+        """Read and verify an artifact folder (first putting back one whose replacement a killed save interrupted)."""
+        recover(path)
         manifest_path = os.path.join(path, MANIFEST_NAME)
         weights_path = os.path.join(path, WEIGHTS_NAME)
         if os.path.exists(path) and not os.path.isdir(path):

@@ -84,6 +84,15 @@ def load_model(args):
     return load_pipeline(args.model, device=resolve_device(args.device), variant=getattr(args, "variant", None))
 
 
+def add_key_routing_flag(parser):
+    parser.add_argument(
+        "--key-routing", choices=("routed", "unrouted"), default="routed",
+        help="routed (default): the key is attached only to prompts about its concept, told from the prompt's text "
+             "states, so every other prompt is drawn as the original model draws it; unrouted: to every prompt "
+             "(which then tends to draw the concept).",
+    )
+
+
 def open_artifact(path):
     """The artifact behind ``--artifact``: a veil artifact folder, or a DuMo checkpoint folder in the authors'
     layout (their config.json names the DuMo class), read as a DuMo artifact in paper mode."""

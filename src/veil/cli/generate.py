@@ -1,7 +1,7 @@
 """``veil generate``: images for prompts, original and with an artifact side by side, as a labelled grid,
 and each image at its full size in a folder beside it."""
 
-from .common import add_model_flags, add_output_flags, finite_float, positive_int
+from .common import add_key_routing_flag, add_model_flags, add_output_flags, finite_float, positive_int
 
 
 def register(sub):
@@ -10,6 +10,7 @@ def register(sub):
     parser.add_argument("--artifact", help="Artifact folder: adds a row with it attached under each original row.")
     parser.add_argument("--key", help="KPOP key file: adds an 'unlocked' row.")
     parser.add_argument("--passphrase-file", help="File holding the key's passphrase (or set VEIL_KEY_PASSPHRASE).")
+    add_key_routing_flag(parser)
     parser.add_argument("--seeds", default="0,1,2,3", help="Comma-separated seeds, one column each.")
     parser.add_argument("--num-inference-steps", type=positive_int, default=25)
     parser.add_argument(
@@ -68,8 +69,9 @@ def save_images(rows, labels, seeds, folder, overwrite=False):
     return folder
 
 
-def comparison_rows(pipe, prompts, seeds, artifact=None, key=None, num_inference_steps=25, guidance_scale=3.0):
-    """Rows of images and labels: original, then with the artifact, then unlocked with the key."""
+def comparison_rows(pipe, prompts, seeds, artifact=None, key=None, num_inference_steps=25, guidance_scale=3.0, routed=True):
+    """Rows of images and labels: original, then with the artifact, then unlocked with the key (``routed``: only
+    on prompts about its concepts)."""
     from ..evaluation.sampling import generate
 
     def images_for(prompt):
@@ -89,7 +91,7 @@ def comparison_rows(pipe, prompts, seeds, artifact=None, key=None, num_inference
                 method = artifact.attach(pipe)
                 try:
                     if mode == "key":
-                        with method.unlocked(pipe, key):
+                        with method.unlocked(pipe, key, routed=routed):
                             rows.append(images_for(prompt))
                     else:
                         rows.append(images_for(prompt))
@@ -134,7 +136,8 @@ def run(args):
     if artifact is not None:
         artifact.check_base(pipe)
     warn_if_truncated(pipe, prompts)
-    rows, labels = comparison_rows(pipe, prompts, seeds, artifact, key, args.num_inference_steps, guidance_scale)
+    rows, labels = comparison_rows(pipe, prompts, seeds, artifact, key, args.num_inference_steps, guidance_scale,
+                                   routed=args.key_routing == "routed")
     grid = labelled_grid(rows, labels, [f"seed {s}" for s in seeds])
     save_images(rows, labels, seeds, folder, overwrite=args.overwrite)
     save_png(grid, args.out, overwrite=args.overwrite)
