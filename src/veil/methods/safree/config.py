@@ -19,10 +19,10 @@ class SAFREEConfig(MethodConfig):
         default_factory=list, metadata={"help": "More words or phrases that span the concept subspace (the authors' keyword list)."}
     )
     alpha: float = field(
-        default=0.01, metadata={"help": "Token filter margin: a token is projected when masking it moves the prompt (1+alpha) times further from the concept."}
+        default=0.01, metadata={"help": "Token filter margin: project a token whose masking moves the prompt 1+alpha times further from the concept."}
     )
     self_validation: bool = field(
-        default=True, metadata={"help": "Self-validating filter: use the projected prompt only for the first steps, more of them the more it moved."}
+        default=True, metadata={"help": "Self-validating filter: the projected prompt only for the first steps, the more the more it moved."}
     )
     max_safe_steps: int = field(
         default=10, metadata={"help": "The self-validating filter's most steps (of the run's sampling steps) with the projected prompt."}
