@@ -19,7 +19,7 @@ class SAFREEConfig(MethodConfig):
         default_factory=list, metadata={"help": "More words or phrases that span the concept subspace (the authors' keyword list)."}
     )
     alpha: float = field(
-        default=0.01, metadata={"help": "Token filter margin: project a token whose masking moves the prompt 1+alpha times further from the concept."}
+        default=0.01, metadata={"help": "Token filter margin: a token triggers when masking it puts the prompt 1+alpha times further away."}
     )
     self_validation: bool = field(
         default=True, metadata={"help": "Self-validating filter: the projected prompt only for the first steps, the more the more it moved."}
