@@ -34,7 +34,7 @@ def test_rece_adversarial_embedding_solves_the_ridge_problem():
 
 
 def test_rece_erases_the_embedding_that_regenerates_the_concept(tiny_pipe):
-    config = dict(concepts=["circle"], preserve_concepts=["square"], regularization=0.1)
+    config = dict(concepts=["circle"], preserve_concepts=["square"], regularization=0.1, token_selection="all")
     originals = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
     uce = UCE(**config)
     uce.fit(tiny_pipe)
@@ -53,7 +53,8 @@ def test_rece_erases_the_embedding_that_regenerates_the_concept(tiny_pipe):
 
 
 def test_rece_without_rounds_is_uce(tiny_pipe):
-    uce, rece = UCE(concepts=["circle"]), RECE(concepts=["circle"], epochs=0)
+    uce = UCE(concepts=["circle"], token_selection="all", regularization=0.1)
+    rece = RECE(concepts=["circle"], epochs=0)
     uce.fit(tiny_pipe)
     rece.fit(tiny_pipe)
     for name, tensor in _weights(uce).items():

@@ -9,11 +9,20 @@ import contextlib
 import itertools
 
 import torch
+from diffusers import DDIMScheduler
+
+from ..architectures.sdxl import encode_packed, is_sdxl
 
 
 @torch.no_grad()
 def encode_prompts(pipe, prompts):
-    """Text-encoder states for ``prompts`` exactly as the pipeline computes them: ``(n, tokens, width)``."""
+    """Text-encoder states for ``prompts`` exactly as the pipeline computes them: ``(n, tokens, width)``.
+
+    On SDXL the pooled text embedding rides along as one more row, which the UNet call unpacks
+    (:mod:`veil.architectures.sdxl`); :func:`veil.architectures.sdxl.token_states` drops it.
+    """
+    if is_sdxl(pipe):
+        return encode_packed(pipe, prompts)
     prompt_embeds, _ = pipe.encode_prompt(
         list(prompts), device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
     )
@@ -79,7 +88,9 @@ def sample_partial_trajectories(pipe, conds, uncond, t_encs, *, num_inference_st
         a list of ``len(conds)`` tensors, ``(len(t_encs[i]), channels, h, w)`` each.
     """
     unet, scheduler = pipe.unet, pipe.scheduler
-    scheduler = scheduler.__class__.from_config(scheduler.config)  # never disturb the pipeline's own state
+    # DDIM with the model's own betas, whatever scheduler the pipeline ships (SD 1.5's PNDM, SDXL's Euler);
+    # a fresh one, so the pipeline's own state is never disturbed.
+    scheduler = DDIMScheduler.from_config(scheduler.config)
     scheduler.set_timesteps(num_inference_steps, device=pipe.device)
     size, count = unet.config.sample_size, conds.shape[0]
     latents = torch.cat([

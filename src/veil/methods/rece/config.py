@@ -10,7 +10,13 @@ from ..uce.config import UCEConfig
 @dataclass
 class RECEConfig(UCEConfig):
     """Reliable and Efficient Concept Erasure: UCE's edit, then rounds that erase the embeddings which still
-    regenerate the concept. Defaults follow the authors' SD 1.4 nudity run (3 rounds, rho 0.1, preserve 0.1)."""
+    regenerate the concept. Defaults follow the authors' SD 1.4 nudity run (every token row, lambda 0.1, 3 rounds,
+    rho 0.1, preserve 0.1)."""
+
+    token_selection: str = field(
+        default="all", metadata={"help": "Token states edited: all (the authors' RECE code), last_token or last_token_to_end."}
+    )
+    regularization: float = field(default=0.1, metadata={"help": "lambda, the pull towards the original weights (the authors': 0.1)."})
 
     epochs: int = field(default=3, metadata={"help": "Rounds of: derive the embedding that regenerates the concept, erase it too."})
     embedding_regularization: float = field(

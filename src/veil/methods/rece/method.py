@@ -59,13 +59,14 @@ class RECE(UCE):
         if self.attached_to is pipe:
             self.detach(pipe)
         erase_prompts, guide_prompts, preserve_prompts = self.edit_prompts()
-        erase, guide, preserve = (self._states(pipe, p) for p in (erase_prompts, guide_prompts, preserve_prompts))
+        erase, guide, preserve = self._rows(pipe, erase_prompts, guide_prompts, preserve_prompts)
         # Each round keeps the empty prompt as well as the preserve concepts (the authors' retain set).
-        kept = self._states(pipe, [""] + preserve_prompts)
+        kept = self._rows(pipe, [], [], [""] + preserve_prompts)[2]
         params = dict(pipe.unet.named_parameters())
         originals = {name: params[name].detach() for name in self.edited_parameter_names(pipe.unet)}
         edited = {
-            name: uce_closed_form(w, erase, guide, preserve, config.erase_scale, config.preserve_scale, config.regularization)
+            name: uce_closed_form(w, erase, guide, preserve, config.erase_scale, config.effective_preserve_scale(),
+                                  config.regularization)
             for name, w in originals.items()
         }
         gaps = []

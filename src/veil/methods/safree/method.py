@@ -84,6 +84,7 @@ class SAFREE(HookMethod):
 
     config_class = SAFREEConfig
     model_presets = MODEL_PRESETS
+    pipeline_export_refusal = "changes the prompt's states and the UNet's features at each sampling step instead of the weights"
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)

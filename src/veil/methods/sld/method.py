@@ -19,6 +19,7 @@ class SLD(HookMethod):
     """
 
     config_class = SLDConfig
+    pipeline_export_refusal = "steers each sampling step instead of changing weights"
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
@@ -40,6 +41,13 @@ class SLD(HookMethod):
         if self.attached_to is not pipe:
             return
         self.remove_hooks()
+
+    def sampling_warning(self, num_inference_steps):
+        warmup = self.config.warmup_steps
+        if num_inference_steps <= warmup:
+            return (f"SLD starts after {warmup} warm-up steps, so with {num_inference_steps} sampling steps it never acts; "
+                    f"sample with more than {warmup} steps or set warmup_steps lower.")
+        return None
 
     @torch.no_grad()
     def _hook(self, unet, args, kwargs, output):
