@@ -261,3 +261,37 @@ class Method:
     def sampling_warning(self, num_inference_steps):
         """A sentence when sampling with ``num_inference_steps`` leaves the method without effect, else ``None``."""
         return None
+
+class HookMethod(Method):
+    """An inference-time method installed as forward hooks on a stock pipeline (SLD, SAFREE): nothing is trained
+    or stored, ``detach`` removes the hooks (the pipeline is bit for bit the original) and ``disabled()`` makes
+    them pass everything through. Subclasses put their hook handles in ``self._handles`` and honour
+    ``self._bypass``."""
+
+    kind = "inference"
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self._handles = []
+        self._bypass = False
+
+    def remove_hooks(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.attached_to = None
+
+    @contextlib.contextmanager
+    def disabled(self, pipe):
+        self._bypass = True
+        try:
+            yield
+        finally:
+            self._bypass = False
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state_dict):
+        if state_dict:
+            raise ValueError(f"{type(self).__name__} stores no tensors.")

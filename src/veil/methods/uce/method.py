@@ -90,19 +90,22 @@ class UCE(WeightEditMethod):
         kept = torch.cat([encoded[p] for p in [""] + preserve])
         return torch.cat(erase), torch.cat(guide), kept
 
+    def edit_prompts(self):
+        """``(erase, guide, preserve)`` prompts of the edit: each phrasing of each concept in every template, its
+        guide in the same template (token states are compared position by position), the preserve concepts."""
+        config = self.config
+        phrases = [p for c in config.concepts for p in phrasings(config, c)]
+        erase = [t.format(p) for p in phrases for t in config.templates]
+        guide = [t.format(config.guide).strip() for _ in phrases for t in config.templates]
+        preserve = [t.format(p) for p in config.preserve_concepts for t in config.templates]
+        return erase, guide, preserve
+
     @torch.no_grad()
     def fit(self, pipe):
         config = self.config
         if self.attached_to is pipe:
             self.detach(pipe)
-        phrases = [p for c in config.concepts for p in phrasings(config, c)]
-        # Each phrase and its guide in the same template.
-        erase, guide, preserve = self._rows(
-            pipe,
-            [t.format(p) for p in phrases for t in config.templates],
-            [t.format(config.guide).strip() for _ in phrases for t in config.templates],
-            [t.format(p) for p in config.preserve_concepts for t in config.templates],
-        )
+        erase, guide, preserve = self._rows(pipe, *self.edit_prompts())
         edited = {}
         params = dict(pipe.unet.named_parameters())
         preserve_scale = config.effective_preserve_scale()
