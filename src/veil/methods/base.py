@@ -76,11 +76,6 @@ class ESDSamplingConfig:
     samples_per_trajectory: int = field(
         default=4, metadata={"help": "Training samples (distinct t_enc) taken from one DDIM trajectory."}
     )
-    timestep_mapping: str = field(
-        default="esd",
-        metadata={"help": "esd: t ~ U[1000·t_enc/N, 1000·(t_enc+1)/N) as published; aligned: t from the "
-                  "interval of the latent's own noise level."},
-    )
     contexts: typing.List[str] = field(
         default_factory=list,
         metadata={"help": "Prompt templates with {} where the concept goes (ours), e.g. 'a red {} on a dotted background'. "
@@ -102,7 +97,6 @@ class ESDSamplingConfig:
     )
 
     def check_sampling(self):
-        check_choice(self, "timestep_mapping", ("esd", "aligned"))
         check_positive(self, "ddim_steps", "samples_per_trajectory", "trajectory_batch")
         self.samples_per_trajectory = min(self.samples_per_trajectory, self.ddim_steps)
         if isinstance(self.contexts, str):

@@ -66,12 +66,6 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
         metadata={"help": "Stage 2: pool of diverse prompts whose outputs must not change; prompts naming the "
                   "concept are left out."},
     )
-    timestep_mapping: str = field(
-        default="aligned",
-        metadata={"help": "aligned: t from the interval of the latent's own noise level; esd: ESD's published "
-                  "t ~ U[1000·t_enc/N, 1000·(t_enc+1)/N). EPR and the TLMO rows depend on t, so DuMo needs "
-                  "aligned (shapes world, 200 steps at 1e-3: circle rate 0.29 aligned, 0.96 esd)."},
-    )
     gate: typing.Optional[bool] = field(
         default=None,
         metadata={"help": "Scale each prompt's residuals by its similarity to the concept (SPM's facilitated "

@@ -14,11 +14,17 @@ class ESDConfig(MethodConfig, ESDSamplingConfig):
         metadata={"help": "Which UNet weights to train: xattn (cross-attention; objects, styles), "
                   "noxattn (all but cross-attention; nudity), selfattn, or full."},
     )
+    mode: str = field(
+        default="paper",
+        metadata={"help": "paper: train_method selects the Linear and Conv2d layers the authors' diffusers script trains; "
+                  "veil: every matching parameter, norm layers included, noxattn without time embedding and conv_out."},
+    )
     max_train_steps: int = field(default=200, metadata={"help": "Optimizer steps."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Adam learning rate."})
 
     def __post_init__(self):
         super().__post_init__()
         check_choice(self, "train_method", ("xattn", "noxattn", "selfattn", "full"))
+        check_choice(self, "mode", ("paper", "veil"))
         check_positive(self, "max_train_steps", "learning_rate")
         self.check_sampling()
