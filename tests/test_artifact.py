@@ -143,3 +143,17 @@ def test_export_full_pipeline_folder(tmp_path, saved, tiny_pipe):
     assert torch.equal(render(tiny_pipe), original)  # exporting leaves the pipeline as it was
     reloaded = veil.load_pipeline(str(tmp_path / "pipeline"))
     assert torch.equal(render(reloaded), erased)
+
+
+def test_an_artifact_that_records_a_timestep_mapping_still_loads(saved, tiny_pipe):
+    # Its config names a training-time choice ESD sampling no longer has; the stored weights work as they are.
+    manifest = json.loads((saved / "veil.json").read_text())
+    manifest["config"]["timestep_mapping"] = "esd"
+    (saved / "veil.json").write_text(json.dumps(manifest))
+    artifact = veil.load_artifact(saved)
+    method = artifact.attach(tiny_pipe)
+    assert "timestep_mapping" not in method.config.to_dict()
+    edited = dict(tiny_pipe.unet.named_parameters())
+    for name, tensor in artifact.tensors.items():
+        assert torch.equal(edited[name[len("unet."):]], tensor)
+    method.detach(tiny_pipe)
