@@ -1,9 +1,9 @@
 """Shapes presets retrained and measured on the bench's prompt sets, against the base rates of a finished bench.
 
     OMP_NUM_THREADS=1 python bench/preset_rows.py --methods esd --concepts circle,square --seeds 0 \\
-        --base bench/results/shapes-all/bench.json --out bench/results/shapes/aligned-timesteps/esd.json
+        --base bench/results/attacks/shapes/bench.json --out bench/results/shapes/aligned-timesteps/esd.json
 
-Each method × concept is fitted from the model's preset (``--set METHOD.FIELD=VALUE`` changes it) and drawn on the
+Each method × concept is fitted from the model's preset (``--set METHOD=FIELD=VALUE`` changes it) and drawn on the
 rows ``veil bench`` draws after fitting: every canonical prompt of ``--seeds`` and the concept's synonym, paraphrase
 and short prompts, plus the keyed rates. What it skips is the bench's base pass (1,044 images at one seed): the base
 rates come from ``--base``, a bench of the same model, sampling and prompt sets (its paraphrase and short rows are the
@@ -12,6 +12,7 @@ same; its canonical and synonym rows may hold more seeds). The JSON is rewritten
 """
 
 import argparse
+import json
 import os
 import time
 
@@ -22,7 +23,6 @@ from veil.evaluation.shapes_tasks import rows_naming, task_rows
 from veil.methods.presets import preset_for
 from veil.shapes.classifier import classify
 from veil.shapes.data import CONCEPT_KIND
-from veil.training.loop import fit_method
 
 from _common import parse_named_settings
 
@@ -38,7 +38,6 @@ def main():
     parser.add_argument("--set", action="append", default=[], help="METHOD=FIELD=VALUE[,FIELD=VALUE]")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    import json
 
     base = json.loads(open(args.base).read())["base"]
     overrides = dict(parse_named_settings(item) for item in args.set)
@@ -59,7 +58,7 @@ def main():
             config = preset_for(cls, "shapes", [concept]) | overrides.get(name, {})
             method = cls(cls.config_class.from_dict({**config, "concepts": [concept]}))
             start = time.perf_counter()
-            cost = fit_method(method, pipe, progress=False)
+            cost = veil.fit(method, pipe, progress=False)
             seconds = cost.get("seconds") or round(time.perf_counter() - start, 3)
             after = {key: _evaluate(pipe, rows if key == "canonical" else rows_naming(rows, concept), classify, settings)
                      for key, rows in sets.items()}

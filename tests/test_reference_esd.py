@@ -44,7 +44,7 @@ def _one_iteration(tiny_pipe, record, monkeypatch):
 
     monkeypatch.setattr(method, "make_batch", at_the_reference_draw)
     originals = {name: p.detach().clone() for name, p in tiny_pipe.unet.named_parameters()}
-    cost = veil.train(method, tiny_pipe, progress=False)
+    cost = veil.fit(method, tiny_pipe, progress=False)
     params = dict(tiny_pipe.unet.named_parameters())
     return method, cost, originals, params
 

@@ -1,4 +1,4 @@
-"""Shared machinery for methods that edit a subset of the UNet's own weights (ESD, UCE).
+"""Shared machinery for methods that edit a subset of the UNet's own weights (ESD, UCE, KPOP).
 
 The edit keeps two tensors per edited parameter: the original and the edited one. ``attach``
 points the parameter at the edited tensor, ``detach`` back at the original, and ``disabled()``
@@ -132,7 +132,7 @@ class UNetWeightEdit:
 
 
 class WeightEditMethod(Method):
-    """A method whose whole effect is an edit of some UNet weights (ESD, UCE).
+    """A method whose effect is an edit of some UNet weights (ESD, UCE; KPOP adds its key).
 
     Subclasses name the edited parameters in ``edited_parameter_names(unet)``; attach, detach,
     ``disabled()`` and persistence come from here.

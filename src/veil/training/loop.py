@@ -1,4 +1,5 @@
-"""The one training loop. Each method supplies ``make_batch`` and ``loss``; the loop owns the
+"""The one training loop. :func:`fit` makes any method ready to save, every stage of it; each stage is run
+by :func:`train_stage`, for which the method supplies ``make_batch`` and ``loss`` and the loop owns the
 optimizers, progress bar, checkpoints, resume, the NaN guard and the cost record.
 
 A run interrupted at any point and continued with ``resume=True`` reaches the same weights as an
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_dir
 from ..errors import TrainingDiverged, VeilError
+from ..methods.base import Stage
 
 _CHECKPOINT = re.compile(r"^step-(\d+)$")
 
@@ -44,9 +46,7 @@ def _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seco
     with atomic_dir(path, overwrite=True) as tmp:
         # Checkpoints hold everything needed to resume, a KPOP key included (the work folder is
         # removed once the artifact is saved); the artifact itself holds only ``state_dict()``.
-        state = getattr(method, "checkpoint_state_dict", method.state_dict)()
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        save_file(tensors, os.path.join(tmp, "method.safetensors"))
+        save_file(_checkpoint_tensors(method), os.path.join(tmp, "method.safetensors"))
         torch.save(
             {
                 "step": step,
@@ -62,6 +62,10 @@ def _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seco
     for name in old:
         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
     return path
+
+
+def _checkpoint_tensors(method):
+    return {k: v.detach().to("cpu").contiguous() for k, v in method.checkpoint_state_dict().items()}
 
 
 def _load_checkpoint(path, method):
@@ -84,9 +88,10 @@ def _freeze(pipe):
             component.requires_grad_(False)
 
 
-def train(
+def train_stage(
     method,
     pipe,
+    stage=None,
     *,
     work_dir=None,
     checkpoint_every=50,
@@ -96,16 +101,17 @@ def train(
     progress=True,
     stop_after=None,
 ):
-    """Train ``method`` on ``pipe`` for ``method.config.max_train_steps`` steps.
+    """Train one stage of ``method`` on ``pipe`` for the stage's steps; :func:`fit` runs every stage.
 
     Args:
         method: a registered method of kind ``"trained"``; attached to ``pipe`` here.
+        stage: a :class:`~veil.methods.base.Stage` of ``method.stages()`` or its name; ``None``: the first.
         work_dir: where checkpoints go (``work_dir/checkpoints/step-N``); ``None`` for none.
         checkpoint_every: steps between checkpoints.
         resume: continue from the latest checkpoint in ``work_dir``.
         mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (through accelerate).
         max_grad_norm: clip gradients to this norm when set.
-        stop_after: stop after this many steps in total (simulates an interruption; tests).
+        stop_after: stop after this many steps of the stage in total (an interruption).
 
     Returns:
         `dict`: the cost record ``{"steps", "seconds", "peak_mem_mb", "device", "losses"}``.
@@ -114,8 +120,18 @@ def train(
         TrainingDiverged: the loss became NaN or infinite; the last good checkpoint is kept.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    if not isinstance(stage, Stage):
+        stages = method.stages()
+        named = [s for s in stages if s.name == stage]
+        if stage is not None and not named:
+            raise VeilError(f"{method.name} has no stage {stage!r}; its stages are {', '.join(s.name for s in stages)}.")
+        stage = named[0] if named else stages[0]
+    method.set_stage(stage.name)
     config = method.config
+    # accelerate keeps one precision per process; each run here sets its own.
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=pipe.device.type == "cpu")
     _freeze(pipe)
     method.attach(pipe)
@@ -132,7 +148,7 @@ def train(
         step, losses, seconds_before = state["step"], list(state["losses"]), float(state["seconds"])
         generator.set_state(state["generator"])
     groups = method.optimizer_groups()
-    optimizer_class = getattr(method, "optimizer_class", torch.optim.Adam)
+    optimizer_class = method.optimizer_class
     optimizers = {}
     for phase, param_groups in groups.items():
         for group in param_groups:
@@ -143,7 +159,7 @@ def train(
         for phase, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][phase])
 
-    total = int(config.max_train_steps)
+    total = int(stage.steps)
     end = total if stop_after is None else min(total, int(stop_after))
     last_checkpoint = latest_checkpoint(work_dir) if work_dir else None
     start_time = time.perf_counter()
@@ -192,9 +208,22 @@ def train(
     }
 
 
-def fit_method(method, pipe, *, work_dir=None, resume=False, progress=True, **train_kwargs):
-    """Make ``method`` ready to save, whatever its kind: every training stage through :func:`train`,
-    ``fit()`` for closed-form methods, nothing for inference-time ones. Returns the cost record."""
+def fit(method, pipe, *, work_dir=None, resume=False, progress=True, stop_after=None, **train_kwargs):
+    """Make ``method`` ready to save, whatever its kind: every training stage in turn through :func:`train_stage`,
+    ``fit()`` for closed-form methods, nothing for inference-time ones.
+
+    Args:
+        work_dir: where checkpoints go; a method with several stages gets one folder per stage, and each finished
+            stage leaves ``<stage>/done.safetensors`` (with its checkpoint tensors) for ``resume``.
+        resume: continue from the latest checkpoint (or finished stage) in ``work_dir``.
+        stop_after: stop after this many training steps over all stages (an interruption).
+        **train_kwargs: ``checkpoint_every``, ``mixed_precision``, ``max_grad_norm`` of :func:`train_stage`.
+
+    Returns:
+        `dict`: the cost record ``{"steps", "seconds", "peak_mem_mb", "device"}``, with ``"losses"`` for trained
+        methods, ``"stages"`` (each stage's steps and seconds) for methods of several stages and ``fit()``'s own
+        fields for closed-form ones.
+    """
     if method.kind == "closed_form":
         start = time.perf_counter()
         extra = method.fit(pipe) or {}
@@ -206,24 +235,31 @@ def fit_method(method, pipe, *, work_dir=None, resume=False, progress=True, **tr
         return {"steps": 0, "seconds": 0.0, "peak_mem_mb": round(peak_memory_mb(pipe.device), 1), "device": str(pipe.device)}
     stages = method.stages()
     total = {"steps": 0, "seconds": 0.0, "losses": [], "stages": {}}
+    done = 0  # steps of the stages before this one
     for stage in stages:
-        method.set_stage(stage)
-        stage_dir = work_dir if (work_dir is None or len(stages) == 1) else os.path.join(work_dir, stage)
+        stage_dir = work_dir if (work_dir is None or len(stages) == 1) else os.path.join(work_dir, stage.name)
         stage_resume = resume and stage_dir is not None and latest_checkpoint(stage_dir) is not None
         if resume and not stage_resume and stage_dir is not None and os.path.isfile(os.path.join(stage_dir, "done.safetensors")):
+            method.set_stage(stage.name)
             method.load_state_dict(load_file(os.path.join(stage_dir, "done.safetensors")))
+            done += stage.steps
             continue  # this stage finished before the interruption
-        cost = train(method, pipe, work_dir=stage_dir, resume=stage_resume, progress=progress, **train_kwargs)
-        if stage_dir is not None and len(stages) > 1:
+        left = None if stop_after is None else max(0, int(stop_after) - done)
+        cost = train_stage(method, pipe, stage, work_dir=stage_dir, resume=stage_resume, progress=progress,
+                           stop_after=left, **train_kwargs)
+        finished = cost["steps"] >= stage.steps
+        if finished and stage_dir is not None and len(stages) > 1:
             os.makedirs(stage_dir, exist_ok=True)
             # Like a checkpoint, everything the next stage starts from (a KPOP key too); the work folder goes with the artifact.
-            state = getattr(method, "checkpoint_state_dict", method.state_dict)()
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(stage_dir, "done.safetensors"))
+            save_file(_checkpoint_tensors(method), os.path.join(stage_dir, "done.safetensors"))
         total["steps"] += cost["steps"]
         total["seconds"] += cost["seconds"]
         total["losses"] += cost["losses"]
-        total["stages"][stage] = {"steps": cost["steps"], "seconds": cost["seconds"]}
+        total["stages"][stage.name] = {"steps": cost["steps"], "seconds": cost["seconds"]}
         total["peak_mem_mb"], total["device"] = cost["peak_mem_mb"], cost["device"]
+        done += stage.steps
+        if not finished:
+            break  # interrupted (stop_after)
     if len(stages) == 1:
         total.pop("stages")
     total["seconds"] = round(total["seconds"], 3)

@@ -1,4 +1,4 @@
-"""ESD sampling and guidance helpers shared by ESD, KPOP and DuMo (METHODS.md, "ESD sampling").
+"""ESD sampling and guidance helpers shared by ESD, KPOP and DuMo (docs/methods/esd.md, "ESD sampling").
 
 One partial DDIM trajectory from pure noise serves several ``t_enc`` at once: the latents at each
 requested step index are stored on the way, so a batch of ``k`` training samples costs one

@@ -10,14 +10,10 @@ class ESDConfig(MethodConfig, ESDSamplingConfig):
     """Erased Stable Diffusion. Defaults follow the authors' diffusers code (200 steps at 5e-5)."""
 
     train_method: str = field(
-        default="xattn",
-        metadata={"help": "Which UNet weights to train: xattn (cross-attention; objects, styles), "
-                  "noxattn (all but cross-attention; nudity), selfattn, or full."},
+        default="xattn", metadata={"help": "UNet weights to train: xattn, noxattn, selfattn or full."}
     )
     mode: str = field(
-        default="paper",
-        metadata={"help": "paper: train_method selects the Linear and Conv2d layers the authors' diffusers script trains; "
-                  "veil: every matching parameter, norm layers included, noxattn without time embedding and conv_out."},
+        default="paper", metadata={"help": "paper: train_method's layers as the authors' script picks them; veil: veil's sets."}
     )
     max_train_steps: int = field(default=200, metadata={"help": "Optimizer steps."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Adam learning rate."})

@@ -12,6 +12,7 @@ from ...training.sampling import (
 )
 from ..weights import WeightEditMethod, select_unet_parameters
 from .config import ESDConfig
+from .presets import MODEL_PRESETS
 
 
 @register_method("esd")
@@ -24,6 +25,7 @@ class ESD(WeightEditMethod):
     """
 
     config_class = ESDConfig
+    model_presets = MODEL_PRESETS
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
@@ -39,10 +41,8 @@ class ESD(WeightEditMethod):
         uncond = self._prompts(pipe, "")
 
         def draw(generator):
-            index = int(torch.randint(len(config.concepts), (1,), generator=generator))
-            prompt, anchor = config.pick_context(config.concepts[index], generator)  # alone, or in a context
-            t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            return self._prompts(pipe, prompt), t_encs, {"anchor": anchor}
+            step = config.draw_sample(generator)  # the concept alone, or in a context
+            return self._prompts(pipe, step.prompt), step.t_encs, {"anchor": step.anchor}
 
         latents, cond, t_encs, info = self._trajectories.next(
             pipe, draw, uncond, num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
