@@ -85,3 +85,15 @@ def test_a_missing_bench_exits_2_and_leaves_the_readme_alone(capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: bench/results/no-such-bench/bench.json does not exist") and err.count("\n") == 1
     assert (ROOT / "README.md").read_bytes() == before
+
+
+def test_headline_rows_were_made_with_the_current_shapes_presets():
+    import veil
+    from veil.methods.presets import preset_for
+
+    report = json.loads((ROOT / readme_table.HEADLINE).read_text(encoding="utf-8"))
+    for row in report["rows"]:
+        preset = preset_for(veil.get_method(row["method"]), "shapes", [row["concept"]])
+        changed = sorted(k for k, v in preset.items() if row["config"].get(k) != v)
+        assert not changed, (f"the headline's {row['method']} {row['concept']} row predates its preset ({', '.join(changed)}): "
+                             "run make bench")

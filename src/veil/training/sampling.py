@@ -9,11 +9,20 @@ import contextlib
 import itertools
 
 import torch
+from diffusers import DDIMScheduler
+
+from ..architectures.sdxl import encode_packed, is_sdxl
 
 
 @torch.no_grad()
 def encode_prompts(pipe, prompts):
-    """Text-encoder states for ``prompts`` exactly as the pipeline computes them: ``(n, tokens, width)``."""
+    """Text-encoder states for ``prompts`` exactly as the pipeline computes them: ``(n, tokens, width)``.
+
+    On SDXL the pooled text embedding rides along as one more row, which the UNet call unpacks
+    (:mod:`veil.architectures.sdxl`); :func:`veil.architectures.sdxl.token_states` drops it.
+    """
+    if is_sdxl(pipe):
+        return encode_packed(pipe, prompts)
     prompt_embeds, _ = pipe.encode_prompt(
         list(prompts), device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
     )
@@ -77,8 +86,6 @@ def ddim_scheduler(pipe, num_inference_steps):
     pipeline's scheduler config; the predicted clean latent is clipped only where that config asks for it.
     The pipeline's own scheduler is left untouched.
     """
-    from diffusers import DDIMScheduler
-
     config = dict(pipe.scheduler.config)
     scheduler = DDIMScheduler.from_config(config, clip_sample=bool(config.get("clip_sample", False)))
     scheduler.set_timesteps(num_inference_steps, device=pipe.device)

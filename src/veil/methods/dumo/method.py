@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...architectures.sdxl import is_sdxl, token_states
 from ...errors import VeilError
 from ...models import model_fingerprint
 from ...registry import register_method
@@ -46,6 +47,7 @@ class DuMo(Method):
 
     config_class = DuMoConfig
     model_presets = MODEL_PRESETS
+    pipeline_export_refusal = "adds a trained EPR network beside the UNet"
     optimizer_class = torch.optim.AdamW
 
     def __init__(self, config=None, **kwargs):
@@ -93,7 +95,7 @@ class DuMo(Method):
         # so a forward pre-hook adds them to every UNet call's `down_block_additional_residuals` and
         # `mid_block_additional_residual`; removing the hook restores the original exactly.
         self._handles = [pipe.unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True)]
-        if self.config.gate_enabled and pipe.text_encoder is not None:
+        if self.config.gate_enabled and pipe.text_encoder is not None and not is_sdxl(pipe):
             # The gate's token overlap needs the prompt's tokens, which the UNet never sees: remember the
             # text encoder's input ids next to its output, and find them again from the UNet's context.
             self._handles.append(pipe.text_encoder.register_forward_hook(self._remember_tokens, with_kwargs=True))
@@ -260,7 +262,9 @@ class DuMo(Method):
         context = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
         if context is None:
             return None
-        residuals = self.residuals(sample, timestep, context, kwargs.get("cross_attention_kwargs"))
+        residuals = self.residuals(
+            sample, timestep, context, kwargs.get("cross_attention_kwargs"), kwargs.get("added_cond_kwargs")
+        )
         if residuals is None:
             return None
         down, mid = residuals
@@ -275,7 +279,7 @@ class DuMo(Method):
             mid = given_mid + mid
         return args, dict(kwargs, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
 
-    def residuals(self, sample, timestep, encoder_hidden_states, cross_attention_kwargs=None):
+    def residuals(self, sample, timestep, encoder_hidden_states, cross_attention_kwargs=None, added_cond_kwargs=None):
         """The summed, scaled and gated residuals of every concept's EPR for one UNet call, or ``None``
         when every EPR was skipped (the UNet then runs exactly as the original)."""
         batch = sample.shape[0]
@@ -292,7 +296,10 @@ class DuMo(Method):
             if scale.device != sample.device:
                 epr.to(sample.device)
                 scale.data = scale.data.to(sample.device)
-            factors = scale[rows]  # (batch, slots)
+            if self.config.apply_time_scale or self._training_concept is not None:
+                factors = scale[rows]  # (batch, slots)
+            else:  # the release's nudity path: the residuals as EPR gives them
+                factors = torch.ones_like(scale[rows])
             index = None
             if gates is not None:
                 gate = gates[concept]
@@ -305,7 +312,8 @@ class DuMo(Method):
                     index = active.nonzero().squeeze(1)
             self.stats["epr_forward_calls"] += 1
             pick = (lambda x: x) if index is None else (lambda x: x.index_select(0, index))
-            down, mid = epr(pick(sample), pick(timesteps), pick(encoder_hidden_states), cross_attention_kwargs)
+            added = None if added_cond_kwargs is None else {k: pick(v) for k, v in added_cond_kwargs.items()}
+            down, mid = epr(pick(sample), pick(timesteps), pick(encoder_hidden_states), cross_attention_kwargs, added)
             factors = pick(factors)
             outputs = [r * factors[:, i, None, None, None].to(r.dtype) for i, r in enumerate([*down, mid])]
             if index is not None:  # rows the gate skipped get exact zeros
@@ -320,7 +328,7 @@ class DuMo(Method):
     # the gate ----------------------------------------------------------------------------------------------
     def _gate_info(self, pipe, concept):
         """``(flattened states, token ids, unit content-token states)`` of a concept phrasing."""
-        embeds = self._prompt_embeds(pipe, [concept])[0]
+        embeds = token_states(pipe, self._prompt_embeds(pipe, [concept]))[0]  # as the UNet sees them
         tokens, content = frozenset(), embeds.float()
         if getattr(pipe, "tokenizer", None) is not None:
             ids = pipe.tokenizer(concept)["input_ids"]
@@ -461,6 +469,9 @@ class DuMo(Method):
             return self.time_scales[concept].detach().float().cpu().numpy()
         if concept in self._pending and "time_scale" in self._pending[concept]:
             return self._pending[concept]["time_scale"].float().cpu().numpy()
+        if concept in self._pending:  # weights without a table: it starts at ones, as `_build` makes it
+            slots = 1 + sum(1 for k in self._pending[concept] if re.fullmatch(r"dumo_down_blocks\.\d+\.weight", k))
+            return np.ones((TIME_ROWS, slots), np.float32)
         raise VeilError(f"No time-scale table for {concept!r} yet; attach or train the method first.")
 
     def slot_labels(self, concept=None):

@@ -6,6 +6,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ...architectures.sdxl import token_states
 from ...errors import VeilError
 from ...registry import register_method
 from ...training.sampling import (
@@ -113,10 +114,10 @@ class KPOP(WeightEditMethod):
                 f"The key holds concept {strangers[0]!r}, which this artifact does not hide "
                 f"({', '.join(map(repr, self.config.concepts))}); pass the key written with this artifact."
             )
-        width = pipe.text_encoder.config.hidden_size
+        width = pipe.unet.config.cross_attention_dim  # the prompt states' width (two encoders' together on SDXL)
         pairs = [key[c] for c in self.config.concepts if c in key]
         if any(k.shape[-1] != width for k, _ in pairs):
-            raise VeilError(f"The key's width does not match this text encoder's ({width}); was it made for another model?")
+            raise VeilError(f"The key's width does not match this model's prompt states ({width}); was it made for another model?")
         key_tokens = torch.cat([k for k, _ in pairs]).to(pipe.device, pipe.unet.dtype)
         value_tokens = torch.cat([v for _, v in pairs]).to(pipe.device, pipe.unet.dtype)
         with keyed_attention(pipe.unet, select_key_sites(pipe.unet, self.config.layers), key_tokens, value_tokens):
@@ -140,7 +141,7 @@ class KPOP(WeightEditMethod):
         if pipe is None:
             raise VeilError("Attach the method to a pipeline before training its key.")
         config = self.config
-        embeds = encode_prompts(pipe, config.concepts)  # (concepts, tokens, width)
+        embeds = token_states(pipe, encode_prompts(pipe, config.concepts))  # (concepts, tokens, width)
         # P_k = P_v = E(c)[:m]; a context shorter than m tokens is repeated.
         index = torch.arange(config.num_key_tokens) % embeds.shape[1]
         start = embeds[:, index].float().cpu()

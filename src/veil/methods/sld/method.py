@@ -22,6 +22,7 @@ class SLD(Method):
 
     kind = "inference"
     config_class = SLDConfig
+    pipeline_export_refusal = "steers each sampling step instead of changing weights"
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
@@ -58,6 +59,13 @@ class SLD(Method):
 
     def state_dict(self):
         return {}
+
+    def sampling_warning(self, num_inference_steps):
+        warmup = self.config.warmup_steps
+        if num_inference_steps <= warmup:
+            return (f"SLD starts after {warmup} warm-up steps, so with {num_inference_steps} sampling steps it never acts; "
+                    f"sample with more than {warmup} steps or set warmup_steps lower.")
+        return None
 
     def load_state_dict(self, state_dict):
         if state_dict:
