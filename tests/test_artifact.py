@@ -218,3 +218,17 @@ def test_an_overwrite_killed_midway_leaves_the_old_artifact_recoverable_and_no_s
         _io.refuse_existing(str(saved), False)  # what every command checks first
     assert [p for p in os.listdir(saved.parent) if p.startswith(".")] == [running.name]
     assert sorted(os.listdir(saved)) == before
+
+
+def test_an_artifact_that_records_a_timestep_mapping_still_loads(saved, tiny_pipe):
+    # Its config names a training-time choice ESD sampling no longer has; the stored weights work as they are.
+    manifest = json.loads((saved / "veil.json").read_text())
+    manifest["config"]["timestep_mapping"] = "esd"
+    (saved / "veil.json").write_text(json.dumps(manifest))
+    artifact = veil.load_artifact(saved)
+    method = artifact.attach(tiny_pipe)
+    assert "timestep_mapping" not in method.config.to_dict()
+    edited = dict(tiny_pipe.unet.named_parameters())
+    for name, tensor in artifact.tensors.items():
+        assert torch.equal(edited[name[len("unet."):]], tensor)
+    method.detach(tiny_pipe)

@@ -177,7 +177,10 @@ class Artifact:
         """The method instance, configured and holding the stored tensors."""
         if self._method is None:
             cls = get_method(self.method_name)
-            method = cls(cls.config_class.from_dict(self.manifest["config"]))
+            # A stored timestep_mapping chose how training paired latents with timesteps; ESD sampling now has one
+            # pairing, and the field never changes what the stored weights do.
+            config = {k: v for k, v in self.manifest["config"].items() if k != "timestep_mapping"}
+            method = cls(cls.config_class.from_dict(config))
             method.load_state_dict(dict(self.tensors))
             self._method = method
         return self._method

@@ -85,9 +85,6 @@ class ESDSamplingConfig:
     samples_per_trajectory: int = field(
         default=4, metadata={"help": "Training samples (distinct t_enc) taken from one DDIM trajectory."}
     )
-    timestep_mapping: str = field(
-        default="esd", metadata={"help": "esd (t from t_enc as published) or aligned (t at the latent's own noise level)."}
-    )
     contexts: typing.List[str] = field(
         default_factory=list, metadata={"help": "Prompt templates with {} where the concept goes, e.g. 'a {} in a park'."}
     )
@@ -102,7 +99,6 @@ class ESDSamplingConfig:
     )
 
     def check_sampling(self):
-        check_choice(self, "timestep_mapping", ("esd", "aligned"))
         check_positive(self, "ddim_steps", "samples_per_trajectory", "trajectory_batch")
         self.samples_per_trajectory = min(self.samples_per_trajectory, self.ddim_steps)
         if isinstance(self.contexts, str):

@@ -16,7 +16,7 @@ from ...training.sampling import (
     TrajectoryPool,
     encode_prompts,
     negative_guidance_target,
-    training_timesteps,
+    trajectory_timesteps,
 )
 from ..base import Method, Stage, phrasings
 from ..gate import PromptGate
@@ -202,9 +202,7 @@ class DuMo(Method):
         )
         concept = info["group"]
         anchor = self._prompt_embeds(pipe, [info["anchor"]])  # the empty prompt, or the context without the concept
-        timesteps = training_timesteps(
-            t_encs, config.ddim_steps, generator, self._num_train_timesteps, config.timestep_mapping
-        ).to(pipe.device)
+        timesteps = trajectory_timesteps(pipe, t_encs, config.ddim_steps)  # each latent at its own noise level
         batch = latents.shape[0]
         cond = cond.expand(batch, -1, -1)
         states = [anchor.expand(batch, -1, -1), cond]

@@ -14,7 +14,7 @@ from ...training.sampling import (
     TrajectoryPool,
     encode_prompts,
     negative_guidance_target,
-    training_timesteps,
+    trajectory_timesteps,
 )
 from ..base import Stage, phrasings
 from ..gate import GateSettings, PromptGate
@@ -288,9 +288,7 @@ class KPOP(WeightEditMethod):
         concept = info["concept"]
         # The hiding target's anchor: the empty prompt, or the context with context_guide (or nothing) in the concept's place.
         anchor = self._prompts(pipe, info["anchor"])
-        timesteps = training_timesteps(
-            t_encs, config.ddim_steps, generator, pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
-        ).to(pipe.device)
+        timesteps = trajectory_timesteps(pipe, t_encs, config.ddim_steps)  # each latent at its own noise level
         batch = latents.shape[0]
         cond, anchor = cond.expand(batch, -1, -1), anchor.expand(batch, -1, -1)
         out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept}
