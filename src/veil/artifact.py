@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from . import __version__
-from ._io import atomic_dir, atomic_file
+from ._io import atomic_dir, atomic_file, recover
 from .errors import VeilError
 from .models import model_fingerprint
 from .registry import get_method
@@ -60,9 +60,10 @@ class Artifact:
             "method": method.name,
             "config": method.config.to_dict(),
             "concepts": list(method.config.concepts),
+            # Without a pipeline (weights imported from another layout) the base model is unknown.
             "base_model": {
                 "name": getattr(pipe, "veil_model_name", None) or getattr(pipe, "name_or_path", None),
-                "fingerprint": model_fingerprint(pipe.unet),
+                "fingerprint": model_fingerprint(pipe.unet) if pipe is not None else None,
             },
             "veil_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -110,9 +111,12 @@ class Artifact:
 
     @classmethod
     def load(cls, path):
-        """Read and verify an artifact folder."""
+        """Read and verify an artifact folder (first putting back one whose replacement a killed save interrupted)."""
+        recover(path)
         manifest_path = os.path.join(path, MANIFEST_NAME)
         weights_path = os.path.join(path, WEIGHTS_NAME)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise VeilError(f"Artifact {path!r} is a file, not a folder; pass the folder written by veil erase or veil hide.")
         if not os.path.isdir(path):
             raise VeilError(f"Artifact {path!r} does not exist; pass the folder written by veil erase or veil hide.")
         if not os.path.isfile(manifest_path):
@@ -120,22 +124,24 @@ class Artifact:
         try:
             with open(manifest_path) as handle:
                 manifest = json.load(handle)
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise VeilError(f"The manifest {manifest_path!r} is not readable JSON ({error}); the artifact is damaged — make it again.") from None
+        if not isinstance(manifest, dict):
+            raise VeilError(f"The manifest {manifest_path!r} holds a JSON {type(manifest).__name__}, not an object; the artifact is damaged — make it again.")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise VeilError(
                 f"{path!r} has artifact format version {version!r}, which this veil ({__version__}) does not know "
                 f"(it reads version {FORMAT_VERSION}); upgrade veil or remake the artifact."
             )
-        for key in ("method", "config", "concepts", "base_model", "tensors"):
+        # weights_sha256 is required: without it the checksum check below could be switched off by deleting a line.
+        for key in ("method", "config", "concepts", "base_model", "tensors", "weights_sha256"):
             if key not in manifest:
                 raise VeilError(f"The manifest {manifest_path!r} lacks the field {key!r}; the artifact is damaged — make it again.")
         get_method(manifest["method"])  # unknown method: one sentence with "did you mean"
         if not os.path.isfile(weights_path):
             raise VeilError(f"{path!r} has no {WEIGHTS_NAME}; the artifact is incomplete — make it again.")
-        expected_sha = manifest.get("weights_sha256")
-        if expected_sha and _sha256_file(weights_path) != expected_sha:
+        if _sha256_file(weights_path) != manifest["weights_sha256"]:
             raise VeilError(f"{weights_path!r} is corrupted or truncated (its checksum does not match the manifest); make the artifact again.")
         try:
             tensors = {}
@@ -157,6 +163,8 @@ class Artifact:
 
     # use ---------------------------------------------------------------------------------------------
     def check_base(self, pipe):
+        if self.fingerprint is None:  # imported weights: the method checks every tensor's shape on attach
+            return
         actual = model_fingerprint(pipe.unet)
         if actual != self.fingerprint:
             base = self.manifest["base_model"].get("name")
@@ -169,7 +177,10 @@ class Artifact:
         """The method instance, configured and holding the stored tensors."""
         if self._method is None:
             cls = get_method(self.method_name)
-            method = cls(cls.config_class.from_dict(self.manifest["config"]))
+            # A stored timestep_mapping chose how training paired latents with timesteps; ESD sampling now has one
+            # pairing, and the field never changes what the stored weights do.
+            config = {k: v for k, v in self.manifest["config"].items() if k != "timestep_mapping"}
+            method = cls(cls.config_class.from_dict(config))
             method.load_state_dict(dict(self.tensors))
             self._method = method
         return self._method
@@ -188,8 +199,19 @@ class Artifact:
             self._method.detach(pipe)
 
     # exports -----------------------------------------------------------------------------------------
+    def check_export(self, what="a diffusers pipeline folder"):
+        """Refuse, in one sentence, a method whose effect ``what`` cannot hold (DuMo, SLD): exporting the base
+        model's weights unchanged would look like success."""
+        reason = get_method(self.method_name).pipeline_export_refusal
+        if reason:
+            raise VeilError(
+                f"A {self.method_name} artifact {reason}, which {what} cannot hold; use the artifact folder itself "
+                "(--artifact with veil generate or veil eval, or veil.load_artifact(path).attach(pipe))."
+            )
+
     def export_pipeline(self, pipe, out_dir, overwrite=False):
         """A full diffusers pipeline folder with the change baked in (weight-editing methods)."""
+        self.check_export()
         method = self.attach(pipe)
         try:
             with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -200,6 +222,7 @@ class Artifact:
 
     def export_unet_state_dict(self, path, overwrite=False):
         """The ESD/UCE-style partial UNet state dict: ``unet.load_state_dict(sd, strict=False)`` loads it."""
+        self.check_export("a UNet state dict")
         non_unet = sorted(k for k in self.tensors if not k.startswith("unet."))
         if non_unet:
             raise VeilError(

@@ -4,7 +4,7 @@ Writes the public artifact, the key (for keyed methods), a grid with the origina
 unlocked images for the same prompts and seeds, and the concept rates, then prints the rates.
 """
 
-from .common import add_model_flags
+from .common import add_model_flags, positive_int
 
 
 def register(sub):
@@ -13,7 +13,7 @@ def register(sub):
     )
     parser.add_argument("--concept", default="circle", help="A shapes-world shape (circle, square, triangle, star, cross).")
     parser.add_argument("--method", default="kpop", help="kpop (default: hide behind a key) or an eraser such as esd.")
-    parser.add_argument("--steps", type=int, default=None, help="Training steps (default: the method's shapes preset).")
+    parser.add_argument("--steps", type=positive_int, default=None, help="Training steps (default: the method's shapes preset).")
     parser.add_argument("--out", default="veil-demo", help="Output folder (public/, key/, grid.png, rates.json).")
     parser.add_argument("--overwrite", action="store_true")
     add_model_flags(parser)
@@ -34,8 +34,10 @@ def run(args):
     from ..shapes.classifier import classify
     from ..shapes.data import SHAPES, canonical_prompt, canonical_prompts, short_prompts
     from ..training.loop import fit
-    from .common import load_model
+    from .common import check_output, load_model, resolve_device
 
+    check_output(args.out, args.overwrite)
+    resolve_device(args.device)
     if args.concept not in SHAPES:
         raise VeilError(f"The demo hides a shape; {args.concept!r} is not one of {', '.join(SHAPES)}.")
     method_cls = get_method(args.method)
@@ -61,7 +63,7 @@ def run(args):
         rows = [r for r in canonical_prompts(seeds=(0,)) if r["shape"] in (args.concept, other)]
         variants = [("original", method.disabled(pipe)), ("hidden" if keyed else "erased", _null())]
         if keyed:
-            variants.append(("unlocked", method.unlocked(pipe)))
+            variants.append(("unlocked", method.unlocked(pipe, routed=True)))  # as a key holder draws: the key on its concept's prompts only
         # "circle", "a circle", "a red circle", "a circle on a dotted background", ...
         short_rows = [r for r in short_prompts(seeds=(0,)) if r["shape"] == args.concept]
         short = f"{args.concept}, short"
@@ -93,7 +95,7 @@ def run(args):
     print(f"  training took {cost.get('seconds', 0):.0f} s; grid: {os.path.join(args.out, 'grid.png')}")
     if keyed:
         if report["unlocked"][other] < 0.9 * report["original"][other]:
-            print(f"  (a key is for prompts of its own concept: attached to a {other} prompt it draws a {args.concept})")
+            print(f"  (the routed key reached {other} prompts: attached to a {other} prompt it draws a {args.concept})")
         print(f"  public artifact: {os.path.join(args.out, 'public')}; key: {os.path.join(args.out, 'key', args.concept + '.veilkey')}")
 
 

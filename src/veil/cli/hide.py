@@ -23,23 +23,32 @@ def register(sub):
 def run(args):
     import os
 
-    from .._io import refuse_existing
     from ..errors import VeilError
     from ..methods.kpop.keys import resolve_passphrase, save_key
     from ..methods.kpop import KPOP
+    from .common import check_output, work_dir_for
     from .erase import run_method
 
     # Everything that can be refused is refused before minutes of training.
     out, key_out = os.path.abspath(args.out), os.path.abspath(args.key_out)
     if key_out == out or key_out.startswith(out.rstrip(os.sep) + os.sep):
         raise VeilError("--key-out is inside --out, so the key would ship with the public artifact; write the key elsewhere.")
-    refuse_existing(args.key_out, args.overwrite)
+    check_output(args.key_out, args.overwrite, flag="--key-out", kind="file")
     passphrase = resolve_passphrase(args.passphrase_file)
     if args.preset:
         args.set = [f"preset={args.preset}"] + list(args.set)
 
-    artifact, _, method = run_method(args, KPOP, args.concept)
-    save_key(method.key, args.key_out, artifact=artifact, passphrase=passphrase, overwrite=args.overwrite)
+    def configure(method):  # once the settings are checked, before training
+        method.checkpoint_passphrase = passphrase
+        sealed = "encrypted with the passphrase" if passphrase else "NOT encrypted"
+        print(f"Checkpoints go to {work_dir_for(args.out)} and hold the key ({sealed}); they are removed once the artifact "
+              "and the key are written. If the run stops, --resume continues from them; otherwise delete that folder.",
+              flush=True)
+
+    def save(artifact, method):  # the key first: the work folder goes only once both are written
+        save_key(method.key, args.key_out, artifact=artifact, passphrase=passphrase, overwrite=args.overwrite)
+
+    artifact, _, method = run_method(args, KPOP, args.concept, configure=configure, save_outputs=save)
     cost = artifact.manifest["cost"]
     lock = "encrypted with the passphrase" if passphrase else "NOT encrypted (give --passphrase-file to encrypt it)"
     print(

@@ -17,14 +17,18 @@ Example:
     >>> records = read_manifest("out/original")
 """
 
+import contextlib
 import csv
 import glob
 import json
+import math
 import os
+import secrets
 import time
 
 from tqdm.auto import tqdm
 
+from .._io import owner_gone
 from ..errors import VeilError
 
 MANIFEST = "manifest.jsonl"
@@ -46,6 +50,16 @@ def load_prompt_file(path, columns, optional=None, source=None):
     where = f" (source: {source})" if source else ""
     if not path or not os.path.isfile(path):
         raise VeilError(f"Prompt file {path!r} does not exist; pass a local copy with --prompts PATH, a CSV with columns {needed}{where}.")
+    try:
+        rows = _read_prompt_rows(path, columns, optional, needed, where)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise VeilError(f"Prompt file {path!r} is not a UTF-8 CSV ({error.__class__.__name__}); pass a CSV with columns {needed}{where}.") from None
+    if not rows:
+        raise VeilError(f"Prompt file {path!r} has no rows.")
+    return rows
+
+
+def _read_prompt_rows(path, columns, optional, needed, where):
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
@@ -63,16 +77,17 @@ def load_prompt_file(path, columns, optional=None, source=None):
             else:
                 row.pop("guidance_scale", None)
             rows.append(row)
-    if not rows:
-        raise VeilError(f"Prompt file {path!r} has no rows.")
     return rows
 
 
 def _number(text, kind, field, line, path):
     try:
-        return kind(float(text)) if kind is int and "." in str(text) else kind(text)
-    except (TypeError, ValueError):
+        value = kind(float(text)) if kind is int and "." in str(text) else kind(text)
+    except (TypeError, ValueError, OverflowError):
         raise VeilError(f"Line {line} of {path!r} has {field} {text!r}; it must be a number.") from None
+    if not math.isfinite(value) or (field == "seed" and not 0 <= value < 2**64):
+        raise VeilError(f"Line {line} of {path!r} has {field} {text!r}, out of range; give a finite number (a seed from 0 to 2**64 - 1).")
+    return value
 
 
 def shard():
@@ -135,10 +150,16 @@ def _check_settings(folder, settings):
     write_json(path, settings)
 
 
-def _save_image(image, path, process_index):
-    tmp = f"{path}.tmp-{process_index}"
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+def _save_image(image, path):
+    # A name of this process's own: two evaluations into one folder never write or remove each other's temporaries.
+    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
 def generate_to_folder(pipe, rows, folder, *, num_inference_steps=25, guidance_scale=3.0, batch_size=8, settings=None,
@@ -178,8 +199,10 @@ def generate_to_folder(pipe, rows, folder, *, num_inference_steps=25, guidance_s
     todo = [row for row in mine if row["id"] not in finished]
     manifest = os.path.join(folder, manifest_name(process_index, num_processes))
     _repair_tail(manifest)
-    for stale in glob.glob(os.path.join(folder, IMAGES, f"*.tmp-{process_index}")):  # left by a killed run of this shard
-        os.remove(stale)
+    for stale in glob.glob(os.path.join(folder, IMAGES, "*.tmp-*")):  # left by a killed run, not a running one
+        if owner_gone(stale):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     made = 0
     for start in range(0, len(todo), batch_size):
@@ -193,7 +216,7 @@ def generate_to_folder(pipe, rows, folder, *, num_inference_steps=25, guidance_s
                               num_inference_steps=num_inference_steps, guidance_scale=scale, batch_size=len(group))
             for row, image in zip(group, images):
                 name = f"{IMAGES}/{row['id']:06d}.png"
-                _save_image(image, os.path.join(folder, name), process_index)
+                _save_image(image, os.path.join(folder, name))
                 record = {k: v for k, v in row.items() if k not in ("path", "target")}
                 record.update(file=name, guidance_scale=scale)
                 lines.append(record)

@@ -17,18 +17,18 @@ import contextlib
 import csv
 import datetime
 import io
-import json
 import os
 import platform
 import shutil
 import subprocess
 
-from .._io import atomic_file, write_json
+from .._io import atomic_file, read_json_object, write_json
 from ..errors import VeilError
 from .generate import generate_to_folder, missing_rows, read_manifest, shard
 from .tasks import load_task
 
 RESULTS_VERSION = 1
+RESULTS_FIELDS = ("config", "task", "base_model", "metrics")  # what reports and comparisons read
 VARIANTS = ("original", "erased", "unlocked")
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "nudenet", "onnxruntime")
 
@@ -49,20 +49,30 @@ def plan_variants(artifact=None, key=None, variants=None):
 
 
 @contextlib.contextmanager
-def variant_context(pipe, variant, artifact=None, key=None):
-    """The pipeline as the variant draws: as is, with the artifact attached, or also unlocked by the key."""
+def variant_context(pipe, variant, artifact=None, key=None, key_routing="routed"):
+    """The pipeline as the variant draws: as is, with the artifact attached, or also unlocked by the key
+    (``key_routing`` ``routed``: only on prompts about the key's concepts; ``unrouted``: on every prompt)."""
     if variant == "original":
         yield pipe
         return
     method = artifact.attach(pipe)
     try:
         if variant == "unlocked":
-            with method.unlocked(pipe, key):
+            with method.unlocked(pipe, key, routed=check_key_routing(key_routing) == "routed"):
                 yield pipe
         else:
             yield pipe
     finally:
         artifact.detach(pipe)
+
+
+KEY_ROUTINGS = ("routed", "unrouted")
+
+
+def check_key_routing(key_routing):
+    if key_routing not in KEY_ROUTINGS:
+        raise VeilError(f"The key routing must be routed or unrouted, got {key_routing!r}.")
+    return key_routing
 
 
 def _prepare_out(out_dir, overwrite, rescore):
@@ -79,7 +89,8 @@ def _prepare_out(out_dir, overwrite, rescore):
 
 def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact=None, key=None, prompts=None, seeds=None,
              limit=None, targets=None, scorers=None, reference=None, variants=None, num_inference_steps=None,
-             guidance_scale=None, batch_size=None, overwrite=False, rescore=False, progress=True, record=True, log=print):
+             guidance_scale=None, batch_size=None, overwrite=False, rescore=False, progress=True, record=True, log=print,
+             key_routing="routed"):
     """Generate a task's images for every variant and score them.
 
     Args:
@@ -94,6 +105,8 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
             ``clip``, ``lpips``, ``inception``).
         reference (`str`, *optional*): a folder of real images for FID.
         variants (`list[str]`, *optional*): a subset of original / erased / unlocked.
+        key_routing (`str`): ``routed`` (the key only on prompts about its concepts, as a key holder draws) or
+            ``unrouted`` (the key on every prompt).
 
     Returns:
         `dict`: the results (as written to ``results.json``); None on a non-main process.
@@ -109,16 +122,22 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     if artifact is not None and not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact)
     variants = plan_variants(artifact, key, variants)
+    check_key_routing(key_routing)
     settings = task.settings(num_inference_steps, guidance_scale, batch_size)
     if settings["num_inference_steps"] <= 0:
         raise VeilError(f"--num-inference-steps must be greater than 0, got {settings['num_inference_steps']}.")
-    rows = task.rows(prompts=prompts, seeds=seeds, limit=limit)
+    if limit is not None and int(limit) < 1:  # rows[:-1] would quietly drop the last row; rows[:0] record an empty run
+        raise VeilError(f"--limit must be a whole number greater than 0, got {limit}.")
+    rows = task.rows(prompts=prompts, seeds=seeds)
     if guidance_scale is not None:  # an explicit scale overrides the rows' own
         for row in rows:
             row.pop("guidance_scale", None)
     targets = list(targets) if targets else (list(artifact.concepts) if artifact is not None else [])
+    task.check_targets(rows, targets)  # over every row, so that --limit does not hide a target's prompts
+    rows = rows[:limit] if limit is not None else rows
     task.mark_targets(rows, targets)
     metrics = task.build_metrics(scorers, reference, device=str(device))
+    _check_scorers(task, metrics, scorers, reference)
     for metric in metrics:  # fail up front, before any image is drawn, when a scorer's weights are absent
         metric.prepare()
         metric.targets = targets
@@ -141,7 +160,9 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
         folder = os.path.join(out_dir, "generations", variant)
         identity = {"task": task.name, "task_version": task.version, "variant": variant, "model_fingerprint": fingerprint,
                     "artifact_sha256": artifact.manifest.get("weights_sha256") if artifact is not None and variant != "original" else None}
-        with variant_context(pipe, variant, artifact, key):
+        if variant == "unlocked":
+            identity["key_routing"] = key_routing
+        with variant_context(pipe, variant, artifact, key, key_routing):
             generate_to_folder(pipe, rows, folder, num_inference_steps=settings["num_inference_steps"],
                                guidance_scale=settings["guidance_scale"], batch_size=settings["batch_size"], settings=identity,
                                process_index=process_index, num_processes=num_processes, progress=progress, desc=variant)
@@ -156,7 +177,7 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     scores, per_image = score_generations(out_dir, variants, rows, metrics)
     config = {
         "task": task.name, "model": model_name, "device": str(device), "artifact": artifact_path,
-        "unlocked": key is not None, "prompts": os.path.abspath(prompts) if prompts else None, "seeds": list(seeds) if seeds else None,
+        "unlocked": key is not None, "key_routing": key_routing if key is not None else None, "prompts": os.path.abspath(prompts) if prompts else None, "seeds": list(seeds) if seeds else None,
         "limit": limit, "targets": targets, "variants": variants, "reference": reference, "num_processes": num_processes, **settings,
     }
     results = {
@@ -187,6 +208,20 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     for line in summary_lines(results):
         log(line)
     return results
+
+
+def _check_scorers(task, metrics, scorers, reference):
+    """Refuse a scorer or a reference folder the task's metrics would not use: given, it would be ignored."""
+    keys = sorted({m.scorer_key for m in metrics if m.scorer_key})
+    unused = sorted(set(scorers or {}) - set(keys))
+    if unused:
+        raise VeilError(f"The {task.name} task has no metric scored by {unused[0]!r}; its scorers are "
+                        f"{', '.join(keys) or 'none'}, so leave that --scorer out.")
+    if reference is not None:
+        if not any(m.name == "fid" for m in metrics):
+            raise VeilError(f"--reference gives FID its real images, and the {task.name} task has no FID metric; leave --reference out.")
+        if not os.path.isdir(reference):
+            raise VeilError(f"--reference {reference!r} is not a folder; give a folder of real images for FID.")
 
 
 def score_generations(out_dir, variants, rows, metrics, batch_size=32):
@@ -299,5 +334,4 @@ def load_results(path):
     file = os.path.join(path, "results.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise VeilError(f"{path!r} holds no results.json; pass a folder written by veil eval.")
-    with open(file) as handle:
-        return json.load(handle)
+    return read_json_object(file, "veil eval", RESULTS_FIELDS)

@@ -44,8 +44,8 @@ def _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seco
     folder = os.path.join(work_dir, "checkpoints")
     path = os.path.join(folder, f"step-{step:06d}")
     with atomic_dir(path, overwrite=True) as tmp:
-        # Checkpoints hold everything needed to resume, a KPOP key included (the work folder is
-        # removed once the artifact is saved); the artifact itself holds only ``state_dict()``.
+        # Checkpoints hold everything needed to resume, a KPOP key included (sealed when the method has a
+        # passphrase; the work folder is removed once every output is written); the artifact holds only ``state_dict()``.
         save_file(_checkpoint_tensors(method), os.path.join(tmp, "method.safetensors"))
         torch.save(
             {
@@ -174,11 +174,11 @@ def train_stage(
                     loss = method.loss(pipe, batch, phase)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    kept = f"the last good checkpoint is {last_checkpoint!r}" if last_checkpoint else "no checkpoint was written yet"
-                    raise TrainingDiverged(
-                        f"The {phase} loss became {value} at step {step + 1}; {kept} — lower the learning rate "
-                        "and start again (or --resume from that checkpoint)."
-                    )
+                    if last_checkpoint:
+                        advice = f"the last good checkpoint is {last_checkpoint!r} — lower the learning rate and start again (or --resume from it)"
+                    else:
+                        advice = "no checkpoint was written yet — lower the learning rate and start again"
+                    raise TrainingDiverged(f"The {phase} loss became {value} at step {step + 1}; {advice}.")
                 accelerator.backward(loss)
                 if max_grad_norm:
                     params = [p for g in groups[phase] for p in g["params"]]
