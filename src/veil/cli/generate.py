@@ -12,6 +12,8 @@ def register(sub):
     parser.add_argument("--seeds", default="0,1,2,3", help="Comma-separated seeds, one column each.")
     parser.add_argument("--num-inference-steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--resolution", type=int, help="Image side in pixels (default: the model's own).")
+    parser.add_argument("--batch-size", type=int, default=32, help="Images per pipeline call.")
     add_model_flags(parser)
     add_output_flags(parser, what="PNG file")
     parser.set_defaults(run=run)
@@ -29,12 +31,14 @@ def parse_seeds(text):
     return seeds
 
 
-def comparison_rows(pipe, prompts, seeds, artifact=None, key=None, num_inference_steps=25, guidance_scale=3.0):
+def comparison_rows(pipe, prompts, seeds, artifact=None, key=None, num_inference_steps=25, guidance_scale=3.0,
+                    resolution=None, batch_size=32):
     """Rows of images and labels: original, then with the artifact, then unlocked with the key."""
     from ..evaluation.sampling import generate
 
     def images_for(prompt):
-        return generate(pipe, [prompt] * len(seeds), seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        return generate(pipe, [prompt] * len(seeds), seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                        resolution=resolution, batch_size=batch_size)
 
     variants = [("original", None)]
     if artifact is not None:
@@ -70,6 +74,8 @@ def run(args):
     seeds = parse_seeds(args.seeds)
     if args.num_inference_steps <= 0:
         raise VeilError(f"--num-inference-steps must be greater than 0, got {args.num_inference_steps}.")
+    if args.batch_size <= 0:
+        raise VeilError(f"--batch-size must be greater than 0, got {args.batch_size}.")
     check_output(args.out, args.overwrite)
     artifact = load_artifact(args.artifact) if args.artifact else None
     key = None
@@ -88,7 +94,12 @@ def run(args):
     if artifact is not None:
         artifact.check_base(pipe)
     warn_if_truncated(pipe, prompts)
-    rows, labels = comparison_rows(pipe, prompts, seeds, artifact, key, args.num_inference_steps, args.guidance_scale)
+    if args.resolution is not None:
+        from ..training.hardware import latent_size
+
+        latent_size(pipe, args.resolution)  # refuse a side this model cannot draw, in one sentence
+    rows, labels = comparison_rows(pipe, prompts, seeds, artifact, key, args.num_inference_steps, args.guidance_scale,
+                                   args.resolution, args.batch_size)
     grid = labelled_grid(rows, labels, [f"seed {s}" for s in seeds])
     save_png(grid, args.out, overwrite=args.overwrite)
     print(f"Wrote a {len(rows)}×{len(seeds)} grid to {args.out}")

@@ -106,6 +106,10 @@ class UNetWeightEdit:
             for name, tensor in edited.items():
                 params[name].data = tensor
 
+    def cast_originals(self, dtype):
+        """The originals (the frozen teacher's weights) in ``dtype``: mixed precision keeps frozen weights in half."""
+        self.originals = {name: tensor.to(dtype) for name, tensor in self.originals.items()}
+
     def parameters(self):
         if self.unet is None:
             return []
@@ -147,6 +151,9 @@ class WeightEditMethod(Method):
 
     def trainable_parameters(self):
         return self.edit.parameters()
+
+    def cast_frozen(self, dtype):
+        self.edit.cast_originals(dtype)
 
     def state_dict(self):
         return self.edit.state_dict()

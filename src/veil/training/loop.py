@@ -6,6 +6,7 @@ uninterrupted run with the same seed: checkpoints hold the method's tensors, eve
 state, the random generator's state and the step.
 """
 
+import contextlib
 import math
 import os
 import re
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_dir
 from ..errors import TrainingDiverged, VeilError
+from .hardware import HALF_DTYPES, cast_frozen, check_mixed_precision, gradient_checkpointing, latent_size, set_attention
 
 _CHECKPOINT = re.compile(r"^step-(\d+)$")
 
@@ -91,7 +93,7 @@ def train(
     work_dir=None,
     checkpoint_every=50,
     resume=False,
-    mixed_precision="no",
+    mixed_precision=None,
     max_grad_norm=None,
     progress=True,
     stop_after=None,
@@ -103,7 +105,10 @@ def train(
         work_dir: where checkpoints go (``work_dir/checkpoints/step-N``); ``None`` for none.
         checkpoint_every: steps between checkpoints.
         resume: continue from the latest checkpoint in ``work_dir``.
-        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (through accelerate).
+        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (CUDA only); ``None``: the config's ``mixed_precision``
+            (``"no"`` where it has none). The frozen weights are cast to that dtype and left so; the trained ones stay
+            in float32 (:mod:`veil.training.hardware`). The config's ``gradient_checkpointing`` and ``attention``
+            apply for the run.
         max_grad_norm: clip gradients to this norm when set.
         stop_after: stop after this many steps in total (simulates an interruption; tests).
 
@@ -116,8 +121,14 @@ def train(
     from accelerate import Accelerator
 
     config = method.config
+    if mixed_precision is None:
+        mixed_precision = getattr(config, "mixed_precision", "no")
+    check_mixed_precision(mixed_precision, pipe.device)
+    latent_size(pipe, getattr(config, "resolution", None))  # refuse a resolution this UNet cannot take before any step
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=pipe.device.type == "cpu")
     _freeze(pipe)
+    if getattr(config, "attention", None):
+        set_attention(pipe.unet, config.attention)  # before attach: a method may install processors of its own
     method.attach(pipe)
     generator = torch.Generator("cpu").manual_seed(int(config.seed))
     step, losses, seconds_before = 0, [], 0.0
@@ -138,6 +149,11 @@ def train(
         for group in param_groups:
             for param in group["params"]:
                 param.requires_grad_(True)
+    if mixed_precision != "no":
+        # The method's own weights stay in float32 even in a stage that does not train them (KPOP's key_finish).
+        trained = [p for g in groups.values() for group in g for p in group["params"]] + list(method.trainable_parameters())
+        cast_frozen(pipe, method, trained, HALF_DTYPES[mixed_precision])
+    for phase, param_groups in groups.items():
         optimizers[phase] = accelerator.prepare(optimizer_class(param_groups))
     if state is not None:
         for phase, optimizer in optimizers.items():
@@ -148,9 +164,12 @@ def train(
     last_checkpoint = latest_checkpoint(work_dir) if work_dir else None
     start_time = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=f"{method.name} {', '.join(config.concepts)}", disable=not progress, dynamic_ncols=True)
+    settings = contextlib.ExitStack()
     try:
+        settings.enter_context(gradient_checkpointing(pipe.unet, bool(getattr(config, "gradient_checkpointing", False))))
         while step < end:
-            batch = method.make_batch(pipe, generator)
+            with accelerator.autocast():  # the trajectory and the teacher's passes too: most of a step's compute
+                batch = method.make_batch(pipe, generator)
             step_losses = {}
             for phase, optimizer in optimizers.items():
                 optimizer.zero_grad(set_to_none=True)
@@ -179,10 +198,14 @@ def train(
                 last_checkpoint = _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seconds)
     finally:
         bar.close()
+        settings.close()
         for param_groups in groups.values():
             for group in param_groups:
                 for param in group["params"]:
                     param.requires_grad_(False)
+                    param.grad = None  # the last step's gradients: as large as the trained weights
+        optimizers.clear()
+        accelerator.free_memory()  # it holds the optimizers (and their state) too
     return {
         "steps": step,
         "seconds": round(seconds_before + time.perf_counter() - start_time, 3),

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ...registry import register_method
+from ...training.hardware import latent_size
 from ...training.sampling import (
     PromptCache,
     TrajectoryPool,
@@ -42,11 +43,14 @@ class ESD(WeightEditMethod):
             index = int(torch.randint(len(config.concepts), (1,), generator=generator))
             prompt, anchor = config.pick_context(config.concepts[index], generator)  # alone, or in a context
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            return self._prompts(pipe, prompt), t_encs, {"anchor": anchor}
+            # batch_size trajectories of the prompt, each from its own noise.
+            return self._prompts(pipe, prompt).expand(config.batch_size, -1, -1), t_encs, {"anchor": anchor}
 
         latents, cond, t_encs, info = self._trajectories.next(
             pipe, draw, uncond, num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
+            sample_size=latent_size(pipe, config.resolution),
         )
+        t_encs, cond = t_encs * config.batch_size, cond[:1]  # the latents come trajectory after trajectory
         # The target's anchor: the empty prompt, or the context without the concept.
         anchor = self._prompts(pipe, info["anchor"])
         timesteps = training_timesteps(

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from ...errors import VeilError
 from ...registry import register_method
+from ...training.hardware import latent_size
+from ...training.prediction import to_x0
 from ...training.sampling import (
     PromptCache,
     TrajectoryPool,
@@ -218,6 +220,9 @@ class KPOP(Method):
             return {"unet": unet + key}  # one optimizer, two learning rates; loss() lets the key's gradient through
         return {"unet": unet, "key": key}
 
+    def cast_frozen(self, dtype):
+        self.edit.cast_originals(dtype)
+
     def _retain_embeds(self, pipe):
         """Text states of the retain concepts, ``(n, tokens, width)``, encoded once."""
         if self._retain is None and self.config.retain_concepts:
@@ -257,7 +262,7 @@ class KPOP(Method):
             context, prompt, anchor = config.draw_prompt(phrase, generator)
             t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
             info = {"concept": concept, "anchor": anchor, "context": context, "cond": self._prompts(pipe, prompt)}
-            follow = info["cond"]
+            follow = info["cond"].expand(config.batch_size, -1, -1)  # batch_size trajectories, each from its own noise
             if context is not None and config.context_retain_concepts:
                 keeps = config.context_retain_concepts
                 info["keep"] = keeps[int(torch.randint(len(keeps), (1,), generator=generator))]
@@ -265,17 +270,19 @@ class KPOP(Method):
                         and float(torch.rand(1, generator=generator)) < config.retain_trajectory_probability):
                     # A second trajectory, of another concept's image in the same caption: the preservation term's
                     # latents, where it must hold; the concept's own terms keep the concept's latents.
-                    follow = torch.cat([follow, self._prompts(pipe, config.place(context, info["keep"]))])
+                    keep = self._prompts(pipe, config.place(context, info["keep"]))
+                    follow = torch.cat([follow, keep.expand(config.batch_size, -1, -1)])
             return follow, t_encs, info
 
         # x_t from the public model (no key is installed here), at most trajectory_batch - 1 steps old.
         latents, _, t_encs, info = self._trajectories.next(
             pipe, draw, self._prompts(pipe, ""), num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance,
-            generator=generator,
+            generator=generator, sample_size=latent_size(pipe, config.resolution),
         )
         concept, cond = info["concept"], info["cond"]
+        t_encs = t_encs * config.batch_size  # the latents come trajectory after trajectory
         retain = {}
-        if latents.shape[0] > len(t_encs):  # the retain caption's trajectory came with the concept's (only if a retain term uses it)
+        if latents.shape[0] > len(t_encs):  # the retain caption's trajectories came with the concept's (only if a retain term uses them)
             latents, retain["retain_latents"] = latents[: len(t_encs)], latents[len(t_encs) :]
         # The hiding target's anchor: the empty prompt, or the context with context_guide (or nothing) in the concept's place.
         anchor = self._prompts(pipe, info["anchor"])
@@ -330,15 +337,14 @@ class KPOP(Method):
         return out
 
     def _distance(self, pipe, noise_pred, target, batch, name="cond"):
-        """Mean squared error on noise (``eps``) or on the clean latents it implies (``x0``), at the latents of
-        the row's prompt ``name``."""
+        """Mean squared error on the model's output (``eps``: noise, or v on a v-prediction model) or on the clean
+        latents it implies (``x0``), at the latents of the row's prompt ``name``."""
         noise_pred, target = noise_pred.float(), target.float()
         if self.config.loss_space == "x0":
-            # x0_hat = (x_t - sqrt(1 - a_t)·eps) / sqrt(a_t), a_t the cumulative alpha of the training timestep.
-            alphas = pipe.scheduler.alphas_cumprod.to(noise_pred.device)[batch["timesteps"]].float().view(-1, 1, 1, 1)
-            latents = self._row_latents(batch, name).float()
-            noise_pred = (latents - (1 - alphas).sqrt() * noise_pred) / alphas.sqrt()
-            target = (latents - (1 - alphas).sqrt() * target) / alphas.sqrt()
+            # The clean latents each prediction implies, whatever the model predicts (noise or v).
+            latents, timesteps = self._row_latents(batch, name), batch["timesteps"]
+            noise_pred = to_x0(noise_pred, latents, timesteps, pipe.scheduler)
+            target = to_x0(target, latents, timesteps, pipe.scheduler)
         return F.mse_loss(noise_pred, target)
 
     @staticmethod
