@@ -40,6 +40,14 @@ def check_mixed_precision(mixed_precision, device):
     return mixed_precision
 
 
+def autocast_for(device, mixed_precision):
+    """A context-manager factory: autocast to the half dtype on ``device``, or nothing for ``"no"``."""
+    if mixed_precision == "no":
+        return contextlib.nullcontext
+    device_type, dtype = torch.device(device).type, HALF_DTYPES[mixed_precision]
+    return lambda: torch.autocast(device_type, dtype=dtype)
+
+
 def set_attention(unet, attention):
     """Give every attention layer of ``unet`` PyTorch's SDPA kernel (``"sdpa"``) or the plain softmax (``"eager"``)."""
     from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
