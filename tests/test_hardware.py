@@ -143,3 +143,17 @@ def test_peak_memory_is_recorded_after_the_run(monkeypatch):
 
     veil.train(Counting(_esd().config), build_tiny_pipeline(), progress=False)
     assert reads == [2]
+
+
+def test_generate_takes_a_resolution(tmp_path, capsys):
+    from veil.evaluation.sampling import generate
+
+    pipe = build_tiny_pipeline()
+    images = generate(pipe, ["a circle"], [0], num_inference_steps=2, resolution=24)
+    assert images[0].size == (24, 24)  # the tiny model's own size is 16
+    code = main(["generate", "--model", "tiny", "--prompt", "a circle", "--seeds", "0", "--num-inference-steps", "2",
+                 "--resolution", "30", "--out", str(tmp_path / "grid.png")])
+    _, err = capsys.readouterr()
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "multiple of 4" in lines[0]
+    assert not (tmp_path / "grid.png").exists()

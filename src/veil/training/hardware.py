@@ -54,7 +54,10 @@ def set_attention(unet, attention):
 
     if attention not in ("sdpa", "eager"):
         raise VeilError(f"attention must be 'sdpa' or 'eager', got {attention!r}.")
-    unet.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+    wanted = AttnProcessor2_0 if attention == "sdpa" else AttnProcessor
+    processors = unet.attn_processors
+    if any(type(p) is not wanted for p in processors.values()):  # those already right stay the same objects
+        unet.set_attn_processor({n: p if type(p) is wanted else wanted() for n, p in processors.items()})
 
 
 def cast_frozen(pipe, method, trained, dtype):

@@ -284,6 +284,8 @@ def train(
 def fit_method(method, pipe, *, work_dir=None, resume=False, progress=True, **train_kwargs):
     """Make ``method`` ready to save, whatever its kind: every training stage through :func:`train`,
     ``fit()`` for closed-form methods, nothing for inference-time ones. Returns the cost record."""
+    if torch.device(pipe.device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(pipe.device)  # this run's peak, not the process's
     if method.kind == "closed_form":
         start = time.perf_counter()
         extra = method.fit(pipe) or {}
@@ -312,7 +314,7 @@ def fit_method(method, pipe, *, work_dir=None, resume=False, progress=True, **tr
         total["seconds"] += cost["seconds"]
         total["losses"] += cost["losses"]
         total["stages"][stage] = {"steps": cost["steps"], "seconds": cost["seconds"]}
-        total["peak_mem_mb"], total["device"] = cost["peak_mem_mb"], cost["device"]
+        total["peak_mem_mb"], total["device"] = max(total.get("peak_mem_mb", 0.0), cost["peak_mem_mb"]), cost["device"]
     if len(stages) == 1:
         total.pop("stages")
     total["seconds"] = round(total["seconds"], 3)
