@@ -140,8 +140,8 @@ def measure(spec):
 
     torch.set_num_threads(1)
     latent, kind = spec["latent"], spec["kind"]
-    pipe = build_sd15()
-    out = {key: spec[key] for key in ("kind", "latent", "tag", "ddim_steps", "steps") if key in spec}
+    pipe = build_sd15() if spec.get("model", "sd15") == "sd15" else veil.load_pipeline(spec["model"])
+    out = {key: spec[key] for key in ("kind", "model", "latent", "tag", "ddim_steps", "steps") if key in spec}
     if kind in ("reference", "reference-20"):
         n = spec["ddim_steps"]
         if kind == "reference":
@@ -157,7 +157,7 @@ def measure(spec):
     method_cls = veil.get_method(name)
     fields = {f for f in method_cls.config_class.__dataclass_fields__}
     if "resolution" in fields:
-        settings.update(resolution=latent * 8, max_train_steps=spec["steps"])
+        settings.update(resolution=latent * pipe.vae_scale_factor, max_train_steps=spec["steps"])
     if name == "dumo":
         settings.setdefault("anchor_prompts", ["a dog"])
     method = method_cls(concepts=[CONCEPT], **settings)
@@ -224,15 +224,17 @@ def summary(runs):
             "ratio": round(r["seconds_per_step"] / reference["seconds_per_step"], 3) if compared else None,
             "ddim_steps": settings.get("ddim_steps"), "error": r.get("error"),
         })
-    reuse = None
-    ref20 = [r for r in runs if r["kind"] == "reference-20" and "error" not in r]
-    veil20 = [r for r in runs if r.get("tag") == "reuse" and "error" not in r]
-    if ref20 and veil20:
+    reuse = []
+    for model in sorted({r.get("model", "sd15") for r in runs if r["kind"] == "reference-20"}):
+        ref20 = [r for r in runs if r["kind"] == "reference-20" and r.get("model", "sd15") == model and "error" not in r]
+        veil20 = [r for r in runs if r.get("tag") == "reuse" and r.get("model", "sd15") == model and "error" not in r]
+        if not (ref20 and veil20):
+            continue
         ref20, veil20 = ref20[-1], veil20[-1]
-        reuse = {"latent": ref20["latent"], "ddim_steps": ref20["ddim_steps"], "training_latents": 20,
+        reuse.append({"model": model, "latent": ref20["latent"], "ddim_steps": ref20["ddim_steps"], "training_latents": 20,
                  "reference_seconds": ref20["seconds"], "reference_trajectory_calls": ref20["trajectory_calls"],
                  "veil_seconds": veil20["seconds"], "veil_steps": veil20["steps"],
-                 "veil_trajectory_calls": veil20["trajectory_calls"], "ratio": round(veil20["seconds"] / ref20["seconds"], 3)}
+                 "veil_trajectory_calls": veil20["trajectory_calls"], "ratio": round(veil20["seconds"] / ref20["seconds"], 3)})
     return sorted(rows, key=lambda row: (row["resolution"], row["method"])), reuse
 
 
@@ -245,6 +247,8 @@ def main():
     parser.add_argument("--no-reference", action="store_true", help="Skip the reference and ESD-x without checkpointing.")
     parser.add_argument("--reuse-ddim-steps", type=int, default=10, help="N of the 20-iteration comparison.")
     parser.add_argument("--reuse-latent", type=int, default=0, help="Latent side of the 20-iteration comparison (0: skip it).")
+    parser.add_argument("--reuse-model", default="sd15", help="Model of the 20-iteration comparison: sd15 (SD 1.5's "
+                        "architecture) or a name veil.load_pipeline takes, e.g. tiny.")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -266,8 +270,9 @@ def main():
                 run({"kind": "method", "method": name, "latent": latent, "steps": 1, "settings": settings}, log)
         if args.reuse_latent:
             m = args.reuse_ddim_steps
-            run({"kind": "reference-20", "latent": args.reuse_latent, "ddim_steps": m, "steps": 20}, log)
-            run({"kind": "method", "method": "esd-x", "latent": args.reuse_latent, "steps": 5, "tag": "reuse",
+            model = args.reuse_model
+            run({"kind": "reference-20", "model": model, "latent": args.reuse_latent, "ddim_steps": m, "steps": 20}, log)
+            run({"kind": "method", "model": model, "method": "esd-x", "latent": args.reuse_latent, "steps": 5, "tag": "reuse",
                  "settings": {"ddim_steps": m, "samples_per_trajectory": 4}}, log)
     with open(log_path) as handle:
         runs = [json.loads(line) for line in handle if line.strip()]
