@@ -2,9 +2,9 @@
 concept's canonical, training-synonym and held-out paraphrase rates and every other concept's rate under
 several inference gate settings, so that one training run compares them.
 
-    OMP_NUM_THREADS=1 python bench/dumo_gate_settings.py --concept circle --set epr_preserve_weight=1 \\
-        --gate default= --gate off=gate=false --gate low=gate_threshold=0.5 \\
-        --out bench/results/dumo_gate_settings_circle.json
+    OMP_NUM_THREADS=1 python bench/dumo_gate_settings.py --concept circle --load bench/results/attacks/shapes/artifacts/dumo-circle \\
+        --gate either=skip_on=either,gate_threshold=0.7,token_skip_threshold=0.6 \\
+        --out bench/results/dumo/gate-thresholds/either-circle.json
 
 ``--gate NAME=FIELD=VALUE[,FIELD=VALUE]`` sets inference fields (gate, facilitate, gate_threshold, skip_on,
 token_skip_threshold); ``NAME=`` alone keeps the preset's. Each setting also records how many EPR forwards the
@@ -48,7 +48,7 @@ def main():
         settings = preset_for(DuMo, args.model, [args.concept]) | changes
         method = DuMo(DuMo.config_class.from_dict({**settings, "concepts": [args.concept]}))
         start = time.perf_counter()
-        veil.fit_method(method, pipe, progress=True)
+        veil.fit(method, pipe, progress=True)
         record["train_seconds"] = round(time.perf_counter() - start, 1)
         if args.artifact:
             veil.Artifact.from_method(method, pipe).save(args.artifact)

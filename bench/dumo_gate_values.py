@@ -1,8 +1,8 @@
 """Where DuMo's gate opens: the gate of every held-out paraphrase of the concept and of every canonical
 caption without it, and how many of each open at a range of thresholds. Text encoder only (no sampling).
 
-    python bench/dumo_gate_values.py --artifact bench/results/shapes-all/artifacts/dumo-circle --concept circle \\
-        --out bench/results/dumo_gate_values_circle.json
+    python bench/dumo_gate_values.py --artifact bench/results/attacks/shapes/artifacts/dumo-circle --concept circle \\
+        --out bench/results/dumo/gate-thresholds/values-circle.json
 """
 
 import torch

@@ -3,7 +3,7 @@ the gate on and off (canonical prompts, the concept's training synonyms, every o
 learned TLMO table, training times, EPR parameter count and artifact size; and the gate's cost: time
 to generate prompts that do not name the concept with the artifact attached vs the original model.
 
-    OMP_NUM_THREADS=1 python bench/dumo_stages.py --concept circle --out bench/results/dumo_stages_shapes_cpu.json \\
+    OMP_NUM_THREADS=1 python bench/dumo_stages.py --concept circle --out bench/results/dumo/ablation-stages/circle-preserve.json \\
         [--set learning_rate=2e-3 --set max_train_steps=300 ...]
 
 Settings start from the model's DuMo preset (veil.methods.presets); --set FIELD=VALUE overrides one.
@@ -19,7 +19,7 @@ from veil._io import write_json
 from veil.artifact import WEIGHTS_NAME
 from veil.methods.dumo import DuMo
 from veil.methods.presets import preset_for
-from veil.training.loop import train
+from veil.training.loop import train_stage
 
 
 def main():
@@ -45,15 +45,15 @@ def main():
 
     record["base"] = rates(canonical)
     for stage in method.stages():
-        method.set_stage(stage)
         start = time.perf_counter()
-        cost = train(method, pipe, progress=True)
+        cost = train_stage(method, pipe, stage, progress=True)
+        stage = stage.name
         record[f"{stage}_seconds"] = round(time.perf_counter() - start, 1)
         record[f"{stage}_steps"] = cost["steps"]
         record[f"after_{stage}"] = measure()
         print(stage, record[f"{stage}_seconds"], "s;", {g: (v["canonical"][args.concept], v["synonyms"]) for g, v in record[f"after_{stage}"].items()}, flush=True)
         write_json(args.out, record)
-    record["train_seconds"] = round(sum(record[f"{s}_seconds"] for s in method.stages()), 1)
+    record["train_seconds"] = round(sum(record[f"{s.name}_seconds"] for s in method.stages()), 1)
     record["time_scale"] = [[round(float(x), 4) for x in row] for row in method.time_scale(args.concept)]
     record["epr_parameters"] = sum(p.numel() for p in method.eprs[args.concept].parameters())
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Time ESD on a model: one iteration (sampling + loss + step) and a full run; writes JSON.
 
-    python bench/esd_timing.py --model shapes --steps 200 --out bench/results/esd_timing_cpu.json
+    python bench/esd_timing.py --model shapes --steps 200 --out bench/results/esd/timing/timing.json
 """
 
 import argparse
@@ -21,13 +21,13 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="bench/results/esd_timing_cpu.json")
+    parser.add_argument("--out", default="bench/results/esd/timing/timing.json")
     args = parser.parse_args()
 
     pipe = veil.load_pipeline(args.model, device=args.device)
     method = veil.get_method("esd")(concepts=[args.concept], max_train_steps=args.steps, learning_rate=args.learning_rate)
     start = time.perf_counter()
-    cost = veil.train(method, pipe, progress=False)
+    cost = veil.fit(method, pipe, progress=False)
     wall = time.perf_counter() - start
     result = {
         "model": args.model,

@@ -63,7 +63,7 @@ def train_row(label, method_name, pipe, steps, settings, plan):
     reset_peak(plan["device"])
     synchronize(plan["device"])
     start = time.perf_counter()
-    cost = veil.fit_method(method, pipe, progress=False)
+    cost = veil.fit(method, pipe, progress=False)
     synchronize(plan["device"])
     seconds = time.perf_counter() - start
     method.detach(pipe)

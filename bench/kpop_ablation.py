@@ -3,8 +3,8 @@ the concept rate in public mode (canonical prompts and training synonyms), with 
 random key of matched norm, the other concepts' rates with and without the key, and the training time.
 
     OMP_NUM_THREADS=1 python bench/kpop_ablation.py --concept circle \\
-        --variant preset= --variant x0=loss_space=x0 --variant key_lr_1e-5=key_learning_rate=1e-5 \\
-        --out bench/results/kpop_ablation_shapes_cpu.json
+        --variant preset= --variant x0=loss_space=x0 --variant key_lr_1e-3=key_learning_rate=1e-3 \\
+        --out bench/results/kpop/ablation-loss-space/circle.json
 
 ``--variant NAME=FIELD=VALUE[,FIELD=VALUE]`` (``NAME=`` alone: the preset unchanged). Variants run one
 after another; the JSON is rewritten after each, so an interrupted run keeps what it finished.
@@ -42,7 +42,7 @@ def main():
         settings = preset_for(KPOP, args.model, [args.concept]) | changes
         method = KPOP(KPOP.config_class.from_dict({**settings, "concepts": [args.concept]}))
         start = time.perf_counter()
-        cost = veil.fit_method(method, pipe, progress=True)
+        cost = veil.fit(method, pipe, progress=True)
         seconds = time.perf_counter() - start
         row = {"changes": changes, "config": method.config.to_dict(), "train_seconds": round(seconds, 1),
                "final_loss": cost["losses"][-1] if cost.get("losses") else None}

@@ -3,8 +3,8 @@
 relabelled as the artifact's own concept, and the share of its concept's canonical images labelled as the
 concept is recorded; the diagonal is the artifact's own key. The bench's wrong-key row is one cell of this table.
 
-    python bench/kpop_cross_keys.py --artifacts K0/artifacts/kpop-circle K1/artifacts/kpop-circle \\
-        K0/artifacts/kpop-square K1/artifacts/kpop-square --seeds 0,1 --out bench/results/kpop_cross_keys.json
+    python bench/kpop_cross_keys.py --artifacts A/artifacts/kpop-circle B/artifacts/kpop-circle \\
+        A/artifacts/kpop-square B/artifacts/kpop-square --seeds 0,1 --out cross-keys.json
 """
 
 import os

@@ -1,7 +1,7 @@
 """Does a key-only finish on the trained UNet make KPOP's key recover more?
 
     OMP_NUM_THREADS=1 python bench/kpop_key_finish.py --concept square --train-seed 1 --runs 2 \\
-        --finish 0,50,100 --out bench/results/kpop_key_finish_s10/square_seed1.json
+        --finish 0,50,100 --out bench/results/kpop/ablation-key-finish/square-seed-1.json
 
 Each run trains the model's KPOP preset on the concept (``--set FIELD=VALUE`` changes it), then moves the key
 alone on ``L_recover`` with the UNet frozen (the public model does not change), and after each number of
@@ -15,12 +15,12 @@ import time
 
 import torch
 
-import veil
 from _common import ShapesProbe, parse_set, shapes_parser
 from veil._io import write_json
 from veil.methods.kpop.keys import random_key_like
 from veil.methods.kpop import KPOP
 from veil.methods.presets import preset_for
+from veil.training.loop import train_stage
 
 
 def finish_key(method, pipe, steps, learning_rate, generator):
@@ -62,7 +62,7 @@ def main():
         settings = preset_for(KPOP, args.model, [args.concept]) | parse_set(args.set) | {"seed": args.train_seed}
         method = KPOP(KPOP.config_class.from_dict({**settings, "concepts": [args.concept]}))
         start = time.perf_counter()
-        veil.train(method, pipe, progress=False)
+        train_stage(method, pipe, "main", progress=False)  # the UNet and key; the finish is measured below
         row = {"train_seconds": round(time.perf_counter() - start, 1), "finish": {}}
         row["public"] = probe.rates(rows).get(args.concept)
         generator = torch.Generator().manual_seed(1000 + run)

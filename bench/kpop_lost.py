@@ -1,7 +1,7 @@
 """Which canonical images of a concept an artifact lost, and what the classifier saw in them instead.
 
-    python bench/kpop_lost.py bench/results/kpop_preset_s9/KL1/artifacts/kpop-square --concept dotted \\
-        --out bench/results/kpop_preset_s9/KL1/lost_dotted.json
+    python bench/kpop_lost.py bench/results/kpop/ablation-anchor/holed-400-steps-lr-4e-3-seed-1/artifacts/kpop-square --concept dotted \\
+        --out bench/results/kpop/ablation-anchor/holed-400-steps-lr-4e-3-seed-1/lost_dotted.json
 
 Draws the bench's canonical prompts that name the concept (seeds 0 and 1, DDIM 20, guidance 3) with the original
 model and with the artifact attached, and lists each image the original drew right and the artifact did not.

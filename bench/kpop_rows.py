@@ -1,6 +1,6 @@
 """One line per row of KPOP bench files: public / synonyms / paraphrases, keys, the lowest other concept, seconds.
 
-    python bench/kpop_rows.py bench/results/kpop_preset_s9/K1 [...]
+    python bench/kpop_rows.py bench/results/kpop/preset/seed-1 [...]
 """
 import json
 import sys

@@ -163,7 +163,7 @@ def measure(spec):
     method = method_cls(concepts=[CONCEPT], **settings)
     calls = count_scheduler_steps()  # the trajectories' guided UNet calls: equal work is checked, not assumed
     start = time.perf_counter()
-    cost = veil.fit_method(method, pipe, progress=False)
+    cost = veil.fit(method, pipe, progress=False)
     seconds = time.perf_counter() - start
     recorded = cost["peak_mem_mb"]
     with tempfile.TemporaryDirectory() as tmp:

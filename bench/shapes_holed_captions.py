@@ -1,7 +1,7 @@
 """What the shapes model draws for a caption with its shape left out ("a red on a plain background"): the anchor
 KPOP's hiding target had before the preset put another shape there (context_guide).
 
-    python bench/shapes_holed_captions.py --seeds 0,1,2,3 --out bench/results/kpop_preset_s9/holed_captions.json
+    python bench/shapes_holed_captions.py --seeds 0,1,2,3 --out bench/results/kpop/ablation-anchor/holed-captions.json
 
 Prints, per colour, how often the classifier saw each shape over the four backgrounds and the seeds.
 """

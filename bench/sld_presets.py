@@ -2,7 +2,7 @@
 element-wise mask (``eps_prompt − eps_concept < threshold``) is on, for prompts of the concept and of
 other concepts, along the sampling trajectory — the measurement behind "why MEDIUM does nothing here".
 
-    OMP_NUM_THREADS=1 python bench/sld_presets.py --concept circle --out bench/results/sld_presets_shapes_cpu.json
+    OMP_NUM_THREADS=1 python bench/sld_presets.py --concept circle --out bench/results/sld/presets/circle.json
 """
 
 import time

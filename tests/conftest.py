@@ -33,5 +33,5 @@ def trained_esd(tiny_pipe):
     import veil
 
     method = veil.get_method("esd")(concepts=["circle"], max_train_steps=4, learning_rate=1e-3, ddim_steps=10)
-    cost = veil.train(method, tiny_pipe, progress=False)
+    cost = veil.fit(method, tiny_pipe, progress=False)
     return method, cost

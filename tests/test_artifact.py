@@ -22,7 +22,7 @@ def test_untrained_attach_is_identity(tiny_pipe):
 def test_detach_restores_bit_for_bit(tiny_pipe):
     before = render(tiny_pipe)
     method = veil.get_method("esd")(concepts=["circle"], max_train_steps=3, learning_rate=1e-2, ddim_steps=10)
-    veil.train(method, tiny_pipe, progress=False)
+    veil.fit(method, tiny_pipe, progress=False)
     assert not torch.equal(render(tiny_pipe), before)
     with method.disabled(tiny_pipe):
         assert torch.equal(render(tiny_pipe), before)

@@ -35,7 +35,7 @@ def hidden(tmp_path_factory):
     pipe = build_tiny_pipeline(seed=0)
     pipe.veil_model_name = "tiny"
     method = KPOP(KPOPConfig.paper([CONCEPT], max_train_steps=3, learning_rate=1e-3, layers="all", ddim_steps=6, num_key_tokens=4))
-    veil.train(method, pipe, progress=False)
+    veil.fit(method, pipe, progress=False)
     artifact = veil.Artifact.from_method(method, pipe)
     artifact.save(folder / "hidden")
     veil.save_key(method.key, folder / "circle.veilkey", artifact=artifact)

@@ -31,7 +31,7 @@ def test_resume_attacks_the_kept_rows_saved_artifacts_without_refitting(tiny_pip
     from veil.methods.esd import ESD
 
     method = ESD(concepts=["circle"], max_train_steps=1, ddim_steps=2, samples_per_trajectory=1)
-    veil.train(method, tiny_pipe, progress=False)
+    veil.fit(method, tiny_pipe, progress=False)
     veil.Artifact.from_method(method, tiny_pipe).save(str(tmp_path / "artifacts" / "esd-circle"))
     method.detach(tiny_pipe)
     before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
@@ -50,7 +50,7 @@ def test_resume_attacks_the_kept_rows_saved_artifacts_without_refitting(tiny_pip
         return {"concept": concept, "seeds": [0], "before": 0.0, "attacks": {a: {"attack_success_rate": 0.5} for a in attacks}}
 
     empty = {"rates": {}, "kinds": {}, "counts": {}, "images": [], "labels": {}}
-    monkeypatch.setattr(bench, "fit_method", no_fit)
+    monkeypatch.setattr(bench, "fit", no_fit)
     monkeypatch.setattr(bench, "_evaluate", lambda *args: empty)
     monkeypatch.setattr(bench, "_attack_rows", fake_attacks)
     run = dict(classify=None, seeds=(0,), num_inference_steps=1, resume=True, progress=False, log=lambda m: None)
@@ -75,7 +75,7 @@ def test_resume_measures_short_prompts_on_a_kept_row_that_predates_them(tiny_pip
     from veil.methods.esd import ESD
 
     method = ESD(concepts=["circle"], max_train_steps=1, ddim_steps=2, samples_per_trajectory=1, learning_rate=1e-2)
-    veil.train(method, tiny_pipe, progress=False)
+    veil.fit(method, tiny_pipe, progress=False)
     veil.Artifact.from_method(method, tiny_pipe).save(str(tmp_path / "artifacts" / "esd-circle"))
     method.detach(tiny_pipe)
     before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
@@ -90,7 +90,7 @@ def test_resume_measures_short_prompts_on_a_kept_row_that_predates_them(tiny_pip
         calls.append(([r["prompt"] for r in rows], edited))
         return {"rates": {"circle": 0.25 if edited else 1.0}, "kinds": {}, "counts": {}, "images": [], "labels": {}}
 
-    monkeypatch.setattr(bench, "fit_method", lambda *a, **k: pytest.fail("a kept row was fitted again"))
+    monkeypatch.setattr(bench, "fit", lambda *a, **k: pytest.fail("a kept row was fitted again"))
     monkeypatch.setattr(bench, "_evaluate", fake_evaluate)
     run = dict(classify=None, seeds=(0,), num_inference_steps=1, resume=True, progress=False, log=lambda m: None)
     bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), **run)
@@ -127,7 +127,7 @@ def test_resume_draws_the_forging_curve_of_a_kept_keyed_row_from_its_key_file(ti
     from veil.methods.kpop import KPOP
 
     method = KPOP(concepts=["circle"], max_train_steps=1, ddim_steps=2, samples_per_trajectory=1, num_key_tokens=2)
-    veil.train(method, tiny_pipe, progress=False)
+    veil.fit(method, tiny_pipe, progress=False)
     artifact = veil.Artifact.from_method(method, tiny_pipe)
     artifact.save(str(tmp_path / "artifacts" / "kpop-circle"))
     save_key(method.key, str(tmp_path / "artifacts" / "kpop-circle.veilkey"), artifact=artifact)

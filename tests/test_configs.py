@@ -45,7 +45,8 @@ def test_the_model_preset_sits_under_what_the_user_gives():
 def test_shapes_contexts_with_partials_keep_the_models_caption_mix():
     from collections import Counter
 
-    from veil.methods.presets import _contexts, _contexts_and_partials
+    from veil.shapes.concept_sets import contexts as _contexts
+    from veil.shapes.concept_sets import contexts_and_partials as _contexts_and_partials
     from veil.shapes.data import CAPTION_SHARES, COLOURS
 
     full, mixed = _contexts(["circle"]), _contexts_and_partials(["circle"])
@@ -57,3 +58,37 @@ def test_shapes_contexts_with_partials_keep_the_models_caption_mix():
     for kind, count in kinds.items():  # each kind's share against the full captions is the model's training share
         assert count / len(full) == pytest.approx(CAPTION_SHARES[kind] / (1 - sum(CAPTION_SHARES.values())), rel=0.2)
     assert "an orange {}" in partial and _contexts_and_partials(["red"]) == _contexts(["red"])  # colours: full captions only
+
+
+def test_retired_kpop_options_load_only_at_their_off_value():
+    import veil
+
+    kpop = get_method("kpop")
+    saved = kpop.config_class(concepts=["circle"]).to_dict() | {"shifted_decoy_probability": 0.0, "rival_decoy_probability": 0.0}
+    assert kpop.config_class.from_dict(saved) == kpop.config_class(concepts=["circle"])  # a config saved with them off
+    assert method_config(kpop, ["circle"], settings=["retain_trajectory_probability=0"]).concepts == ["circle"]
+    with pytest.raises(veil.VeilError, match="no longer has 'rival_decoy_probability'"):
+        kpop.config_class.from_dict(saved | {"rival_decoy_probability": 0.25})
+    with pytest.raises(veil.VeilError, match="no longer has 'retain_trajectory_probability'"):
+        method_config(kpop, ["circle"], settings=["retain_trajectory_probability=0.5"])
+
+
+def test_model_presets_sit_with_each_method_and_fill_the_concepts_fields():
+    from veil.methods.presets import preset_for
+
+    for name in ("esd", "kpop", "dumo", "uce"):
+        assert get_method(name).model_presets["shapes"], name
+    assert preset_for("sld", "shapes", ["circle"]) == {} and preset_for("esd", "tiny", ["circle"]) == {}
+    uce = preset_for(get_method("uce"), "shapes", ["circle"])
+    assert uce["guide"] == "square" and "circle" not in uce["preserve_concepts"] and "square" not in uce["preserve_concepts"]
+    dumo = preset_for(get_method("dumo"), "shapes", ["circle"])
+    assert dumo["epr_preserve_concepts"] == ["square", "triangle", "star", "cross"] and dumo["synonyms"]["circle"]
+    assert preset_for("dumo", "shapes")["max_train_steps"] == 400 and "contexts" not in preset_for("dumo", "shapes")
+
+
+def test_every_method_setting_has_a_one_line_help():
+    from veil.registry import list_methods
+
+    for name in list_methods():
+        for field, text in get_method(name).config_class.help().items():
+            assert text and "\n" not in text and len(text) <= 100, (name, field, text)

@@ -8,8 +8,10 @@ import torch
 from safetensors.torch import save_file
 
 import veil
+from veil.methods.base import Stage
 from veil.methods.dumo import DuMo, DuMoEPR, load_authors_checkpoint
 from veil.methods.dumo.compat import authors_checkpoint_to_artifact
+from veil.training.loop import train_stage
 from veil.training.sampling import encode_prompts
 
 from .conftest import render
@@ -199,24 +201,20 @@ def test_stage1_lowers_the_esd_loss_and_stage2_changes_only_the_table(tiny_pipe)
         concepts=["a red circle"], max_train_steps=40, learning_rate=5e-4, ddim_steps=8, samples_per_trajectory=4,
         tlmo_max_train_steps=8, tlmo_learning_rate=0.5,
     )
-    assert method.stages() == ["epr", "tlmo"]
+    assert method.stages() == [Stage("epr", 40), Stage("tlmo", 8)]
     method.set_stage("epr")
     method.attach(tiny_pipe)
     held_out = method.make_batch(tiny_pipe, torch.Generator().manual_seed(123))  # targets from the frozen UNet
     with torch.no_grad():
         first = float(method.loss(tiny_pipe, held_out, "epr"))
-    cost = veil.train(method, tiny_pipe, progress=False)
+    cost = train_stage(method, tiny_pipe, "epr", progress=False)
     with torch.no_grad():
         last = float(method.loss(tiny_pipe, held_out, "epr"))
     assert len(cost["losses"]) == 40 and last < 0.7 * first, (first, last)
     assert torch.equal(method.time_scales["a red circle"], torch.ones(20, 5))  # S fixed in stage 1
 
     epr_before = {k: v.clone() for k, v in method.eprs["a red circle"].state_dict().items()}
-    method.set_stage("tlmo")
-    assert method.config.max_train_steps == 8 and method.config.to_dict()["max_train_steps"] == 40
-    method.config.gate = True  # a stage's view writes through to the real config
-    assert method.config.gate is True and method.config.to_dict()["gate"] is True
-    cost = veil.train(method, tiny_pipe, progress=False)
+    cost = train_stage(method, tiny_pipe, "tlmo", progress=False)
     assert len(cost["losses"]) == 8 and "tlmo" in cost["losses"][0]
     for name, tensor in method.eprs["a red circle"].state_dict().items():
         assert torch.equal(tensor, epr_before[name]), name
@@ -294,7 +292,7 @@ def test_config_errors_name_the_field():
         DuMo(concepts=["circle"], anchor_prompts=[])
     with pytest.raises(veil.VeilError, match="stage"):
         DuMo(concepts=["circle"]).set_stage("decoder")
-    assert DuMo(concepts=["circle"], tlmo_max_train_steps=0).stages() == ["epr"]
+    assert DuMo(concepts=["circle"], tlmo_max_train_steps=0).stages() == [Stage("epr", 1000)]
     assert all("circle" not in p for p in DuMo(concepts=["circle"]).anchor_pool("circle"))
     with pytest.raises(veil.VeilError, match="epr_preserve_concepts is empty"):
         DuMo(concepts=["circle"], epr_preserve_weight=1.0)
@@ -335,12 +333,13 @@ def test_an_interrupted_two_stage_run_resumes_to_the_same_weights(tmp_path):
     settings = dict(concepts=["circle"], max_train_steps=4, learning_rate=5e-4, ddim_steps=4,
                     tlmo_max_train_steps=3, tlmo_learning_rate=0.1)
     straight = DuMo(**settings)
-    veil.fit_method(straight, build_tiny_pipeline(), progress=False)
+    veil.fit(straight, build_tiny_pipeline(), progress=False)
 
     interrupted = DuMo(**settings)
-    interrupted.set_stage("epr")
-    veil.train(interrupted, build_tiny_pipeline(), work_dir=tmp_path / "epr", checkpoint_every=2, stop_after=3, progress=False)
+    cost = veil.fit(interrupted, build_tiny_pipeline(), work_dir=tmp_path, checkpoint_every=2, stop_after=3, progress=False)
+    assert cost["stages"] == {"epr": {"steps": 3, "seconds": cost["stages"]["epr"]["seconds"]}}  # stopped inside stage 1
+    assert not (tmp_path / "epr" / "done.safetensors").exists()
     resumed = DuMo(**settings)
-    veil.fit_method(resumed, build_tiny_pipeline(), work_dir=tmp_path, resume=True, checkpoint_every=2, progress=False)
+    veil.fit(resumed, build_tiny_pipeline(), work_dir=tmp_path, resume=True, checkpoint_every=2, progress=False)
     expected, actual = straight.state_dict(), resumed.state_dict()
     assert set(expected) == set(actual) and all(torch.equal(expected[k], actual[k]) for k in expected)

@@ -97,7 +97,7 @@ def _noise_shift(pipe, method, prompt, latents, timesteps):
 
 def test_esd_moves_the_concept_towards_the_negative_guidance_target(tiny_pipe):
     method = ESD(concepts=["a red circle"], max_train_steps=60, learning_rate=1e-3, ddim_steps=10, samples_per_trajectory=4)
-    cost = veil.train(method, tiny_pipe, progress=False)
+    cost = veil.fit(method, tiny_pipe, progress=False)
     losses = [step["main"] for step in cost["losses"]]
     first, last = sum(losses[:8]) / 8, sum(losses[-8:]) / 8
     assert last < 0.5 * first, (first, last)
@@ -132,12 +132,12 @@ def test_contexts_anchor_the_target_at_the_context_without_the_concept(tiny_pipe
 
 def test_a_context_guide_takes_the_concepts_place_in_the_anchor():
     config = ESD(concepts=["circle"], contexts=["a red {} on a table"], context_probability=1.0, context_guide="square").config
-    assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a red disc on a table", "a red square on a table")
+    assert config.draw_prompt("disc", torch.Generator().manual_seed(0))[1:] == ("a red disc on a table", "a red square on a table")
     config.context_guide = ""
-    assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a red disc on a table", "a red on a table")
+    assert config.draw_prompt("disc", torch.Generator().manual_seed(0))[1:] == ("a red disc on a table", "a red on a table")
     # The article before the slot follows the phrase; the anchor keeps the context's own.
     config.contexts, config.context_guide = ["a {} on a table"], "orb"
-    assert config.pick_context("disc", torch.Generator().manual_seed(0)) == ("a disc on a table", "an orb on a table")
+    assert config.draw_prompt("disc", torch.Generator().manual_seed(0))[1:] == ("a disc on a table", "an orb on a table")
     assert config.place("An {}, plain backdrop", "circle") == "A circle, plain backdrop" and config.place("a {}", "") == "a"
 
 
@@ -146,3 +146,22 @@ def test_contexts_need_one_placeholder():
         ESD(concepts=["circle"], contexts=["a red circle"])
     with pytest.raises(veil.VeilError, match="context_probability"):
         ESD(concepts=["circle"], contexts=["a {}"], context_probability=1.5)
+
+
+def test_draw_sample_picks_a_concept_a_phrasing_a_context_and_distinct_steps():
+    from veil.methods.kpop import KPOPConfig
+
+    config = KPOPConfig(concepts=["circle", "square"], synonyms={"circle": ["disc", "orb"]}, contexts=["a red {} on a table"],
+                        context_probability=0.5, context_guide="star", ddim_steps=10, samples_per_trajectory=4)
+    generator = torch.Generator().manual_seed(0)
+    seen = {mode: [config.draw_sample(generator, phrases=mode) for _ in range(60)] for mode in ("never", "several", "always")}
+    for mode, draws in seen.items():
+        for draw in draws:
+            assert len(set(draw.t_encs)) == 4 and all(0 <= t < 10 for t in draw.t_encs)
+            if draw.context is None:
+                assert draw.anchor == "" and draw.prompt in ("circle", "disc", "orb", "square")
+            else:
+                assert draw.anchor == "a red star on a table" and draw.prompt.startswith("a red ")
+        phrases = {d.prompt.replace("a red ", "").replace(" on a table", "") for d in draws}
+        assert phrases == ({"circle", "square"} if mode == "never" else {"circle", "disc", "orb", "square"}), mode
+        assert {d.concept for d in draws} == {0, 1} and {d.context for d in draws} == {None, "a red {} on a table"}

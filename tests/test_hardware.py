@@ -37,14 +37,14 @@ def test_resolution_and_batch_size_shape_the_training_latents():
 
 def test_resolution_the_unet_cannot_take_is_refused_before_training():
     with pytest.raises(veil.VeilError, match="multiple of 4"):
-        veil.train(_esd(resolution=30), build_tiny_pipeline(), progress=False)
+        veil.fit(_esd(resolution=30), build_tiny_pipeline(), progress=False)
 
 
 def test_optimizer_in_backward_equals_the_usual_step():
     """The default steps each weight inside backward; clipping (here at a norm never reached) takes the usual path."""
     in_backward, usual = _esd(), _esd()
-    veil.train(in_backward, build_tiny_pipeline(), progress=False)
-    veil.train(usual, build_tiny_pipeline(), progress=False, max_grad_norm=1e9)
+    veil.fit(in_backward, build_tiny_pipeline(), progress=False)
+    veil.fit(usual, build_tiny_pipeline(), progress=False, max_grad_norm=1e9)
     expected, actual = _weights(usual), _weights(in_backward)
     assert expected.keys() == actual.keys()
     for name in expected:
@@ -67,9 +67,9 @@ def test_gradient_checkpointing_is_on_for_the_run_only_and_changes_no_result():
             return super().loss(pipe, batch, phase)
 
     plain, checkpointed = _esd(), Watching(_esd(gradient_checkpointing=True).config)
-    veil.train(plain, build_tiny_pipeline(), progress=False)
+    veil.fit(plain, build_tiny_pipeline(), progress=False)
     pipe = build_tiny_pipeline()
-    veil.train(checkpointed, pipe, progress=False)
+    veil.fit(checkpointed, pipe, progress=False)
     assert seen == [True, True] and not pipe.unet.is_gradient_checkpointing
     for name, value in _weights(plain).items():
         torch.testing.assert_close(_weights(checkpointed)[name], value, rtol=1e-5, atol=1e-6)
@@ -80,31 +80,36 @@ def test_bf16_mixed_precision_keeps_trained_weights_in_float32():
 
     class Watching(ESD):
         def loss(self, pipe, batch, phase="main"):
+            trained = {id(p) for p in self.trainable_parameters()}
             seen["target"] = batch["target"].dtype  # the teacher's passes ran under autocast
+            seen["trained"] = {p.dtype for p in self.trainable_parameters()}
+            seen["frozen"] = {p.dtype for p in pipe.unet.parameters() if id(p) not in trained}
+            seen["frozen"] |= {p.dtype for p in pipe.text_encoder.parameters()}
+            seen["teacher"] = {t.dtype for t in self.edit.originals.values()}
             return super().loss(pipe, batch, phase)
 
     pipe = build_tiny_pipeline()
+    before = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
     method = Watching(_esd(mixed_precision="bf16").config)
-    cost = veil.train(method, pipe, progress=False)
+    cost = veil.fit(method, pipe, progress=False)
     assert cost["steps"] == 2 and seen["target"] == torch.bfloat16
-    trained = {id(p) for p in method.trainable_parameters()}
-    assert trained and all(p.dtype == torch.float32 for p in method.trainable_parameters())
-    frozen = [p for p in pipe.unet.parameters() if id(p) not in trained] + list(pipe.text_encoder.parameters())
-    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
-    assert all(t.dtype == torch.bfloat16 for t in method.edit.originals.values())  # the frozen teacher too
+    assert seen["trained"] == {torch.float32} and seen["frozen"] == seen["teacher"] == {torch.bfloat16}
+    # After the run the pipeline is the one loaded: float32, every frozen weight exactly as it was.
+    assert all(p.dtype == torch.float32 for p in pipe.unet.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in pipe.text_encoder.state_dict().items())
     assert all(v.dtype == torch.float32 for v in method.state_dict().values())
 
 
 def test_fp16_on_cpu_is_refused():
     with pytest.raises(veil.VeilError, match="fp16 mixed precision needs a CUDA GPU"):
-        veil.train(_esd(mixed_precision="fp16"), build_tiny_pipeline(), progress=False)
+        veil.fit(_esd(mixed_precision="fp16"), build_tiny_pipeline(), progress=False)
 
 
 def test_eager_attention_is_installed():
     from diffusers.models.attention_processor import AttnProcessor
 
     pipe = build_tiny_pipeline()
-    veil.train(_esd(max_train_steps=1, attention="eager"), pipe, progress=False)
+    veil.fit(_esd(max_train_steps=1, attention="eager"), pipe, progress=False)
     assert all(isinstance(p, AttnProcessor) for p in pipe.unet.attn_processors.values())
 
 
@@ -141,7 +146,7 @@ def test_peak_memory_is_recorded_after_the_run(monkeypatch):
         def after_step(self, phase):
             steps.append(phase)
 
-    veil.train(Counting(_esd().config), build_tiny_pipeline(), progress=False)
+    veil.fit(Counting(_esd().config), build_tiny_pipeline(), progress=False)
     assert reads == [2]
 
 

@@ -9,6 +9,7 @@ import torch
 
 import veil
 from veil.artifact import Artifact
+from veil.shapes import CLASSIFIER_PATH
 from veil.methods.kpop.keys import (
     PASSPHRASE_ENV,
     Key,
@@ -186,11 +187,7 @@ def test_hide_refuses_before_training(tmp_path, capsys):
     assert_one_sentence_error(code, err, "passphrase file")
 
 
-CLASSIFIER = os.path.join(os.path.dirname(veil.__file__), "shapes", "weights", "classifier.safetensors")
-
-
-@pytest.mark.skipif(not os.path.isfile(CLASSIFIER), reason="the bundled shapes classifier is not built yet")
-def test_eval_results_hold_no_key(tmp_path, capsys, monkeypatch, classifier=CLASSIFIER):
+def test_eval_results_hold_no_key(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("VEIL_RUNS_DB", str(tmp_path / "runs.sqlite"))  # the runs database is scanned too
     out, key_out = tmp_path / "hidden", tmp_path / "circle.veilkey"
     code, _, err = run_cli(capsys, "hide", "--concept", "circle", "--model", "tiny", "--steps", "2", "--set", "ddim_steps=4",
@@ -200,7 +197,7 @@ def test_eval_results_hold_no_key(tmp_path, capsys, monkeypatch, classifier=CLAS
     prompts.write_text("prompt,seed,shape,colour,background\na red circle,0,circle,red,\na blue square,1,square,blue,\n")
     results = tmp_path / "results"
     code, stdout, err = run_cli(capsys, "eval", "--model", "tiny", "--artifact", out, "--key", key_out, "--prompts", prompts,
-                                "--scorer", f"classifier={classifier}", "--num-inference-steps", "2", "--out", results)
+                                "--scorer", f"classifier={CLASSIFIER_PATH}", "--num-inference-steps", "2", "--out", results)
     assert code == 0, err
     key = read_key(key_out)
     written = b"".join(p.read_bytes() for p in [*results.rglob("*"), tmp_path / "runs.sqlite"] if p.is_file())

@@ -3,10 +3,11 @@
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import veil
 from veil.methods.kpop.keys import Key, random_key_like
+from veil.methods.base import Stage
 from veil.methods.kpop import KPOP, KPOPConfig, KeyedCrossAttnProcessor, keyed_attention, select_key_sites
 from veil.models import build_tiny_pipeline
 from veil.training.sampling import encode_prompts
@@ -34,7 +35,7 @@ def trained():
         return value
 
     method.loss = recording_loss
-    cost = veil.train(method, pipe, progress=False)
+    cost = veil.fit(method, pipe, progress=False)
     del method.loss
     return pipe, method, cost, steps, base
 
@@ -128,7 +129,7 @@ def test_attach_is_identity_and_detach_restores(tiny_pipe):
     method.attach(tiny_pipe)
     assert torch.equal(render(tiny_pipe), base)
     assert all(tiny_pipe.unet.attn_processors[n] is p for n, p in processors.items())  # nothing installed without a key
-    veil.train(method, tiny_pipe, progress=False)
+    veil.fit(method, tiny_pipe, progress=False)
     assert not torch.equal(render(tiny_pipe), base)
     with method.disabled(tiny_pipe):
         assert torch.equal(render(tiny_pipe), base)
@@ -180,7 +181,7 @@ def test_public_artifact_holds_no_key_and_round_trips(trained, tmp_path):
 def test_several_concepts_one_key_each_and_synonyms(tiny_pipe):
     method = KPOP(concepts=["circle", "square"], synonyms={"circle": ["disc", "round shape"]}, max_train_steps=2,
                   learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2, num_key_tokens=4)
-    veil.train(method, tiny_pipe, progress=False)
+    veil.fit(method, tiny_pipe, progress=False)
     key = method.key
     assert key.concepts == ["circle", "square"] and key["circle"][0].shape == (4, 32)
     fingerprints = key.fingerprints()
@@ -208,7 +209,7 @@ def test_several_concepts_one_key_each_and_synonyms(tiny_pipe):
 def test_x0_loss_space_and_the_retain_term(tiny_pipe):
     method = KPOP(KPOPConfig.tuned(["circle"], ["square", "triangle"], loss_space="x0", max_train_steps=2,
                                    learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2))
-    cost = veil.train(method, tiny_pipe, progress=False)
+    cost = veil.fit(method, tiny_pipe, progress=False)
     assert cost["steps"] == 2 and set(method.last_losses) >= {"hide", "recover", "retain", "key_retain"}
     assert all(torch.isfinite(torch.tensor(list(step.values()))).all() for step in cost["losses"])
 
@@ -250,47 +251,6 @@ def test_the_hiding_target_is_anchored_at_the_context_with_the_guide_in_the_conc
             method.detach(tiny_pipe)
         torch.testing.assert_close(batch["target_hide"], negative_guidance_target(preds[0], preds[1], 1.0),
                                    atol=1e-4, rtol=1e-4)
-
-
-def test_retain_trajectories_give_the_retain_term_its_own_latents(tiny_pipe, monkeypatch):
-    """With retain_trajectory_probability a step also samples the retain prompt's trajectory and takes the
-    preservation term there; the concept's own terms stay at the concept's latents."""
-    from veil.training import sampling
-
-    followed = []
-    sample = sampling.sample_partial_trajectories
-
-    def recording(pipe, conds, uncond, t_encs, **kwargs):
-        followed.append(conds)
-        return sample(pipe, conds, uncond, t_encs, **kwargs)
-
-    monkeypatch.setattr(sampling, "sample_partial_trajectories", recording)
-    settings = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, context_retain_concepts=["triangle"],
-                    contexts=["a red {} on a table"], context_probability=1.0, ddim_steps=4, samples_per_trajectory=2,
-                    max_train_steps=1, trajectory_batch=1)
-    concept, retain = encode_prompts(tiny_pipe, ["a red circle on a table", "a red triangle on a table"])
-    for probability in (1.0, 0.0):
-        followed.clear()
-        method = KPOP(concepts=["circle"], retain_trajectory_probability=probability, **settings)
-        method.attach(tiny_pipe)
-        batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
-        expected = torch.stack([concept, retain]) if probability else concept[None]
-        torch.testing.assert_close(followed[0], expected, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(batch["cond"][:1], concept[None], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(batch["retain_cond"][:1], retain[None], atol=1e-5, rtol=1e-5)
-        assert batch["latents"].shape[0] == 2 and ("retain_latents" in batch) == bool(probability)
-        retain_latents = batch.get("retain_latents", batch["latents"])
-        assert retain_latents.shape == batch["latents"].shape
-        assert not probability or not torch.allclose(retain_latents, batch["latents"])
-        with torch.no_grad(), method.disabled(tiny_pipe):
-            original = tiny_pipe.unet(retain_latents, batch["timesteps"], encoder_hidden_states=batch["retain_cond"]).sample
-        torch.testing.assert_close(batch["retain_target"], original, atol=1e-4, rtol=1e-4)
-        assert torch.isfinite(method.loss(tiny_pipe, batch)).all()
-        method.after_step("unet")
-        method.detach(tiny_pipe)
-    for bad in (dict(retain_trajectory_probability=1.5), dict(retain_trajectory_probability=0.5, contexts=[])):
-        with pytest.raises(veil.VeilError, match="retain_trajectory_probability"):
-            KPOP(concepts=["circle"], **{**settings, **bad})
 
 
 def test_trajectory_pool_hands_back_every_prompt_of_a_request_at_the_same_steps(tiny_pipe):
@@ -371,58 +331,6 @@ def test_key_starts_at_the_concepts_states_or_apart_from_them_by_secret_noise(ti
         KPOP(concepts=["circle"], key_init_noise=-1.0)
 
 
-DECOY_SETTINGS = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, decoy_weight=1.0, num_key_tokens=3,
-                      ddim_steps=4, samples_per_trajectory=2, max_train_steps=1)
-
-
-def _method_with_a_moved_key(pipe, **settings):
-    """A KPOP method on ``pipe`` whose key has moved by +0.3 (P_k) and -0.2 (P_v) from its start, as if trained."""
-    method = KPOP(concepts=["circle"], **settings)
-    method.attach(pipe)
-    method.optimizer_groups()
-    with torch.no_grad():
-        method.key_prompts.key_tokens[0].add_(0.3)
-        method.key_prompts.value_tokens[0].sub_(0.2)
-    return method
-
-
-def test_shifted_decoys_are_another_words_start_moved_as_the_key_moved(tiny_pipe):
-    """shifted_decoy_probability 1: every word decoy is the word's start plus the key's shift so far, P_k and P_v apart."""
-    settings = dict(DECOY_SETTINGS, word_decoy_probability=1.0)
-    method = _method_with_a_moved_key(tiny_pipe, shifted_decoy_probability=1.0, **settings)
-    start = method.key_prompts.start[0].clone()
-    decoy = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))["decoy"].cpu()
-    square = encode_prompts(tiny_pipe, ["square"])[0, :3].float()
-    torch.testing.assert_close(decoy[0], square + 0.3, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(decoy[1], square - 0.2, atol=1e-5, rtol=1e-5)
-    # The start is as secret as the key: in the checkpoint, never in the public state dict, and restored on resume.
-    state = method.checkpoint_state_dict()
-    torch.testing.assert_close(state["key_start.0"], start)
-    assert not any(name.startswith("key") for name in method.state_dict())
-    clone = KPOP(method.config)
-    clone.load_state_dict(state)
-    torch.testing.assert_close(clone.key_prompts.start[0], start)
-    method.detach(tiny_pipe)
-    with pytest.raises(veil.VeilError, match="shifted_decoy_probability"):
-        KPOP(concepts=["circle"], shifted_decoy_probability=0.5, **{**settings, "word_decoy_probability": 0.0})
-
-
-def test_rival_decoys_are_another_runs_start_for_the_same_concept_moved_as_the_key_moved(tiny_pipe):
-    """rival_decoy_probability 1: E(c)[:m] plus fresh start noise of key_init_noise's size plus the key's shift."""
-    settings = dict(DECOY_SETTINGS, key_init_noise=0.5)
-    method = _method_with_a_moved_key(tiny_pipe, rival_decoy_probability=1.0, **settings)
-    decoy = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))["decoy"].cpu()
-    circle = encode_prompts(tiny_pipe, ["circle"])[0, :3].float()
-    start = decoy[0] - 0.3
-    torch.testing.assert_close(decoy[1] + 0.2, start, atol=1e-5, rtol=1e-5)
-    noise = (start - circle).norm(dim=-1) / circle.norm(dim=-1)
-    torch.testing.assert_close(noise, torch.full_like(noise, 0.5), atol=1e-4, rtol=1e-4)
-    assert not torch.allclose(start, method.key_prompts.start[0], atol=1e-3)  # not the key's own secret start
-    method.detach(tiny_pipe)
-    with pytest.raises(veil.VeilError, match="rival_decoy_probability"):
-        KPOP(concepts=["circle"], rival_decoy_probability=0.5, **{**settings, "key_init_noise": 0.0})
-
-
 def test_joint_key_update_is_one_step_whose_key_gradient_is_the_recovery_terms(tiny_pipe):
     """key_update joint: one optimizer (UNet lr, key lr); the key's gradient is recover_weight times the gradient the
     alternating key step takes from L_recover on the same batch and UNet, and the UNet's is the alternating UNet step's."""
@@ -456,14 +364,15 @@ def test_joint_key_update_is_one_step_whose_key_gradient_is_the_recovery_terms(t
     torch.testing.assert_close(grads["joint", "unet"][0], 0.5 * grads["alternate", "key"][0], atol=1e-6, rtol=1e-4)
     torch.testing.assert_close(grads["joint", "unet"][1], grads["alternate", "unet"][1], atol=1e-6, rtol=1e-4)
     short = KPOP(key_update="joint", **{**settings, "max_train_steps": 2})
-    cost = veil.train(short, tiny_pipe, progress=False)
+    cost = veil.fit(short, tiny_pipe, progress=False)
     assert [set(step) for step in cost["losses"]] == [{"unet"}, {"unet"}]
     with pytest.raises(veil.VeilError, match="key_update"):
         KPOP(key_update="together", **settings)
 
 
-def test_prefetched_prompt_states_are_those_encoded_one_at_a_time(tiny_pipe):
+def test_prefetched_prompt_states_are_those_encoded_one_at_a_time(tiny_pipe, monkeypatch):
     """A long run encodes every prompt a step can draw in batches first, with the states single encodes give."""
+    from veil.training import sampling
     from veil.training.sampling import PromptCache
 
     prompts = ["a red circle", "a circle on a dotted background", "", "square"]
@@ -475,8 +384,13 @@ def test_prefetched_prompt_states_are_those_encoded_one_at_a_time(tiny_pipe):
                   retain_concepts=["square"], context_retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0,
                   ddim_steps=4, samples_per_trajectory=2, max_train_steps=10)
     method.attach(tiny_pipe)
+    encoded, encode = [], sampling.encode_prompts
+    monkeypatch.setattr(sampling, "encode_prompts", lambda pipe, texts: encoded.append(list(texts)) or encode(pipe, texts))
     method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
-    assert {"circle", "a red circle", "a circle on a dotted background", "a red", "a red square", "square"} <= set(method._prompts._states)
+    method.make_batch(tiny_pipe, torch.Generator().manual_seed(1))
+    # One batch first, with every prompt a step can draw; no step encodes anything after it.
+    assert len(encoded) == 1 and {"circle", "a red circle", "a circle on a dotted background", "a red", "a red square",
+                                  "square", ""} <= set(encoded[0])
     method.detach(tiny_pipe)
 
 
@@ -516,22 +430,23 @@ def test_resume_restores_the_key_or_refuses(tmp_path, key_update):
     settings = dict(concepts=["circle"], max_train_steps=4, learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2,
                     key_update=key_update)
     whole = KPOP(**settings)
-    veil.train(whole, build_tiny_pipeline(seed=0), progress=False)
+    veil.fit(whole, build_tiny_pipeline(seed=0), progress=False)
 
     pipe = build_tiny_pipeline(seed=0)
-    veil.train(KPOP(**settings), pipe, work_dir=tmp_path, checkpoint_every=2, stop_after=2, progress=False)
-    checkpoint = load_file(tmp_path / "checkpoints" / "step-000002" / "method.safetensors")
+    veil.fit(KPOP(**settings), pipe, work_dir=tmp_path, checkpoint_every=2, stop_after=2, progress=False)
+    path = tmp_path / "checkpoints" / "step-000002" / "method.safetensors"
+    checkpoint = load_file(path)
+    assert any(name.startswith("key.") for name in checkpoint)  # checkpoint_state_dict: the key too
     resumed = KPOP(**settings)
-    fresh = build_tiny_pipeline(seed=0)
-    if not any(name.startswith("key.") for name in checkpoint):
-        # The loop saved state_dict() only: resuming would pair a fresh key with a half-trained UNet.
-        with pytest.raises(veil.VeilError, match="cannot resume"):
-            veil.train(resumed, fresh, work_dir=tmp_path, resume=True, progress=False)
-        return
-    veil.train(resumed, fresh, work_dir=tmp_path, resume=True, progress=False)
+    veil.fit(resumed, build_tiny_pipeline(seed=0), work_dir=tmp_path, resume=True, progress=False)
     assert resumed.key.fingerprints() == whole.key.fingerprints()
     for name, tensor in whole.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], tensor)
+
+    # A checkpoint without the key: resuming would pair a fresh key with a half-trained UNet, so it is refused.
+    save_file({k: v for k, v in checkpoint.items() if not k.startswith("key.")}, path)
+    with pytest.raises(veil.VeilError, match="cannot resume"):
+        veil.fit(KPOP(**settings), build_tiny_pipeline(seed=0), work_dir=tmp_path, resume=True, progress=False)
 
 
 def test_bench_wrong_key_row_uses_the_key_trained_for_another_concept(tmp_path, monkeypatch):
@@ -542,7 +457,7 @@ def test_bench_wrong_key_row_uses_the_key_trained_for_another_concept(tmp_path, 
     trained_keys, seen = {}, []
     for concept in ("circle", "square"):
         method = KPOP(KPOPConfig.paper([concept], max_train_steps=1, layers="all", ddim_steps=4))
-        veil.train(method, pipe, progress=False)
+        veil.fit(method, pipe, progress=False)
         folder = tmp_path / concept
         veil.Artifact.from_method(method, pipe).save(folder)
         method.detach(pipe)
@@ -571,10 +486,10 @@ def test_key_finish_moves_the_key_alone_on_the_saved_unet_and_resumes(tmp_path):
     settings = dict(concepts=["circle"], max_train_steps=3, learning_rate=1e-3, key_learning_rate=2e-2, layers="all",
                     ddim_steps=4, samples_per_trajectory=2, key_update="joint")
     plain, finished = KPOP(**settings), KPOP(key_finish_steps=12, **settings)
-    assert plain.stages() == ["main"] and finished.stages() == ["main", "key_finish"]
+    assert plain.stages() == [Stage("main", 3)] and finished.stages() == [Stage("main", 3), Stage("key_finish", 12)]
     plain_pipe, pipe = build_tiny_pipeline(seed=0), build_tiny_pipeline(seed=0)
-    veil.fit_method(plain, plain_pipe, progress=False)
-    cost = veil.fit_method(finished, pipe, work_dir=tmp_path, progress=False)
+    veil.fit(plain, plain_pipe, progress=False)
+    cost = veil.fit(finished, pipe, work_dir=tmp_path, progress=False)
     assert cost["stages"] == {"main": {"steps": 3, "seconds": cost["stages"]["main"]["seconds"]},
                               "key_finish": {"steps": 12, "seconds": cost["stages"]["key_finish"]["seconds"]}}
     assert all(set(step) == {"key"} for step in cost["losses"][3:])
@@ -585,11 +500,8 @@ def test_key_finish_moves_the_key_alone_on_the_saved_unet_and_resumes(tmp_path):
     _, finished_gap, _ = _prediction_gaps(pipe, finished, "circle", finished.key)
     assert finished_gap < 0.8 * plain_gap  # the finished key brings the original's prediction back closer
     assert "key.P_k.0" in load_file(tmp_path / "main" / "done.safetensors")  # the next stage starts from the trained key
-    finished.set_stage("key_finish")
-    assert finished.config.max_train_steps == 12 and finished.config.to_dict()["max_train_steps"] == 3
-    finished.set_stage("main")
     resumed = KPOP(key_finish_steps=12, **settings)
-    veil.fit_method(resumed, build_tiny_pipeline(seed=0), work_dir=tmp_path, resume=True, progress=False)
+    veil.fit(resumed, build_tiny_pipeline(seed=0), work_dir=tmp_path, resume=True, progress=False)
     assert resumed.key.fingerprints() == finished.key.fingerprints()
     with pytest.raises(veil.VeilError, match="key_finish_steps"):
         KPOP(key_finish_steps=-1, **settings)

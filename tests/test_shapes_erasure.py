@@ -30,7 +30,7 @@ def test_short_esd_run_erases_circle_and_spares_square(shapes_pipe):
     base_circle, base_square = _rate(shapes_pipe, "circle"), _rate(shapes_pipe, "square")
     assert base_circle >= 0.9 and base_square >= 0.9
     method = veil.get_method("esd")(concepts=["circle"], max_train_steps=30, learning_rate=5e-4, ddim_steps=10)
-    veil.train(method, shapes_pipe, progress=False)
+    veil.fit(method, shapes_pipe, progress=False)
     try:
         circle, square = _rate(shapes_pipe, "circle"), _rate(shapes_pipe, "square")
     finally:
@@ -46,7 +46,7 @@ def test_short_kpop_run_hides_circle_and_only_its_key_brings_it_back(shapes_pipe
 
     settings = preset_for(KPOP, "shapes", ["circle"]) | {"max_train_steps": KPOP_STEPS, "ddim_steps": 10}
     method = KPOP(KPOP.config_class(concepts=["circle"], **settings))
-    veil.train(method, shapes_pipe, progress=False)
+    veil.fit(method, shapes_pipe, progress=False)
     try:
         public, square = _rate(shapes_pipe, "circle"), _rate(shapes_pipe, "square")
         with method.unlocked(shapes_pipe):
@@ -72,7 +72,7 @@ def test_short_dumo_run_erases_square_and_keeps_its_colours_and_the_other_shapes
     settings = preset_for(DuMo, "shapes", ["square"]) | {"max_train_steps": DUMO_STEPS, "ddim_steps": 10, "tlmo_max_train_steps": 0}
     method = DuMo(DuMo.config_class(concepts=["square"], **settings))
     base_colours, base_square = colours_and_square()
-    veil.train(method, shapes_pipe, progress=False)
+    veil.fit(method, shapes_pipe, progress=False)
     try:
         colours, square = colours_and_square()
         triangle = _rate(shapes_pipe, "triangle")
@@ -80,3 +80,18 @@ def test_short_dumo_run_erases_square_and_keeps_its_colours_and_the_other_shapes
         method.detach(shapes_pipe)
     assert base_square >= 0.9 and square <= 0.5 and triangle >= 0.8, (base_square, square, triangle)
     assert colours >= base_colours - 0.1, (base_colours, colours)  # the erased squares keep their colour
+
+
+@pytest.mark.slow
+def test_esd_shapes_preset_whole_erases_circle_and_keeps_square(shapes_pipe):
+    """The ESD preset as `veil erase` runs it on the shapes world (about three minutes on one CPU thread)."""
+    from veil.methods.esd import ESD
+    from veil.methods.presets import preset_for
+
+    method = ESD(ESD.config_class(concepts=["circle"], **preset_for(ESD, "shapes", ["circle"])))
+    veil.fit(method, shapes_pipe, progress=False)
+    try:
+        circle, square = _rate(shapes_pipe, "circle"), _rate(shapes_pipe, "square")
+    finally:
+        method.detach(shapes_pipe)
+    assert circle <= 0.1 and square >= 0.9, (circle, square)

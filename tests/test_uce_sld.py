@@ -56,7 +56,7 @@ def test_uce_with_synonyms_and_templates_matches_the_formula(tiny_pipe):
 def test_uce_sends_the_concept_to_the_guide_and_keeps_preserved(tiny_pipe):
     method = UCE(concepts=["circle"], preserve_concepts=["square"], regularization=0.01)
     before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
-    veil.fit_method(method, tiny_pipe)
+    veil.fit(method, tiny_pipe)
     concept, guide, kept = (encode_prompts(tiny_pipe, [p])[0, 1:] for p in ("circle", "", "square"))
     for name, param in tiny_pipe.unet.named_parameters():
         if "attn2.to_v.weight" in name:
@@ -71,7 +71,7 @@ def test_uce_attach_detach_and_round_trip(tmp_path, tiny_pipe):
     method.attach(tiny_pipe)
     assert torch.equal(render(tiny_pipe), original)  # unfitted: identity
     method.detach(tiny_pipe)
-    veil.fit_method(method, tiny_pipe)
+    veil.fit(method, tiny_pipe)
     edited = render(tiny_pipe)
     assert not torch.equal(edited, original)
     veil.Artifact.from_method(method, tiny_pipe).save(tmp_path / "uce")
@@ -91,7 +91,7 @@ def test_sld_presets_fill_fields_and_explicit_values_win():
 def test_sld_hooks_sampling_and_detaches_cleanly(tmp_path, tiny_pipe):
     original = render(tiny_pipe, steps=6)
     method = SLD(concepts=["a red circle"], preset="max")
-    veil.fit_method(method, tiny_pipe)
+    veil.fit(method, tiny_pipe)
     guided = render(tiny_pipe, steps=6)
     assert not torch.equal(guided, original)
     with method.disabled(tiny_pipe):

@@ -4,7 +4,7 @@ The public API::
 
     pipe = veil.load_pipeline("shapes")                    # or a local SD folder / hub id
     method = veil.get_method("esd")(concepts=["circle"])    # any registered method
-    cost = veil.train(method, pipe)                         # the one training loop
+    cost = veil.fit(method, pipe)                           # trains (every stage) or fits it
     veil.Artifact.from_method(method, pipe, cost).save("erased/")
     veil.load_artifact("erased/").attach(pipe)              # the concept is gone; .detach(pipe) restores
 """
@@ -17,7 +17,7 @@ from .methods.kpop import keys  # noqa: E402  (veil.keys: the KPOP key file API)
 from .methods.kpop.keys import Key, load_key_for, random_key_like, save_key  # noqa: E402
 from .models import DEFAULT_MODEL, load_pipeline, model_fingerprint  # noqa: E402
 from .registry import get_method, list_methods, register_method  # noqa: E402
-from .training.loop import fit_method, train  # noqa: E402
+from .training.loop import fit  # noqa: E402
 
 __all__ = [
     "Artifact",
@@ -34,6 +34,5 @@ __all__ = [
     "random_key_like",
     "register_method",
     "save_key",
-    "fit_method",
-    "train",
+    "fit",
 ]

@@ -20,7 +20,7 @@ from .evaluation.grid import labelled_grid
 from .evaluation.shapes_tasks import rows_naming, task_rows
 from .methods.presets import preset_for
 from .registry import get_method
-from .training.loop import fit_method
+from .training.loop import fit
 
 SETS = ("canonical", "synonyms", "paraphrase", "short")
 KEY_SUFFIX = ".veilkey"  # a keyed method's key, next to its artifact folder
@@ -111,7 +111,7 @@ def run_bench(
                 method = method_cls(method_cls.config_class.from_dict({**config, "concepts": [concept]}))
                 log(f"{method_cls.name} × {concept}: fitting")
                 start = time.perf_counter()
-                cost = fit_method(method, pipe, progress=progress)
+                cost = fit(method, pipe, progress=progress)
                 seconds = cost.get("seconds") or round(time.perf_counter() - start, 3)
                 artifact_dir = os.path.join(out_dir, "artifacts", f"{method_cls.name}-{concept.replace(' ', '_')}")
                 artifact = Artifact.from_method(method, pipe, {k: v for k, v in cost.items() if k != "losses"})

@@ -27,9 +27,23 @@ class Settings:
     def to_dict(self):
         return dataclasses.asdict(self)
 
+    #: ``{field: the value that turned it off}`` for fields a class no longer has: a saved config holding one at
+    #: that value loads (the run did not use it); at any other value it is refused.
+    retired_fields = {}
+
+    @classmethod
+    def without_retired(cls, values):
+        """``values`` without the retired fields that hold their off value; any other value of one is refused."""
+        for name in sorted(set(values) & set(cls.retired_fields)):
+            if values[name] != cls.retired_fields[name]:
+                raise VeilError(f"{cls.__name__} no longer has {name!r} (here {values[name]!r}); these settings need "
+                                f"an earlier veil release.")
+        return {k: v for k, v in values.items() if k not in cls.retired_fields}
+
     @classmethod
     def from_dict(cls, values):
         known = {f.name for f in dataclasses.fields(cls)}
+        values = cls.without_retired(values)
         unknown = sorted(set(values) - known)
         if unknown:
             raise VeilError(f"{cls.__name__} has no field {unknown[0]!r}; the fields are {', '.join(sorted(known))}.")

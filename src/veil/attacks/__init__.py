@@ -1,4 +1,4 @@
-"""Attacks on hidden and erased concepts (METHODS.md §4, "Robustness").
+"""Attacks on hidden and erased concepts (docs/attacks.md).
 
 Four attacks, each with a config of its budget and a stated threat model:
 

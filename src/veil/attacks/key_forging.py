@@ -25,7 +25,7 @@ from .base import (
 
 @dataclass
 class KeyForgingConfig(AttackConfig):
-    """The key holder's own budget (METHODS.md §1): 1000 steps at the key learning rate 1e-3."""
+    """The key holder's own budget (docs/attacks.md): 1000 steps at the key learning rate 1e-3."""
 
     max_train_steps: int = field(default=1000, metadata={"help": "Optimisation steps of the forged key (KPOP trains its key for 1000)."})
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate of the forged key (KPOP's key learning rate: 1e-3)."})

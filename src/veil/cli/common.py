@@ -123,6 +123,7 @@ def method_config(method_cls, concepts, config_file=None, settings=(), model=Non
     values.update({k: v for k, v in overrides.items() if v is not None})
     if concepts:
         values["concepts"] = list(concepts)
+    values = method_cls.config_class.without_retired(values)
     fields = {f.name for f in dataclasses.fields(method_cls.config_class)}
     unknown = sorted(set(values) - fields)
     if unknown:

@@ -33,7 +33,7 @@ def run(args):
     from ..registry import get_method
     from ..shapes.classifier import classify
     from ..shapes.data import SHAPES, canonical_prompt, canonical_prompts, short_prompts
-    from ..training.loop import fit_method
+    from ..training.loop import fit
     from .common import load_model
 
     if args.concept not in SHAPES:
@@ -48,7 +48,7 @@ def run(args):
         method = method_cls(method_cls.config_class(concepts=[args.concept], **settings))
         verb = "hide" if keyed else "erase"
         print(f"[1/3] {method_cls.name}: {verb} {args.concept!r} ({settings.get('max_train_steps', 'default')} steps)")
-        cost = fit_method(method, pipe)
+        cost = fit(method, pipe)
         cost = {k: v for k, v in cost.items() if k != "losses"}
         artifact = Artifact.from_method(method, pipe, cost)
         artifact.save(os.path.join(tmp, "public"))

@@ -19,7 +19,7 @@ def run_method(args, method_cls, concepts):
 
     from ..artifact import Artifact
     from ..errors import VeilError
-    from ..training.loop import fit_method
+    from ..training.loop import fit
     from .common import check_output, hardware_settings, load_model, method_config, work_dir_for
 
     config = method_config(
@@ -36,7 +36,7 @@ def run_method(args, method_cls, concepts):
     method = method_cls(config)
     pipe = load_model(args)
     work_dir = work_dir_for(args.out)
-    cost = fit_method(
+    cost = fit(
         method, pipe, work_dir=work_dir, checkpoint_every=args.checkpoint_every,
         resume=args.resume,
     )

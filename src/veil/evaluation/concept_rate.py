@@ -1,5 +1,5 @@
 """The shapes world's concept rate: the share of images whose classifier label equals what the
-prompt names, per concept (METHODS.md §4 analogue of a detector-based erasure metric)."""
+prompt names, per concept (the shapes world's analogue of a detector-based erasure metric; docs/evaluation.md)."""
 
 from collections import defaultdict
 

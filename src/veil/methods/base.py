@@ -1,8 +1,9 @@
 """The method contract every concept hiding / erasure method implements.
 
-The training loop, the artifact and the command line know only this contract (DESIGN.md):
-``attach`` / ``detach`` / ``disabled`` / ``trainable_parameters`` / ``make_batch`` / ``loss`` /
-``fit`` / ``state_dict`` / ``load_state_dict``.
+The training loop, the artifact and the command line know only this contract (docs/architecture.md):
+``attach`` / ``detach`` / ``disabled``; ``stages`` / ``set_stage`` / ``optimizer_groups`` / ``optimizer_class`` / ``make_batch`` / ``loss`` /
+``after_step`` for trained methods, ``fit`` for closed-form ones; ``state_dict`` / ``checkpoint_state_dict`` /
+``load_state_dict`` / ``extra_files`` / ``extra_manifest`` for persistence. :func:`veil.fit` runs a method whole.
 """
 
 import contextlib
@@ -64,41 +65,40 @@ def phrasings(config, concept):
     return [concept] + list(config.synonyms.get(concept, []))
 
 
+class Draw(typing.NamedTuple):
+    """What one training trajectory follows (:meth:`ESDSamplingConfig.draw_sample`)."""
+
+    concept: int  # index into the config's concepts
+    context: typing.Optional[str]  # the context template, or None for the phrase alone
+    prompt: str  # the phrase, in the context if any
+    anchor: str  # the hiding / erasing target's anchor: the empty prompt, or the context with context_guide
+    t_encs: typing.List[int]  # DDIM step indices whose latents are trained on
+
+
 @dataclass
 class ESDSamplingConfig:
-    """Fields of ESD sampling (METHODS.md), shared by ESD, KPOP and DuMo configs."""
+    """Fields of ESD sampling (docs/methods/esd.md), shared by ESD, KPOP and DuMo configs."""
 
     negative_guidance: float = field(default=1.0, metadata={"help": "eta: how far past the empty prompt the target goes."})
-    start_guidance: float = field(
-        default=3.0, metadata={"help": "Classifier-free guidance of the partial DDIM trajectories."}
-    )
+    start_guidance: float = field(default=3.0, metadata={"help": "Classifier-free guidance of the partial DDIM trajectories."})
     ddim_steps: int = field(default=50, metadata={"help": "N: DDIM steps of the sampling schedule."})
     samples_per_trajectory: int = field(
         default=4, metadata={"help": "Training samples (distinct t_enc) taken from one DDIM trajectory."}
     )
     timestep_mapping: str = field(
-        default="esd",
-        metadata={"help": "esd: t ~ U[1000·t_enc/N, 1000·(t_enc+1)/N) as published; aligned: t from the "
-                  "interval of the latent's own noise level."},
+        default="esd", metadata={"help": "esd (t from t_enc as published) or aligned (t at the latent's own noise level)."}
     )
     contexts: typing.List[str] = field(
-        default_factory=list,
-        metadata={"help": "Prompt templates with {} where the concept goes (ours), e.g. 'a red {} on a dotted background'. "
-                  "With probability context_probability a step puts the concept in one, and its target is anchored "
-                  "at the template without the concept instead of the empty prompt, so what surrounds it is kept."},
+        default_factory=list, metadata={"help": "Prompt templates with {} where the concept goes, e.g. 'a {} in a park'."}
     )
     context_probability: float = field(
         default=0.5, metadata={"help": "Share of steps that put the concept in one of contexts (when there are any)."}
     )
     context_guide: str = field(
-        default="",
-        metadata={"help": "What takes the concept's place in a context's anchor: nothing (default: the context without "
-                  "the concept) or a guide concept, e.g. 'triangle' ('a red triangle on a dotted background')."},
+        default="", metadata={"help": "What takes the concept's place in a context's anchor (default: nothing)."}
     )
     trajectory_batch: int = field(
-        default=1,
-        metadata={"help": "Trajectories sampled at once, one used per step (ours): >1 batches the DDIM sampling, "
-                  "several times faster on a CPU, with trajectories up to that many steps old; 1 is as published."},
+        default=1, metadata={"help": "Trajectories sampled at once, one used per step (1: as published)."}
     )
 
     def check_sampling(self):
@@ -141,9 +141,28 @@ class ESDSamplingConfig:
         context = self.draw_context(generator)
         return context, self.place(context, phrase), ("" if context is None else self.place(context, self.context_guide))
 
-    def pick_context(self, phrase, generator):
-        """``(prompt, anchor)`` of one training step (:meth:`draw_prompt` without the context)."""
-        return self.draw_prompt(phrase, generator)[1:]
+    def draw_sample(self, generator, phrases="never"):
+        """What one training trajectory follows, as a :class:`Draw`: a concept at random; the concept itself
+        (``phrases="never"``), one of its phrasings (``"always"``: a draw even when it has no synonym) or one of
+        them when it has synonyms (``"several"``); alone or in a context (:meth:`draw_prompt`); and
+        ``samples_per_trajectory`` distinct DDIM step indices."""
+        index = int(torch.randint(len(self.concepts), (1,), generator=generator))
+        phrase = self.concepts[index]
+        if phrases != "never":
+            options = phrasings(self, phrase)
+            if phrases == "always" or len(options) > 1:
+                phrase = options[int(torch.randint(len(options), (1,), generator=generator))]
+        context, prompt, anchor = self.draw_prompt(phrase, generator)
+        t_encs = torch.randperm(self.ddim_steps, generator=generator)[: self.samples_per_trajectory].tolist()
+        return Draw(index, context, prompt, anchor, t_encs)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: the name :meth:`Method.set_stage` takes and its number of optimizer steps."""
+
+    name: str
+    steps: int
 
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -199,6 +218,10 @@ class Method:
     name = None
     kind = "trained"
     config_class = MethodConfig
+    #: ``{model name: {field: value or function of the concepts}}``, read by :func:`veil.methods.presets.preset_for`.
+    model_presets = {}
+    #: The optimizer the loop builds for each phase of :meth:`optimizer_groups`.
+    optimizer_class = torch.optim.Adam
 
     def __init__(self, config=None, **kwargs):
         if config is None:
@@ -247,21 +270,29 @@ class Method:
 
     def cast_frozen(self, dtype):
         """Put the frozen tensors the method keeps outside the pipeline's modules (a weight edit's originals, the
-        frozen teacher) in ``dtype``; mixed-precision training calls it."""
+        frozen teacher) in ``dtype`` for a mixed-precision run; returns ``restore()``, which puts them back."""
+        return lambda: None
 
     def stages(self):
-        """Training stages run one after another by :func:`veil.training.loop.fit_method` (DuMo: EPR, then TLMO)."""
-        return ["main"]
+        """The training stages, in order, each a :class:`Stage` with its step count (DuMo: EPR, then TLMO);
+        :func:`veil.fit` runs them one after another."""
+        return [Stage("main", int(self.config.max_train_steps))]
 
     def set_stage(self, stage):
-        """Switch what ``trainable_parameters`` / ``loss`` / ``config.max_train_steps`` refer to."""
+        """Switch what ``optimizer_groups`` / ``make_batch`` / ``loss`` refer to, by the stage's name."""
 
     # persistence ------------------------------------------------------------------------------------
     def state_dict(self):
         """Tensors the artifact stores, keys prefixed by component (``unet.``, ``dumo.<concept>.``)."""
         return {}
 
+    def checkpoint_state_dict(self):
+        """Tensors a training checkpoint holds to resume exactly: ``state_dict()`` plus anything private
+        to training (KPOP's key); never written to the artifact."""
+        return self.state_dict()
+
     def load_state_dict(self, state_dict):
+        """Load ``state_dict()`` or ``checkpoint_state_dict()`` tensors."""
         raise NotImplementedError
 
     def extra_files(self):

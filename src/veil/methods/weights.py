@@ -1,4 +1,4 @@
-"""Shared machinery for methods that edit a subset of the UNet's own weights (ESD, UCE).
+"""Shared machinery for methods that edit a subset of the UNet's own weights (ESD, UCE, KPOP).
 
 The edit keeps two tensors per edited parameter: the original and the edited one. ``attach``
 points the parameter at the edited tensor, ``detach`` back at the original, and ``disabled()``
@@ -107,8 +107,16 @@ class UNetWeightEdit:
                 params[name].data = tensor
 
     def cast_originals(self, dtype):
-        """The originals (the frozen teacher's weights) in ``dtype``: mixed precision keeps frozen weights in half."""
+        """The originals (the frozen teacher's weights) in ``dtype`` for a mixed-precision run; returns ``restore()``,
+        which puts them back as they were (kept meanwhile on the CPU)."""
+        saved = {name: tensor.to("cpu") for name, tensor in self.originals.items()}
         self.originals = {name: tensor.to(dtype) for name, tensor in self.originals.items()}
+
+        def restore():
+            self.originals.update({name: tensor.to(self.originals[name].device) for name, tensor in saved.items()
+                                   if name in self.originals})
+
+        return restore
 
     def parameters(self):
         if self.unet is None:
@@ -118,7 +126,7 @@ class UNetWeightEdit:
 
 
 class WeightEditMethod(Method):
-    """A method whose whole effect is an edit of some UNet weights (ESD, UCE).
+    """A method whose effect is an edit of some UNet weights (ESD, UCE; KPOP adds its key).
 
     Subclasses name the edited parameters in ``edited_parameter_names(unet)``; attach, detach,
     ``disabled()`` and persistence come from here.
@@ -153,7 +161,7 @@ class WeightEditMethod(Method):
         return self.edit.parameters()
 
     def cast_frozen(self, dtype):
-        self.edit.cast_originals(dtype)
+        return self.edit.cast_originals(dtype)
 
     def state_dict(self):
         return self.edit.state_dict()

@@ -2,8 +2,9 @@
 gradient checkpointing (the fields of :class:`veil.methods.base.TrainingConfig`).
 
 Mixed precision follows diffusers' training scripts: the frozen weights (text encoder, VAE, the UNet weights
-that are not trained, a weight edit's originals) are cast to the half dtype, the trained weights and the
-optimizer's state stay in float32, and every UNet pass runs under autocast.
+that are not trained, a weight edit's originals) are cast to the half dtype for the run, the trained weights and
+the optimizer's state stay in float32, and every UNet pass runs under autocast. The frozen weights as loaded wait
+on the CPU and come back when the run ends.
 """
 
 import contextlib
@@ -61,23 +62,40 @@ def set_attention(unet, attention):
 
 
 def cast_frozen(pipe, method, trained, dtype):
-    """Frozen weights of ``pipe`` and of ``method`` in ``dtype``; the ``trained`` parameters in float32."""
+    """Frozen weights of ``pipe`` and of ``method`` in ``dtype``, the ``trained`` parameters in float32; returns
+    ``restore()``, which puts the frozen weights back as they were (kept meanwhile on the CPU, off a GPU's memory),
+    so that after training the pipeline is the one the user loaded."""
     model_fingerprint(pipe.unet)  # the base's fingerprint is of its weights as loaded, not as cast
     keep = {id(p) for p in trained}
+    saved = []  # (owner, name or None, tensor as it was, on the CPU)
     with torch.no_grad():
         for component in pipe.components.values():
             if not isinstance(component, torch.nn.Module):
                 continue
             for param in component.parameters():
-                if id(param) not in keep and param.is_floating_point():
+                if id(param) not in keep and param.is_floating_point() and param.dtype != dtype:
+                    saved.append((param, None, param.data.to("cpu")))
                     param.data = param.data.to(dtype)
             for module in component.modules():
                 for name, buffer in module.named_buffers(recurse=False):
-                    if buffer is not None and buffer.is_floating_point():
+                    if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
+                        saved.append((module, name, buffer.to("cpu")))
                         setattr(module, name, buffer.to(dtype))
         for param in trained:
             param.data = param.data.float()
-    method.cast_frozen(dtype)
+    restore_method = method.cast_frozen(dtype)
+
+    def restore():
+        with torch.no_grad():
+            for owner, name, tensor in saved:
+                if name is None:
+                    owner.data = tensor.to(owner.device)
+                else:
+                    setattr(owner, name, tensor.to(getattr(owner, name).device))
+        saved.clear()
+        restore_method()
+
+    return restore
 
 
 @contextlib.contextmanager

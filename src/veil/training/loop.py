@@ -1,4 +1,5 @@
-"""The one training loop. Each method supplies ``make_batch`` and ``loss``; the loop owns the
+"""The one training loop. :func:`fit` makes any method ready to save, every stage of it; each stage is run
+by :func:`train_stage`, for which the method supplies ``make_batch`` and ``loss`` and the loop owns the
 optimizers, progress bar, checkpoints, resume, the NaN guard and the cost record.
 
 A run interrupted at any point and continued with ``resume=True`` reaches the same weights as an
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_dir
 from ..errors import TrainingDiverged, VeilError
+from ..methods.base import Stage
 from .hardware import HALF_DTYPES, autocast_for, cast_frozen, check_mixed_precision, gradient_checkpointing, latent_size, set_attention
 
 _CHECKPOINT = re.compile(r"^step-(\d+)$")
@@ -46,9 +48,7 @@ def _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seco
     with atomic_dir(path, overwrite=True) as tmp:
         # Checkpoints hold everything needed to resume, a KPOP key included (the work folder is
         # removed once the artifact is saved); the artifact itself holds only ``state_dict()``.
-        state = getattr(method, "checkpoint_state_dict", method.state_dict)()
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-        save_file(tensors, os.path.join(tmp, "method.safetensors"))
+        save_file(_checkpoint_tensors(method), os.path.join(tmp, "method.safetensors"))
         torch.save(
             {
                 "step": step,
@@ -64,6 +64,10 @@ def _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seco
     for name in old:
         shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
     return path
+
+
+def _checkpoint_tensors(method):
+    return {k: v.detach().to("cpu").contiguous() for k, v in method.checkpoint_state_dict().items()}
 
 
 def _load_checkpoint(path, method):
@@ -139,9 +143,10 @@ def _freeze(pipe):
             component.requires_grad_(False)
 
 
-def train(
+def train_stage(
     method,
     pipe,
+    stage=None,
     *,
     work_dir=None,
     checkpoint_every=50,
@@ -151,10 +156,11 @@ def train(
     progress=True,
     stop_after=None,
 ):
-    """Train ``method`` on ``pipe`` for ``method.config.max_train_steps`` steps.
+    """Train one stage of ``method`` on ``pipe`` for the stage's steps; :func:`fit` runs every stage.
 
     Args:
         method: a registered method of kind ``"trained"``; attached to ``pipe`` here.
+        stage: a :class:`~veil.methods.base.Stage` of ``method.stages()`` or its name; ``None``: the first.
         work_dir: where checkpoints go (``work_dir/checkpoints/step-N``); ``None`` for none.
         checkpoint_every: steps between checkpoints.
         resume: continue from the latest checkpoint in ``work_dir``.
@@ -163,7 +169,7 @@ def train(
             in float32 (:mod:`veil.training.hardware`). The config's ``gradient_checkpointing`` and ``attention``
             apply for the run.
         max_grad_norm: clip gradients to this norm when set.
-        stop_after: stop after this many steps in total (simulates an interruption; tests).
+        stop_after: stop after this many steps of the stage in total (an interruption).
 
     Returns:
         `dict`: the cost record ``{"steps", "seconds", "peak_mem_mb", "device", "losses"}``.
@@ -171,13 +177,19 @@ def train(
     Raises:
         TrainingDiverged: the loss became NaN or infinite; the last good checkpoint is kept.
     """
+    if not isinstance(stage, Stage):
+        stages = method.stages()
+        named = [s for s in stages if s.name == stage]
+        if stage is not None and not named:
+            raise VeilError(f"{method.name} has no stage {stage!r}; its stages are {', '.join(s.name for s in stages)}.")
+        stage = named[0] if named else stages[0]
+    method.set_stage(stage.name)
     config = method.config
     if mixed_precision is None:
         mixed_precision = getattr(config, "mixed_precision", "no")
     check_mixed_precision(mixed_precision, pipe.device)
     latent_size(pipe, getattr(config, "resolution", None))  # refuse a resolution this UNet cannot take before any step
-    # Autocast and, for fp16, the gradient scaler, as accelerate sets them up for one device (accelerate itself
-    # fixes the precision once per process, and a process may train several runs).
+    # Autocast and, for fp16, the gradient scaler, as accelerate sets them up for one device.
     autocast = autocast_for(pipe.device, mixed_precision)
     scaler = torch.amp.GradScaler("cuda") if mixed_precision == "fp16" else None
     _freeze(pipe)
@@ -196,8 +208,9 @@ def train(
         state = _load_checkpoint(path, method)
         step, losses, seconds_before = state["step"], list(state["losses"]), float(state["seconds"])
         generator.set_state(state["generator"])
+    settings = contextlib.ExitStack()  # what the run sets up and puts back when it ends
     groups = method.optimizer_groups()
-    optimizer_class = getattr(method, "optimizer_class", torch.optim.Adam)
+    optimizer_class = method.optimizer_class
     optimizers = {}
     for phase, param_groups in groups.items():
         for group in param_groups:
@@ -206,7 +219,7 @@ def train(
     if mixed_precision != "no":
         # The method's own weights stay in float32 even in a stage that does not train them (KPOP's key_finish).
         trained = [p for g in groups.values() for group in g for p in group["params"]] + list(method.trainable_parameters())
-        cast_frozen(pipe, method, trained, HALF_DTYPES[mixed_precision])
+        settings.callback(cast_frozen(pipe, method, trained, HALF_DTYPES[mixed_precision]))  # restored when the run ends
     # fp16 needs the gradient scaler between backward and step, and clipping needs every gradient at once.
     in_backward = not max_grad_norm and mixed_precision != "fp16"
     for phase, param_groups in groups.items():
@@ -218,12 +231,11 @@ def train(
         for phase, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][phase])
 
-    total = int(config.max_train_steps)
+    total = int(stage.steps)
     end = total if stop_after is None else min(total, int(stop_after))
     last_checkpoint = latest_checkpoint(work_dir) if work_dir else None
     start_time = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=f"{method.name} {', '.join(config.concepts)}", disable=not progress, dynamic_ncols=True)
-    settings = contextlib.ExitStack()
     try:
         settings.enter_context(gradient_checkpointing(pipe.unet, bool(getattr(config, "gradient_checkpointing", False))))
         while step < end:
@@ -281,9 +293,22 @@ def train(
     }
 
 
-def fit_method(method, pipe, *, work_dir=None, resume=False, progress=True, **train_kwargs):
-    """Make ``method`` ready to save, whatever its kind: every training stage through :func:`train`,
-    ``fit()`` for closed-form methods, nothing for inference-time ones. Returns the cost record."""
+def fit(method, pipe, *, work_dir=None, resume=False, progress=True, stop_after=None, **train_kwargs):
+    """Make ``method`` ready to save, whatever its kind: every training stage in turn through :func:`train_stage`,
+    ``fit()`` for closed-form methods, nothing for inference-time ones.
+
+    Args:
+        work_dir: where checkpoints go; a method with several stages gets one folder per stage, and each finished
+            stage leaves ``<stage>/done.safetensors`` (with its checkpoint tensors) for ``resume``.
+        resume: continue from the latest checkpoint (or finished stage) in ``work_dir``.
+        stop_after: stop after this many training steps over all stages (an interruption).
+        **train_kwargs: ``checkpoint_every``, ``mixed_precision``, ``max_grad_norm`` of :func:`train_stage`.
+
+    Returns:
+        `dict`: the cost record ``{"steps", "seconds", "peak_mem_mb", "device"}``, with ``"losses"`` for trained
+        methods, ``"stages"`` (each stage's steps and seconds) for methods of several stages and ``fit()``'s own
+        fields for closed-form ones.
+    """
     if torch.device(pipe.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats(pipe.device)  # this run's peak, not the process's
     if method.kind == "closed_form":
@@ -297,24 +322,31 @@ def fit_method(method, pipe, *, work_dir=None, resume=False, progress=True, **tr
         return {"steps": 0, "seconds": 0.0, "peak_mem_mb": round(peak_memory_mb(pipe.device), 1), "device": str(pipe.device)}
     stages = method.stages()
     total = {"steps": 0, "seconds": 0.0, "losses": [], "stages": {}}
+    done = 0  # steps of the stages before this one
     for stage in stages:
-        method.set_stage(stage)
-        stage_dir = work_dir if (work_dir is None or len(stages) == 1) else os.path.join(work_dir, stage)
+        stage_dir = work_dir if (work_dir is None or len(stages) == 1) else os.path.join(work_dir, stage.name)
         stage_resume = resume and stage_dir is not None and latest_checkpoint(stage_dir) is not None
         if resume and not stage_resume and stage_dir is not None and os.path.isfile(os.path.join(stage_dir, "done.safetensors")):
+            method.set_stage(stage.name)
             method.load_state_dict(load_file(os.path.join(stage_dir, "done.safetensors")))
+            done += stage.steps
             continue  # this stage finished before the interruption
-        cost = train(method, pipe, work_dir=stage_dir, resume=stage_resume, progress=progress, **train_kwargs)
-        if stage_dir is not None and len(stages) > 1:
+        left = None if stop_after is None else max(0, int(stop_after) - done)
+        cost = train_stage(method, pipe, stage, work_dir=stage_dir, resume=stage_resume, progress=progress,
+                           stop_after=left, **train_kwargs)
+        finished = cost["steps"] >= stage.steps
+        if finished and stage_dir is not None and len(stages) > 1:
             os.makedirs(stage_dir, exist_ok=True)
             # Like a checkpoint, everything the next stage starts from (a KPOP key too); the work folder goes with the artifact.
-            state = getattr(method, "checkpoint_state_dict", method.state_dict)()
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, os.path.join(stage_dir, "done.safetensors"))
+            save_file(_checkpoint_tensors(method), os.path.join(stage_dir, "done.safetensors"))
         total["steps"] += cost["steps"]
         total["seconds"] += cost["seconds"]
         total["losses"] += cost["losses"]
-        total["stages"][stage] = {"steps": cost["steps"], "seconds": cost["seconds"]}
+        total["stages"][stage.name] = {"steps": cost["steps"], "seconds": cost["seconds"]}
         total["peak_mem_mb"], total["device"] = max(total.get("peak_mem_mb", 0.0), cost["peak_mem_mb"]), cost["device"]
+        done += stage.steps
+        if not finished:
+            break  # interrupted (stop_after)
     if len(stages) == 1:
         total.pop("stages")
     total["seconds"] = round(total["seconds"], 3)

@@ -1,4 +1,4 @@
-"""ESD sampling and guidance helpers shared by ESD, KPOP and DuMo (METHODS.md, "ESD sampling").
+"""ESD sampling and guidance helpers shared by ESD, KPOP and DuMo (docs/methods/esd.md, "ESD sampling").
 
 One partial DDIM trajectory from pure noise serves several ``t_enc`` at once: the latents at each
 requested step index are stored on the way, so a batch of ``k`` training samples costs one
@@ -154,7 +154,7 @@ class TrajectoryPool:
 def training_timesteps(t_encs, num_inference_steps, generator, num_train_timesteps=1000, mapping="esd"):
     """Map DDIM step indices to training timesteps.
 
-    ``mapping="esd"`` is ESD's published rule ``t ~ U[T·t_enc/N, T·(t_enc+1)/N)`` (METHODS.md). It
+    ``mapping="esd"`` is ESD's published rule ``t ~ U[T·t_enc/N, T·(t_enc+1)/N)`` (docs/methods/esd.md). It
     pairs the latent after ``t_enc`` denoising steps (noise level near ``T·(1 − t_enc/N)``) with a
     timestep near ``T·t_enc/N``. ``mapping="aligned"`` instead draws ``t`` from the interval the
     latent's own noise level lies in: ``t ~ U[T·(N−1−t_enc)/N, T·(N−t_enc)/N)``.

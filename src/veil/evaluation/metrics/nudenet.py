@@ -1,4 +1,4 @@
-"""NudeNet exposed-part counts (METHODS.md §4, nudity protocol).
+"""NudeNet exposed-part counts (docs/evaluation.md, the nudity protocol).
 
 Per image, each exposed class counts at most once: an image contributes to a class at threshold
 ``t`` when its best detection of that class scores at least ``t``. Reported: per-class counts and

@@ -37,7 +37,7 @@ STAGES = ("epr", "tlmo")
 @dataclass
 class DuMoConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     """DuMo: EPR (a trained copy of the UNet encoder feeding its skip connections) then TLMO (a learned
-    time × layer scale table). Stage-1 defaults follow METHODS.md §2: AdamW at 1e-5 for 1000 steps."""
+    time × layer scale table). Stage-1 defaults follow docs/methods/dumo.md: AdamW at 1e-5 for 1000 steps."""
 
     max_train_steps: int = field(default=1000, metadata={"help": "Stage 1 (EPR): optimizer steps."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Stage 1 (EPR): AdamW learning rate."})
@@ -47,61 +47,36 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     )
     tlmo_learning_rate: float = field(default=1e-2, metadata={"help": "Stage 2 (TLMO): AdamW learning rate of the scale table."})
     preserve_weight: float = field(
-        default=0.1,
-        metadata={"help": "Stage 2: lambda, weight of the anchor-preservation loss against the erase loss (shapes "
-                  "world: 1.0 shrank the table until circles came back; 0.1 kept the erasure and undid the "
-                  "damage to other shapes)."},
+        default=0.1, metadata={"help": "Stage 2: lambda, weight of the anchor-preservation loss against the erase loss."}
     )
     epr_preserve_weight: float = field(
-        default=0.0,
-        metadata={"help": "Stage 1 (ours, beyond the paper): weight of a term that keeps the prediction for one of "
-                  "epr_preserve_concepts, put in the same context as the concept, at the original's, so that EPR "
-                  "itself learns to leave other concepts alone; 0 is the paper's stage 1."},
+        default=0.0, metadata={"help": "Stage 1: weight of keeping epr_preserve_concepts' predictions (0: the paper)."}
     )
     epr_preserve_concepts: typing.List[str] = field(
         default_factory=list, metadata={"help": "Stage 1: concepts (words) the epr_preserve_weight term keeps."},
     )
     anchor_prompts: typing.List[str] = field(
         default_factory=lambda: list(DEFAULT_ANCHOR_PROMPTS),
-        metadata={"help": "Stage 2: pool of diverse prompts whose outputs must not change; prompts naming the "
-                  "concept are left out."},
+        metadata={"help": "Stage 2: prompts whose outputs must not change (those naming the concept are left out)."},
     )
     timestep_mapping: str = field(
-        default="aligned",
-        metadata={"help": "aligned: t from the interval of the latent's own noise level; esd: ESD's published "
-                  "t ~ U[1000·t_enc/N, 1000·(t_enc+1)/N). EPR and the TLMO rows depend on t, so DuMo needs "
-                  "aligned (shapes world, 200 steps at 1e-3: circle rate 0.29 aligned, 0.96 esd)."},
+        default="aligned", metadata={"help": "aligned (t at the latent's own noise level) or esd (t from t_enc as published)."}
     )
     gate: typing.Optional[bool] = field(
-        default=None,
-        metadata={"help": "Scale each prompt's residuals by its similarity to the concept (SPM's facilitated "
-                  "transport). None: on, except for nudity-like concepts."},
+        default=None, metadata={"help": "Scale each prompt's residuals by its similarity to the concept (None: on, but nudity)."}
     )
     facilitate: float = field(default=1.0, metadata={"help": "Gate factor: g = facilitate · max(cosine, token overlap)."})
     gate_threshold: float = field(
-        default=0.7,
-        metadata={"help": "Prompts whose gate is below this skip the eraser entirely (no EPR forward, output "
-                  "unchanged); 0 never skips. The cosine of flattened text states is high for any two prompts "
-                  "of one template (shapes world, concept 'circle': other shapes' captions 0.57-0.64, the "
-                  "empty prompt 0.66), so the threshold sits above that; naming the concept gives 1."},
+        default=0.7, metadata={"help": "Prompts whose gate is below this skip the eraser entirely (0: never skip)."}
     )
     skip_on: str = field(
-        default="gate",
-        metadata={"help": "What decides that a prompt skips the eraser (ours): gate (its gate below gate_threshold), "
-                  "tokens (the highest cosine between one of its content-token states and one of the concept's, or a "
-                  "synonym's, below token_skip_threshold) or either (it runs when either signal is high). The residuals "
-                  "are always scaled by the gate. The flattened cosine ranks some held-out phrasings among other "
-                  "concepts' captions; single tokens tell some of them apart."},
+        default="gate", metadata={"help": "What makes a prompt skip the eraser: gate, tokens or either (runs if either is high)."}
     )
     token_skip_threshold: float = field(
-        default=0.6,
-        metadata={"help": "With skip_on=tokens: prompts whose best token cosine to the concept is below this skip the eraser "
-                  "(shapes world, circle: held-out phrasings 0.67-0.85, other shapes' captions at most 0.55)."},
+        default=0.6, metadata={"help": "With skip_on tokens or either: the best token cosine below which a prompt skips."}
     )
     synonyms: typing.Dict[str, typing.List[str]] = field(
-        default_factory=dict,
-        metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}; stage 1 samples among the concept and "
-                  "these, and the gate opens for any of them."},
+        default_factory=dict, metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}, trained on and gated too."}
     )
 
     def __post_init__(self):
@@ -141,34 +116,3 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
         if self.gate is not None:
             return bool(self.gate)
         return not any(word in concept.lower() for concept in self.concepts for word in UNGATED_CONCEPTS)
-
-
-class StageConfig:
-    """The config as the training loop sees it during one stage: ``max_train_steps`` and
-    ``learning_rate`` are the stage's own, everything else (``to_dict`` included) is the full config,
-    so checkpoints and the artifact manifest always record the whole run's settings."""
-
-    def __init__(self, config, stage):
-        if stage not in STAGES:
-            raise VeilError(f"DuMo has no stage {stage!r}; its stages are {', '.join(STAGES)}.")
-        self._config = config
-        self.stage = stage
-
-    @property
-    def max_train_steps(self):
-        return self._config.tlmo_max_train_steps if self.stage == "tlmo" else self._config.max_train_steps
-
-    @property
-    def learning_rate(self):
-        return self._config.tlmo_learning_rate if self.stage == "tlmo" else self._config.learning_rate
-
-    def __getattr__(self, name):
-        return getattr(self._config, name)
-
-    def __setattr__(self, name, value):
-        if name in ("_config", "stage"):
-            object.__setattr__(self, name, value)
-        elif name in ("max_train_steps", "learning_rate"):
-            raise VeilError(f"Set {name} (stage 1) or tlmo_{name} (stage 2) on the method's full config, not during a stage.")
-        else:  # e.g. `method.config.gate = False` after training changes the real config
-            setattr(self._config, name, value)

@@ -19,9 +19,10 @@ from ...training.sampling import (
     negative_guidance_target,
     training_timesteps,
 )
-from ..base import Method, phrasings
-from .config import STAGES, DuMoConfig, StageConfig
+from ..base import Method, Stage, phrasings
+from .config import STAGES, DuMoConfig
 from .model import DuMoEPR
+from .presets import MODEL_PRESETS
 
 PREFIX = "dumo."
 TIME_ROWS = 20  # TLMO rows: one per 50 of SD's 1000 training timesteps
@@ -40,11 +41,12 @@ class DuMo(Method):
 
     Example:
         >>> method = veil.get_method("dumo")(concepts=["circle"])
-        >>> veil.fit_method(method, pipe)          # stage 1 (EPR), then stage 2 (TLMO)
+        >>> veil.fit(method, pipe)                 # stage 1 (EPR), then stage 2 (TLMO)
         >>> veil.Artifact.from_method(method, pipe).save("erased/")
     """
 
     config_class = DuMoConfig
+    model_presets = MODEL_PRESETS
     optimizer_class = torch.optim.AdamW
 
     def __init__(self, config=None, **kwargs):
@@ -63,22 +65,16 @@ class DuMo(Method):
         self._special_ids = frozenset()
         self.stats = {"epr_forward_calls": 0, "epr_skipped": 0}
         self._gate_cache = None  # (text states, (their version, gate settings), gates) of the last call
-        self._trajectories = TrajectoryPool(self._config.trajectory_batch)
+        self._trajectories = TrajectoryPool(self.config.trajectory_batch)
 
-    # the loop reads `config.max_train_steps` / `config.learning_rate` of the current stage ----------
-    @property
-    def config(self):
-        return self._config if self._stage == "epr" else StageConfig(self._config, self._stage)
-
-    @config.setter
-    def config(self, value):
-        self._config = value
-
+    # stages: EPR (max_train_steps), then TLMO (tlmo_max_train_steps) unless it has none ----------------
     def stages(self):
-        return list(STAGES) if self._config.tlmo_max_train_steps > 0 else ["epr"]
+        epr = Stage("epr", int(self.config.max_train_steps))
+        return [epr, Stage("tlmo", int(self.config.tlmo_max_train_steps))] if self.config.tlmo_max_train_steps > 0 else [epr]
 
     def set_stage(self, stage):
-        StageConfig(self._config, stage)  # validates the name
+        if stage not in STAGES:
+            raise VeilError(f"DuMo has no stage {stage!r}; its stages are {', '.join(STAGES)}.")
         self._stage = stage
         self._trajectories.clear()  # trajectories of the last stage's model
 
@@ -93,12 +89,12 @@ class DuMo(Method):
         self._num_train_timesteps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
         tokenizer = getattr(pipe, "tokenizer", None)
         self._special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()))
-        self._concept_gate_info = {c: [self._gate_info(pipe, p) for p in phrasings(self._config, c)] for c in self._config.concepts}
+        self._concept_gate_info = {c: [self._gate_info(pipe, p) for p in phrasings(self.config, c)] for c in self.config.concepts}
         # No public door passes residuals through a pipeline call (`pipe(...)` forwards no UNet kwargs),
         # so a forward pre-hook adds them to every UNet call's `down_block_additional_residuals` and
         # `mid_block_additional_residual`; removing the hook restores the original exactly.
         self._handles = [pipe.unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True)]
-        if self._config.gate_enabled and pipe.text_encoder is not None:
+        if self.config.gate_enabled and pipe.text_encoder is not None:
             # The gate's token overlap needs the prompt's tokens, which the UNet never sees: remember the
             # text encoder's input ids next to its output, and find them again from the UNet's context.
             self._handles.append(pipe.text_encoder.register_forward_hook(self._remember_tokens, with_kwargs=True))
@@ -130,7 +126,7 @@ class DuMo(Method):
             self._training_concept = previous
 
     def _build(self, unet):
-        for concept in self._config.concepts:
+        for concept in self.config.concepts:
             if concept in self.eprs:
                 continue
             pending = dict(self._pending.get(concept) or {})
@@ -145,7 +141,7 @@ class DuMo(Method):
                     f"({TIME_ROWS}, {epr.num_slots}); was it made for another model?"
                 )
             epr.requires_grad_(False)
-            if self._config.gradient_checkpointing:
+            if self.config.gradient_checkpointing:
                 epr.enable_gradient_checkpointing()
             self._pending.pop(concept, None)
             self.eprs[concept] = epr
@@ -154,14 +150,14 @@ class DuMo(Method):
     # training -------------------------------------------------------------------------------------------
     def trainable_parameters(self):
         if self._stage == "tlmo":
-            return [self.time_scales[c] for c in self._config.concepts if c in self.time_scales]
-        return [p for c in self._config.concepts if c in self.eprs for p in self.eprs[c].parameters()]
+            return [self.time_scales[c] for c in self.config.concepts if c in self.time_scales]
+        return [p for c in self.config.concepts if c in self.eprs for p in self.eprs[c].parameters()]
 
     def optimizer_groups(self):
         if self._stage == "tlmo":  # no weight decay: it would pull the scales towards zero
-            return {"tlmo": [{"params": self.trainable_parameters(), "lr": self._config.tlmo_learning_rate, "weight_decay": 0.0}]}
-        return {"epr": [{"params": self.trainable_parameters(), "lr": self._config.learning_rate,
-                         "weight_decay": self._config.adam_weight_decay}]}
+            return {"tlmo": [{"params": self.trainable_parameters(), "lr": self.config.tlmo_learning_rate, "weight_decay": 0.0}]}
+        return {"epr": [{"params": self.trainable_parameters(), "lr": self.config.learning_rate,
+                         "weight_decay": self.config.adam_weight_decay}]}
 
     def after_step(self, phase):
         if phase == "tlmo":
@@ -181,30 +177,26 @@ class DuMo(Method):
         def words(text):
             return " " + " ".join(re.findall(r"\w+", text.lower())) + " "
 
-        names = [words(p) for p in phrasings(self._config, concept)]
-        pool = [p for p in self._config.anchor_prompts if not any(name in words(p) for name in names)]
+        names = [words(p) for p in phrasings(self.config, concept)]
+        pool = [p for p in self.config.anchor_prompts if not any(name in words(p) for name in names)]
         if not pool:
             raise VeilError(f"Every anchor prompt names {concept!r}; add anchor_prompts that do not.")
         return pool
 
     @torch.no_grad()
     def make_batch(self, pipe, generator):
-        config = self._config
+        config = self.config
         uncond = self._prompt_embeds(pipe, [""])
 
         def draw(generator):
-            concept = config.concepts[int(torch.randint(len(config.concepts), (1,), generator=generator))]
-            phrases = phrasings(config, concept)  # the concept or one of its synonyms
-            phrase = phrases[int(torch.randint(len(phrases), (1,), generator=generator))] if len(phrases) > 1 else concept
-            context, prompt, anchor = config.draw_prompt(phrase, generator)  # alone, or in a context
-            t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            info = {"group": concept, "anchor": anchor}
+            step = config.draw_sample(generator, phrases="several")  # the concept or a synonym, alone or in a context
+            info = {"group": config.concepts[step.concept], "anchor": step.anchor}
             if self._stage == "epr" and config.epr_preserve_weight > 0:
                 # A concept to keep, in the same context: EPR must leave its prediction as it was.
                 keep = config.epr_preserve_concepts[int(torch.randint(len(config.epr_preserve_concepts), (1,), generator=generator))]
-                info["preserve"] = config.place(context, keep)
+                info["preserve"] = config.place(step.context, keep)
             # batch_size trajectories of the prompt, each from its own noise.
-            return self._prompt_embeds(pipe, [prompt]).expand(config.batch_size, -1, -1), t_encs, info
+            return self._prompt_embeds(pipe, [step.prompt]).expand(config.batch_size, -1, -1), step.t_encs, info
 
         # x_t from the erased model, each concept's trajectories under its own view.
         latents, cond, t_encs, info = self._trajectories.next(
@@ -231,7 +223,7 @@ class DuMo(Method):
         if "preserve" in info:
             out["preserve_cond"], out["preserve_target"] = states[2], targets[2]
         if self._stage == "tlmo":
-            # Preservation at the same x_t as the erase term (METHODS.md §2), one anchor per sample.
+            # Preservation at the same x_t as the erase term (docs/methods/dumo.md), one anchor per sample.
             pool = self.anchor_pool(concept)
             picks = torch.randint(len(pool), (batch,), generator=generator).tolist()
             anchors = torch.cat([self._prompt_embeds(pipe, [pool[i]]) for i in picks])
@@ -254,7 +246,7 @@ class DuMo(Method):
                 ).sample.chunk(2)
                 erase = F.mse_loss(noise_pred.float(), batch["target"].float())
                 keep = F.mse_loss(keep_pred.float(), batch["preserve_target"].float())
-                return erase + self._config.epr_preserve_weight * keep
+                return erase + self.config.epr_preserve_weight * keep
             # One UNet call for the concept and its anchors.
             noise_pred, anchor_pred = pipe.unet(
                 torch.cat([latents, latents]), torch.cat([timesteps, timesteps]),
@@ -262,7 +254,7 @@ class DuMo(Method):
             ).sample.chunk(2)
         erase = F.mse_loss(noise_pred.float(), batch["target"].float())
         preserve = F.mse_loss(anchor_pred.float(), batch["anchor_target"].float())
-        return erase + self._config.preserve_weight * preserve
+        return erase + self.config.preserve_weight * preserve
 
     # the residuals -------------------------------------------------------------------------------------
     def _unet_pre_hook(self, module, args, kwargs):
@@ -298,7 +290,7 @@ class DuMo(Method):
         rows = (timesteps.float() // bucket).long().clamp(0, TIME_ROWS - 1)  # (batch,)
         gates = None if self._training_concept is not None else self.gates(sample, encoder_hidden_states)
         total_down, total_mid = None, None
-        for concept in self._config.concepts:
+        for concept in self.config.concepts:
             if self._training_concept is not None and concept != self._training_concept:
                 continue
             epr, scale = self.eprs[concept], self.time_scales[concept]
@@ -366,7 +358,7 @@ class DuMo(Method):
     def gates(self, sample, encoder_hidden_states):
         """Per concept, the per-sample gate ``(batch,)``: ``facilitate · max(cos, token overlap)``,
         zero below ``gate_threshold``; ``None`` when the gate is off (every residual at full strength)."""
-        config = self._config
+        config = self.config
         if not config.gate_enabled:
             return None
         batch = encoder_hidden_states.shape[0]
@@ -384,7 +376,7 @@ class DuMo(Method):
         return gates
 
     def _compute_gates(self, encoder_hidden_states, paired):
-        config = self._config
+        config = self.config
         batch = encoder_hidden_states.shape[0]
         flat = encoder_hidden_states.reshape(batch, -1).float()
         captured = [self._tokens_of(row) for row in encoder_hidden_states.detach()]
@@ -436,7 +428,7 @@ class DuMo(Method):
     # persistence ---------------------------------------------------------------------------------------------
     def state_dict(self):
         tensors = {}
-        for concept in self._config.concepts:
+        for concept in self.config.concepts:
             if concept in self.eprs:
                 for name, tensor in self.eprs[concept].state_dict().items():
                     tensors[f"{PREFIX}{concept}.{name}"] = tensor.detach()
@@ -446,7 +438,7 @@ class DuMo(Method):
         return tensors
 
     def load_state_dict(self, state_dict):
-        grouped = {c: {} for c in self._config.concepts}
+        grouped = {c: {} for c in self.config.concepts}
         for key, tensor in state_dict.items():
             concept = next((c for c in grouped if key.startswith(f"{PREFIX}{c}.")), None)
             if concept is None:
@@ -469,7 +461,7 @@ class DuMo(Method):
 
     def time_scale(self, concept=None):
         """The learned TLMO table of ``concept`` (default: the first) as float32 ``(20, num_slots)``."""
-        concept = self._config.concepts[0] if concept is None else concept
+        concept = self.config.concepts[0] if concept is None else concept
         if concept in self.time_scales:
             return self.time_scales[concept].detach().float().cpu().numpy()
         if concept in self._pending and "time_scale" in self._pending[concept]:
@@ -478,13 +470,13 @@ class DuMo(Method):
 
     def slot_labels(self, concept=None):
         """Column names of :meth:`time_scale`, e.g. ``"down1.res0 64ch /2"``."""
-        concept = self._config.concepts[0] if concept is None else concept
+        concept = self.config.concepts[0] if concept is None else concept
         if concept not in self.eprs:
             raise VeilError(f"The EPR of {concept!r} is not built yet; attach the method to a pipeline first.")
         return self.eprs[concept].slot_labels()
 
     def extra_files(self):
-        concepts = self._config.concepts
+        concepts = self.config.concepts
         files = {}
         for concept in concepts:
             name = "time_scale.npy" if len(concepts) == 1 else f"time_scale_{_slug(concept)}.npy"

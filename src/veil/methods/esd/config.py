@@ -10,9 +10,7 @@ class ESDConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     """Erased Stable Diffusion. Defaults follow the authors' diffusers code (200 steps at 5e-5)."""
 
     train_method: str = field(
-        default="xattn",
-        metadata={"help": "Which UNet weights to train: xattn (cross-attention; objects, styles), "
-                  "noxattn (all but cross-attention; nudity), selfattn, or full."},
+        default="xattn", metadata={"help": "UNet weights to train: xattn, noxattn, selfattn or full."}
     )
     max_train_steps: int = field(default=200, metadata={"help": "Optimizer steps."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Adam learning rate."})

@@ -13,6 +13,7 @@ from ...training.sampling import (
 )
 from ..weights import WeightEditMethod, select_unet_parameters
 from .config import ESDConfig
+from .presets import MODEL_PRESETS
 
 
 @register_method("esd")
@@ -25,6 +26,7 @@ class ESD(WeightEditMethod):
     """
 
     config_class = ESDConfig
+    model_presets = MODEL_PRESETS
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
@@ -40,11 +42,9 @@ class ESD(WeightEditMethod):
         uncond = self._prompts(pipe, "")
 
         def draw(generator):
-            index = int(torch.randint(len(config.concepts), (1,), generator=generator))
-            prompt, anchor = config.pick_context(config.concepts[index], generator)  # alone, or in a context
-            t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
+            step = config.draw_sample(generator)  # the concept alone, or in a context
             # batch_size trajectories of the prompt, each from its own noise.
-            return self._prompts(pipe, prompt).expand(config.batch_size, -1, -1), t_encs, {"anchor": anchor}
+            return self._prompts(pipe, step.prompt).expand(config.batch_size, -1, -1), step.t_encs, {"anchor": step.anchor}
 
         latents, cond, t_encs, info = self._trajectories.next(
             pipe, draw, uncond, num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,

@@ -1,7 +1,7 @@
 """KPOP key files: the secret that unlocks a hidden concept, kept apart from the public artifact.
 
 A key holds, for each hidden concept, the pair of prompt tensors ``(P_k, P_v)`` of shape
-``(m, width)`` (METHODS.md §1). On disk it is a ``.veilkey`` file::
+``(m, width)`` (docs/methods/kpop.md). On disk it is a ``.veilkey`` file (specified in docs/key-format.md)::
 
     b"VEILKEY\\0"               8 bytes, the magic
     header length              8 bytes, little-endian unsigned

@@ -17,10 +17,11 @@ from ...training.sampling import (
     negative_guidance_target,
     training_timesteps,
 )
-from ..base import Method, phrasings
-from ..weights import UNetWeightEdit, select_unet_parameters
+from ..base import Stage, phrasings
+from ..weights import WeightEditMethod, select_unet_parameters
 from .config import KPOPConfig
 from .model import KeyPrompts, install_keyed_attention, keyed_attention, select_key_sites
+from .presets import MODEL_PRESETS
 
 
 def token_noise(tokens, scale, generator):
@@ -32,28 +33,8 @@ def token_noise(tokens, scale, generator):
 STAGES = ("main", "key_finish")
 
 
-class _KeyFinishConfig:
-    """The config as the training loop sees it in the ``key_finish`` stage: ``max_train_steps`` is
-    ``key_finish_steps``; everything else (``to_dict`` included) is the full config's."""
-
-    def __init__(self, config):
-        object.__setattr__(self, "_config", config)
-
-    @property
-    def max_train_steps(self):
-        return self._config.key_finish_steps
-
-    def __getattr__(self, name):
-        return getattr(self._config, name)
-
-    def __setattr__(self, name, value):
-        if name == "max_train_steps":
-            raise VeilError("Set key_finish_steps on the method's full config, not max_train_steps during the key_finish stage.")
-        setattr(self._config, name, value)
-
-
 @register_method("kpop")
-class KPOP(Method):
+class KPOP(WeightEditMethod):
     """KPOP (Bui, Doan, Le, Montague, Abraham, Phung, arXiv 2403.12326): hide a concept, recover it with a key.
 
     Trains a subset of the UNet (``train_method``) so that the concept's prediction follows the
@@ -64,7 +45,7 @@ class KPOP(Method):
 
     Example:
         >>> method = KPOP(KPOPConfig.paper(["circle"], max_train_steps=300))
-        >>> veil.fit_method(method, pipe)  # with key_finish_steps, then the key alone
+        >>> veil.fit(method, pipe)  # with key_finish_steps, then the key alone
         >>> veil.Artifact.from_method(method, pipe).save("hidden/")
         >>> veil.methods.kpop.keys.save_key(method.key, "circle.veilkey", passphrase=secret)
         >>> with method.unlocked(pipe, method.key):
@@ -72,11 +53,11 @@ class KPOP(Method):
     """
 
     config_class = KPOPConfig
+    model_presets = MODEL_PRESETS
 
     def __init__(self, config=None, **kwargs):
         self._stage = "main"
         super().__init__(config, **kwargs)
-        self.edit = UNetWeightEdit()
         self.key_prompts = None  # created when training starts; never part of state_dict()
         self._retain = None
         self._pending = []  # undo callbacks of the current training phase (see loss / after_step)
@@ -86,17 +67,10 @@ class KPOP(Method):
         self._prompts = PromptCache()  # the phrasings, their contexts and anchors
         self._prefetched = False
 
-    @property
-    def config(self):
-        return self._config if self._stage == "main" else _KeyFinishConfig(self._config)
-
-    @config.setter
-    def config(self, value):
-        self._config = value
-
     def stages(self):
         """``main`` (the UNet and the key), then ``key_finish`` (the key alone) when ``key_finish_steps`` > 0."""
-        return list(STAGES) if self._config.key_finish_steps > 0 else ["main"]
+        main = Stage("main", int(self.config.max_train_steps))
+        return [main, Stage("key_finish", int(self.config.key_finish_steps))] if self.config.key_finish_steps > 0 else [main]
 
     def set_stage(self, stage):
         if stage not in STAGES:
@@ -104,27 +78,19 @@ class KPOP(Method):
         self._stage = stage
         self._trajectories.clear()  # trajectories of the model before this stage
 
-    # installation -------------------------------------------------------------------------------------
+    # installation: the shared UNet weight edit, on the layers that read the key -----------------------------
+    def edited_parameter_names(self, unet):
+        return select_unet_parameters(unet, self.config.train_method)
+
     def attach(self, pipe):
-        if self.attached_to is pipe:
-            return
-        select_key_sites(pipe.unet, self.config.layers)  # refuse a UNet without those layers now, not mid-training
-        if not self.edit.edited:
-            self.edit.init_from(pipe.unet, select_unet_parameters(pipe.unet, self.config.train_method))
-        self.edit.attach(pipe.unet)
-        self.attached_to = pipe
+        if self.attached_to is not pipe:
+            select_key_sites(pipe.unet, self.config.layers)  # refuse a UNet without those layers now, not mid-training
+        super().attach(pipe)
 
     def detach(self, pipe):
-        if self.attached_to is not pipe:
-            return
-        self._release()
-        self.edit.detach()
-        self.attached_to = None
-
-    @contextlib.contextmanager
-    def disabled(self, pipe):
-        with self.edit.disabled():
-            yield
+        if self.attached_to is pipe:
+            self._release()
+        super().detach(pipe)
 
     @contextlib.contextmanager
     def unlocked(self, pipe, key=None):
@@ -220,9 +186,6 @@ class KPOP(Method):
             return {"unet": unet + key}  # one optimizer, two learning rates; loss() lets the key's gradient through
         return {"unet": unet, "key": key}
 
-    def cast_frozen(self, dtype):
-        self.edit.cast_originals(dtype)
-
     def _retain_embeds(self, pipe):
         """Text states of the retain concepts, ``(n, tokens, width)``, encoded once."""
         if self._retain is None and self.config.retain_concepts:
@@ -238,7 +201,8 @@ class KPOP(Method):
         prompts |= {config.place(c, config.context_guide) for c in contexts if c is not None} | {""}
         prompts |= {config.place(c, keep) for keep in config.context_retain_concepts for c in contexts if c is not None}
         prompts |= set(config.decoy_word_list)
-        if len(prompts) <= 12 * config.max_train_steps:
+        steps = config.key_finish_steps if self._stage == "key_finish" else config.max_train_steps
+        if len(prompts) <= 12 * steps:
             self._prompts.prefetch(pipe, prompts)
         self._prefetched = True
 
@@ -256,34 +220,21 @@ class KPOP(Method):
         # One concept per step, so that one concept's key is trained on it; one of its phrasings, alone or
         # in one of the contexts.
         def draw(generator):
-            concept = int(torch.randint(len(config.concepts), (1,), generator=generator))
-            options = phrasings(config, config.concepts[concept])
-            phrase = options[int(torch.randint(len(options), (1,), generator=generator))]
-            context, prompt, anchor = config.draw_prompt(phrase, generator)
-            t_encs = torch.randperm(config.ddim_steps, generator=generator)[: config.samples_per_trajectory].tolist()
-            info = {"concept": concept, "anchor": anchor, "context": context, "cond": self._prompts(pipe, prompt)}
-            follow = info["cond"].expand(config.batch_size, -1, -1)  # batch_size trajectories, each from its own noise
-            if context is not None and config.context_retain_concepts:
+            step = config.draw_sample(generator, phrases="always")
+            info = {"concept": step.concept, "anchor": step.anchor, "context": step.context}
+            if step.context is not None and config.context_retain_concepts:
                 keeps = config.context_retain_concepts
                 info["keep"] = keeps[int(torch.randint(len(keeps), (1,), generator=generator))]
-                if (retained and config.retain_trajectory_probability > 0
-                        and float(torch.rand(1, generator=generator)) < config.retain_trajectory_probability):
-                    # A second trajectory, of another concept's image in the same caption: the preservation term's
-                    # latents, where it must hold; the concept's own terms keep the concept's latents.
-                    keep = self._prompts(pipe, config.place(context, info["keep"]))
-                    follow = torch.cat([follow, keep.expand(config.batch_size, -1, -1)])
-            return follow, t_encs, info
+            # batch_size trajectories of the prompt, each from its own noise.
+            return self._prompts(pipe, step.prompt).expand(config.batch_size, -1, -1), step.t_encs, info
 
         # x_t from the public model (no key is installed here), at most trajectory_batch - 1 steps old.
-        latents, _, t_encs, info = self._trajectories.next(
+        latents, cond, t_encs, info = self._trajectories.next(
             pipe, draw, self._prompts(pipe, ""), num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance,
             generator=generator, sample_size=latent_size(pipe, config.resolution),
         )
-        concept, cond = info["concept"], info["cond"]
-        t_encs = t_encs * config.batch_size  # the latents come trajectory after trajectory
-        retain = {}
-        if latents.shape[0] > len(t_encs):  # the retain caption's trajectories came with the concept's (only if a retain term uses them)
-            latents, retain["retain_latents"] = latents[: len(t_encs)], latents[len(t_encs) :]
+        concept = info["concept"]
+        t_encs, cond = t_encs * config.batch_size, cond[:1]  # the latents come trajectory after trajectory
         # The hiding target's anchor: the empty prompt, or the context with context_guide (or nothing) in the concept's place.
         anchor = self._prompts(pipe, info["anchor"])
         timesteps = training_timesteps(
@@ -291,7 +242,7 @@ class KPOP(Method):
         ).to(pipe.device)
         batch = latents.shape[0]
         cond, anchor = cond.expand(batch, -1, -1), anchor.expand(batch, -1, -1)
-        out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept, **retain}
+        out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept}
         states = [cond] if finishing else [anchor, cond]
         if retained:
             if "keep" in info:
@@ -301,11 +252,10 @@ class KPOP(Method):
                 index = int(torch.randint(len(config.retain_concepts), (1,), generator=generator))
                 out["retain_cond"] = self._retain_embeds(pipe)[index : index + 1].expand(batch, -1, -1)
             states.append(out["retain_cond"])
-        own = 1 if finishing else 2  # rows at the concept's latents
-        state_latents = [latents] * own + [self._row_latents(out, "retain_cond")] * (len(states) - own)
+        own = 1 if finishing else 2  # rows of the concept itself
         with self.disabled(pipe):  # the original model's predictions, in one call
             targets = pipe.unet(
-                torch.cat(state_latents), timesteps.repeat(len(states)), encoder_hidden_states=torch.cat(states)
+                latents.repeat(len(states), 1, 1, 1), timesteps.repeat(len(states)), encoder_hidden_states=torch.cat(states)
             ).sample.chunk(len(states))
         if len(states) > own:
             out["retain_target"] = targets[own]
@@ -316,41 +266,29 @@ class KPOP(Method):
         if config.decoy_weight > 0:
             # Directions of the decoy key, random or another word's text states; loss() gives them the key's norms.
             words = config.decoy_word_list
-            rival = config.rival_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.rival_decoy_probability
-            if rival or (config.word_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.word_decoy_probability):
-                # A rival decoy: the key another run would train for this very concept, from its own secret start.
-                word = config.concepts[concept] if rival else words[int(torch.randint(len(words), (1,), generator=generator))]
+            if config.word_decoy_probability > 0 and float(torch.rand(1, generator=generator)) < config.word_decoy_probability:
+                word = words[int(torch.randint(len(words), (1,), generator=generator))]
                 states = self._prompts(pipe, word)[0]
                 tokens = states[torch.arange(config.num_key_tokens) % states.shape[0]].float().cpu()  # as _ensure_key starts a key
                 if config.key_init_noise > 0:
                     tokens = tokens + token_noise(tokens, config.key_init_noise, generator)
-                tokens = torch.stack([tokens, tokens]).to(pipe.device)
-                if rival or (config.shifted_decoy_probability > 0
-                             and float(torch.rand(1, generator=generator)) < config.shifted_decoy_probability):
-                    # That start moved as this key has moved so far: another trained key's likely path.
-                    tokens = tokens + torch.stack(self.key_prompts.shift(concept))
-                out["decoy"] = tokens
+                out["decoy"] = torch.stack([tokens, tokens]).to(pipe.device)
             else:
                 shape = (2, config.num_key_tokens, cond.shape[-1])
                 out["decoy"] = torch.randn(shape, generator=generator).to(pipe.device)
         out["target_hide"] = negative_guidance_target(noise_anchor, noise_cond, config.negative_guidance)
         return out
 
-    def _distance(self, pipe, noise_pred, target, batch, name="cond"):
+    def _distance(self, pipe, noise_pred, target, batch):
         """Mean squared error on the model's output (``eps``: noise, or v on a v-prediction model) or on the clean
-        latents it implies (``x0``), at the latents of the row's prompt ``name``."""
+        latents it implies (``x0``)."""
         noise_pred, target = noise_pred.float(), target.float()
         if self.config.loss_space == "x0":
             # The clean latents each prediction implies, whatever the model predicts (noise or v).
-            latents, timesteps = self._row_latents(batch, name), batch["timesteps"]
+            latents, timesteps = batch["latents"], batch["timesteps"]
             noise_pred = to_x0(noise_pred, latents, timesteps, pipe.scheduler)
             target = to_x0(target, latents, timesteps, pipe.scheduler)
         return F.mse_loss(noise_pred, target)
-
-    @staticmethod
-    def _row_latents(batch, name):
-        """The latents a row of prompt ``name`` is taken at: the retain trajectory's for the retain prompt, if sampled."""
-        return batch.get("retain_latents", batch["latents"]) if name == "retain_cond" else batch["latents"]
 
     def loss(self, pipe, batch, phase="unet"):
         config = self.config
@@ -363,13 +301,13 @@ class KPOP(Method):
             self._install(unet, key_tokens, value_tokens)
             names = ["cond"] + (["retain_cond"] if config.key_retain_weight > 0 else [])
             noise_preds = unet(
-                torch.cat([self._row_latents(batch, name) for name in names]), batch["timesteps"].repeat(len(names)),
+                batch["latents"].repeat(len(names), 1, 1, 1), batch["timesteps"].repeat(len(names)),
                 encoder_hidden_states=torch.cat([batch[name] for name in names]),
             ).sample.chunk(len(names))
             loss = self._distance(pipe, noise_preds[0], batch["target_recover"], batch)
             self.last_losses["recover_key_step"] = float(loss.detach())
             if config.key_retain_weight > 0:
-                key_retain = self._distance(pipe, noise_preds[1], batch["retain_target"], batch, "retain_cond")
+                key_retain = self._distance(pipe, noise_preds[1], batch["retain_target"], batch)
                 self.last_losses["key_retain_key_step"] = float(key_retain.detach())
                 loss = loss + config.key_retain_weight * key_retain
             return loss
@@ -393,7 +331,7 @@ class KPOP(Method):
             value_tokens = torch.stack([v for _, v in per_row]).repeat_interleave(size, dim=0)
         self._install(unet, key_tokens, value_tokens, key_rows)
         noise_preds = unet(
-            torch.cat([self._row_latents(batch, name) for name, _ in rows]), batch["timesteps"].repeat(len(rows)),
+            batch["latents"].repeat(len(rows), 1, 1, 1), batch["timesteps"].repeat(len(rows)),
             encoder_hidden_states=torch.cat([batch[name] for name, _ in rows]),
         ).sample.chunk(len(rows))
         hide = self._distance(pipe, noise_preds[0], batch["target_hide"], batch)
@@ -404,7 +342,7 @@ class KPOP(Method):
         for (prompt, keyed), noise_pred in list(zip(rows, noise_preds))[2:]:
             name = {False: "retain", True: "key_retain", "decoy": "decoy"}[keyed]
             target = batch["target_hide"] if name == "decoy" else batch["retain_target"]
-            value = self._distance(pipe, noise_pred, target, batch, prompt)
+            value = self._distance(pipe, noise_pred, target, batch)
             loss = loss + terms[name] * value
             self.last_losses[name] = float(value.detach())
         return loss
@@ -433,32 +371,22 @@ class KPOP(Method):
     def after_step(self, phase):
         self._release()
 
-    # persistence ----------------------------------------------------------------------------------------------
-    def state_dict(self):
-        """The public part only: ``unet.`` tensors. The key goes to its own file (:func:`veil.methods.kpop.keys.save_key`)."""
-        return self.edit.state_dict()
-
+    # persistence: state_dict() is the public part only, the ``unet.`` tensors; the key goes to its own file
+    # (:func:`veil.methods.kpop.keys.save_key`) --------------------------------------------------------------------
     def checkpoint_state_dict(self):
         """What a training checkpoint must hold to resume exactly: the public part and the key (``key.``)."""
         state = self.state_dict()
         if self.key_prompts is not None:
             for name, tensor in self.key_prompts.to_key().tensors().items():
                 state[f"key.{name}"] = tensor
-            for index, tensor in enumerate(self.key_prompts.start):
-                state[f"key_start.{index}"] = tensor.detach().cpu().contiguous()
         return state
 
     def load_state_dict(self, state_dict):
         key_part = {k[len("key."):]: v for k, v in state_dict.items() if k.startswith("key.")}
-        starts = [state_dict[f"key_start.{i}"] for i in range(len(self.config.concepts)) if f"key_start.{i}" in state_dict]
         # Artifacts hold no key; only a training loop resuming calls optimizer_groups() after this.
         self._resumed_without_key = not key_part and self.key_prompts is None
         was = self.attached_to
-        if was is not None:
-            self.detach(was)
-        self.edit.load({k: v for k, v in state_dict.items() if not k.startswith(("key.", "key_start."))})
-        if was is not None:
-            self.attach(was)
+        super().load_state_dict({k: v for k, v in state_dict.items() if not k.startswith("key.")})
         if key_part:
             from .keys import Key
 
@@ -467,8 +395,6 @@ class KPOP(Method):
                 init = torch.stack([key[c][0] for c in self.config.concepts])
                 self.key_prompts = KeyPrompts(self.config.concepts, init).to(was.device if was is not None else "cpu")
             self.key_prompts.load_key(key)
-            if len(starts) == len(self.config.concepts):
-                self.key_prompts.start = torch.stack(starts).float().to(self.key_prompts.start.device)
 
     def extra_manifest(self):
         """Each concept's key fingerprint (SHA-256 over its tensors); never the key."""

@@ -34,7 +34,7 @@ class KeyPrompts(nn.Module):
 
     Args:
         concepts: the hidden concepts, in order.
-        init: ``(len(concepts), m, width)`` text-encoder states to start from (``E(c)[:m]``, METHODS.md §1).
+        init: ``(len(concepts), m, width)`` text-encoder states to start from (``E(c)[:m]``, docs/methods/kpop.md).
     """
 
     def __init__(self, concepts, init):
@@ -79,7 +79,7 @@ class KeyPrompts(nn.Module):
 
 
 class KeyedCrossAttnProcessor(nn.Module):
-    """Cross-attention with key prompts appended after the text tokens (KPOP, METHODS.md §1).
+    """Cross-attention with key prompts appended after the text tokens (KPOP, docs/methods/kpop.md).
 
     ``K = to_k(cat[E, P_k])``, ``V = to_v(cat[E, P_v])``, the query unchanged; the key tokens are
     never masked and serve every sample of the batch (both guidance halves). Stock processors

@@ -11,7 +11,7 @@ from ..base import MethodConfig, check_positive, check_synonyms
 class UCEConfig(MethodConfig):
     """Unified Concept Editing. Defaults follow the authors' code (erase scale 1, lambda 0.1)."""
 
-    guide: str = field(default="", metadata={"help": "What erased concepts map to: the empty prompt (default) or an anchor such as 'a shape'."})
+    guide: str = field(default="", metadata={"help": "What erased concepts map to: the empty prompt (default) or e.g. 'a shape'."})
     preserve_concepts: typing.List[str] = field(default_factory=list, metadata={"help": "Concepts whose projections must not move."})
     erase_scale: float = field(default=1.0, metadata={"help": "Weight of the erase terms."})
     preserve_scale: float = field(default=1.0, metadata={"help": "lambda: weight of the preserve terms."})
@@ -19,12 +19,11 @@ class UCEConfig(MethodConfig):
     edit_keys: bool = field(default=True, metadata={"help": "Edit to_k as well as to_v."})
     synonyms: typing.Dict[str, typing.List[str]] = field(
         default_factory=dict,
-        metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}; each is erased (sent to the guide) too."},
+        metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}, erased too."},
     )
     templates: typing.List[str] = field(
         default_factory=lambda: ["{}"],
-        metadata={"help": "Prompts with {} where the concept goes: every erase, guide and preserve phrase is encoded in each, "
-                  "so the edit sees the concept in context as well as alone. Default ['{}']: the phrase alone (the paper)."},
+        metadata={"help": "Prompts with {} where the concept goes, each phrase encoded in every one ('{}': alone)."},
     )
 
     def __post_init__(self):

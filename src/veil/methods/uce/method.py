@@ -7,6 +7,7 @@ from ...training.sampling import encode_prompts
 from ..base import phrasings
 from ..weights import WeightEditMethod
 from .config import UCEConfig
+from .presets import MODEL_PRESETS
 
 
 def uce_closed_form(weight, erase, guide, preserve, erase_scale=1.0, preserve_scale=1.0, regularization=0.1):
@@ -40,6 +41,7 @@ class UCE(WeightEditMethod):
 
     kind = "closed_form"
     config_class = UCEConfig
+    model_presets = MODEL_PRESETS
 
     def edited_parameter_names(self, unet):
         projections = ("to_k", "to_v") if self.config.edit_keys else ("to_v",)

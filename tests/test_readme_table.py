@@ -1,0 +1,99 @@
+"""The README's methods table is the output of bench/readme_table.py on the committed headline bench."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+readme_table = _load("readme_table")
+
+
+def _row(method, concept, **fields):
+    row = dict(method=method, concept=concept, target_rate=0.0, synonym_rate=0.0, paraphrase_rate=0.0,
+               nontarget_shares={"square": 1.0, "dotted": 1.0}, nontarget_min_share=1.0, seconds=12.4)
+    row.update(fields)
+    return row
+
+
+def test_readme_holds_the_generated_table_byte_for_byte():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    report = json.loads((ROOT / readme_table.HEADLINE).read_text(encoding="utf-8"))
+    assert readme_table.readme_block(readme) == readme_table.table(report), (
+        "README.md's methods table is stale: run python bench/readme_table.py --write")
+
+
+def test_table_has_one_line_per_method_and_concept_of_the_headline_bench():
+    report = json.loads((ROOT / readme_table.HEADLINE).read_text(encoding="utf-8"))
+    lines = [line for line in readme_table.table(report).splitlines() if line.startswith("| ") and "---" not in line]
+    pairs = [tuple(cell.strip() for cell in line.split("|")[1:3]) for line in lines[1:]]
+    expected = [(readme_table.NAMES[r["method"]], r["concept"]) for r in report["rows"]]
+    assert pairs == expected and len(set(pairs)) == len(pairs)
+
+
+def test_table_reports_rates_the_lowest_other_concept_and_keys():
+    report = {"model": "shapes", "seeds": [0, 1], "num_inference_steps": 20, "guidance_scale": 3.0, "rows": [
+        _row("esd", "circle", paraphrase_rate=0.0928, nontarget_shares={"square": 1.0, "checkered": 0.8, "blue": 0.95}),
+        _row("kpop", "square", target_rate_with_key=1.0, target_rate_random_key=0.0, target_rate_wrong_key=0.1667,
+             short_rate=0.0417, seconds=0.04),
+    ]}
+    lines = readme_table.table(report).splitlines()
+    assert lines[2] == "| ESD | circle | 0 % | 0 % | 9.3 % | — | checkered 80 % | — | 12 |"
+    assert lines[3] == "| KPOP | square | 0 % | 0 % | 0 % | 4.2 % | 100 % | 100 % / 0 % / 16.7 % | 0.0 |"
+    assert "seeds 0, 1, DDIM 20" in lines[5]
+
+
+def test_rows_from_other_benches_name_their_source():
+    report = {"model": "shapes", "seeds": [0], "num_inference_steps": 20, "guidance_scale": 3.0,
+              "assembled_by": "python bench/headline_assemble.py",
+              "rows": [_row("uce", "circle", source="bench/results/a"), _row("sld", "circle", source="bench/results/a"),
+                       _row("kpop", "circle", source="bench/results/b")]}
+    assert readme_table.table(report).splitlines()[-1].endswith("UCE, SLD from bench/results/a; KPOP from bench/results/b.")
+
+
+def test_a_row_without_a_rate_is_refused_in_one_sentence():
+    broken = _row("esd", "circle")
+    del broken["paraphrase_rate"]
+    with pytest.raises(readme_table.TableError, match="lacks the field 'paraphrase_rate'"):
+        readme_table.table({"rows": [broken]})
+    with pytest.raises(readme_table.TableError, match="no bench rows"):
+        readme_table.table({"rows": []})
+
+
+def test_splice_replaces_only_the_text_between_the_markers():
+    readme = f"# title\n\n{readme_table.START}\nold table\n{readme_table.END}\n\nafter\n"
+    spliced = readme_table.splice(readme, "| new |\n")
+    assert spliced == f"# title\n\n{readme_table.START}\n| new |\n{readme_table.END}\n\nafter\n"
+    assert readme_table.readme_block(spliced) == "| new |\n"
+    with pytest.raises(readme_table.TableError, match="markers"):
+        readme_table.splice(readme.replace(readme_table.END, ""), "| new |\n")
+
+
+def test_a_missing_bench_exits_2_and_leaves_the_readme_alone(capsys):
+    before = (ROOT / "README.md").read_bytes()
+    assert readme_table.main(["--bench", "bench/results/no-such-bench/bench.json", "--write"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: bench/results/no-such-bench/bench.json does not exist") and err.count("\n") == 1
+    assert (ROOT / "README.md").read_bytes() == before
+
+
+def test_headline_rows_were_made_with_the_current_shapes_presets():
+    import veil
+    from veil.methods.presets import preset_for
+
+    report = json.loads((ROOT / readme_table.HEADLINE).read_text(encoding="utf-8"))
+    for row in report["rows"]:
+        preset = preset_for(veil.get_method(row["method"]), "shapes", [row["concept"]])
+        changed = sorted(k for k, v in preset.items() if row["config"].get(k) != v)
+        assert not changed, (f"the headline's {row['method']} {row['concept']} row predates its preset ({', '.join(changed)}): "
+                             "run make bench")
