@@ -194,7 +194,10 @@ def run(spec, log):
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    result = json.loads(lines[-1]) if proc.returncode == 0 and lines else {**spec, "error": proc.stderr.strip().splitlines()[-1:]}
+    if proc.returncode == 0 and lines:
+        result = json.loads(lines[-1])
+    else:  # a process killed for memory (-9) leaves no traceback
+        result = {**spec, "returncode": proc.returncode, "error": proc.stderr.strip().splitlines()[-1:]}
     result["process_seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result), file=log, flush=True)
     return result
@@ -222,7 +225,7 @@ def summary(runs):
             "seconds_per_step": r.get("seconds_per_step"), "peak_mem_mb": r.get("peak_mem_mb"),
             "reference_seconds_per_step": reference["seconds_per_step"] if compared else None,
             "ratio": round(r["seconds_per_step"] / reference["seconds_per_step"], 3) if compared else None,
-            "ddim_steps": settings.get("ddim_steps"), "error": r.get("error"),
+            "ddim_steps": settings.get("ddim_steps"), "error": r.get("error"), "returncode": r.get("returncode"),
         })
     reuse = []
     for model in sorted({r.get("model", "sd15") for r in runs if r["kind"] == "reference-20"}):
