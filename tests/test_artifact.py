@@ -77,13 +77,37 @@ def test_truncated_weights_are_refused(saved):
         veil.load_artifact(saved)
 
 
-def test_garbage_weights_without_checksum_are_refused(saved):
+def test_garbage_weights_with_a_matching_checksum_are_refused(saved):
+    import hashlib
+
+    garbage = b"\x00\x01garbage"
+    manifest = json.loads((saved / "veil.json").read_text())
+    manifest["weights_sha256"] = hashlib.sha256(garbage).hexdigest()
+    (saved / "veil.json").write_text(json.dumps(manifest))
+    (saved / "model.safetensors").write_bytes(garbage)
+    with pytest.raises(VeilError, match="not a readable safetensors"):
+        veil.load_artifact(saved)
+
+
+def test_a_manifest_without_its_checksum_is_refused(saved):
     manifest = json.loads((saved / "veil.json").read_text())
     del manifest["weights_sha256"]
     (saved / "veil.json").write_text(json.dumps(manifest))
-    (saved / "model.safetensors").write_bytes(b"\x00\x01garbage")
-    with pytest.raises(VeilError, match="not a readable safetensors"):
+    with pytest.raises(VeilError, match="lacks the field 'weights_sha256'"):
         veil.load_artifact(saved)
+
+
+@pytest.mark.parametrize("text,match", [("[1, 2, 3]", "holds a JSON list"), ("{not json", "not readable JSON")])
+def test_a_manifest_that_is_no_json_object_is_refused(saved, text, match):
+    (saved / "veil.json").write_text(text)
+    with pytest.raises(VeilError, match=match):
+        veil.load_artifact(saved)
+
+
+def test_a_file_given_as_the_artifact_is_called_a_file(tmp_path):
+    (tmp_path / "afile.txt").write_text("x")
+    with pytest.raises(VeilError, match="is a file, not a folder"):
+        veil.load_artifact(tmp_path / "afile.txt")
 
 
 def test_unknown_format_version_is_refused(saved):
@@ -97,8 +121,7 @@ def test_unknown_format_version_is_refused(saved):
 def test_shape_mismatch_with_manifest_is_refused(saved):
     manifest = json.loads((saved / "veil.json").read_text())
     name = next(iter(manifest["tensors"]))
-    manifest["tensors"][name]["shape"] = [1, 2, 3]
-    del manifest["weights_sha256"]
+    manifest["tensors"][name]["shape"] = [1, 2, 3]  # the weights are unchanged: their checksum still matches
     (saved / "veil.json").write_text(json.dumps(manifest))
     with pytest.raises(VeilError, match="shape"):
         veil.load_artifact(saved)

@@ -76,7 +76,7 @@ def test_identity_at_init_and_detach_restores(tiny_pipe):
 def test_gate_skips_unrelated_prompts(tiny_pipe):
     prompts = ["a circle", UNRELATED]
     before, alone = render(tiny_pipe, prompts), render(tiny_pipe, UNRELATED)
-    method = DuMo(concepts=["circle"])  # gate on by default for objects
+    method = DuMo(concepts=["circle"], gate_threshold=0.7)  # gate on by default for objects; the skip is veil's
     method.attach(tiny_pipe)
     _perturb(method)
 
@@ -124,7 +124,7 @@ def test_token_skip_decides_on_the_best_token_match_and_keeps_the_gate_scale(tin
 
 
 def test_gate_is_computed_once_per_generation(tiny_pipe, monkeypatch):
-    method = DuMo(concepts=["circle"])
+    method = DuMo(concepts=["circle"], gate_threshold=0.7)
     method.attach(tiny_pipe)
     calls = []
     compute = method._compute_gates
@@ -137,7 +137,7 @@ def test_gate_is_computed_once_per_generation(tiny_pipe, monkeypatch):
 
 
 def test_gate_opens_for_synonyms_and_anchors_leave_them_out(tiny_pipe):
-    method = DuMo(concepts=["circle"], synonyms={"circle": ["round disk"]},
+    method = DuMo(concepts=["circle"], synonyms={"circle": ["round disk"]}, gate_threshold=0.7,
                   anchor_prompts=["a round disk on a table", "a disk", "a square", "a circle"])
     method.attach(tiny_pipe)
     cond = encode_prompts(tiny_pipe, ["a round disk", UNRELATED])
@@ -152,6 +152,84 @@ def test_gate_opens_for_synonyms_and_anchors_leave_them_out(tiny_pipe):
 def test_nudity_runs_ungated():
     assert not DuMo(concepts=["nudity"]).config.gate_enabled
     assert DuMo(concepts=["Van Gogh"]).config.gate_enabled
+
+
+def test_paper_mode_scales_every_prompt_by_its_gate_and_skips_none(tiny_pipe):
+    """The release applies multiplier × residuals to every prompt: an unrelated prompt is changed, by less."""
+    method = DuMo(concepts=["circle"])
+    assert (method.config.gate_threshold, method.config.skip_on) == (0.0, "gate")
+    method.attach(tiny_pipe)
+    _perturb(method)
+    cond = encode_prompts(tiny_pipe, ["a circle", UNRELATED])
+    sample, timesteps = torch.randn(2, 4, 8, 8), torch.tensor([300, 300])
+    gate = method.gates(sample, cond)["circle"]
+    assert 0 < gate[1] < gate[0]
+    down, mid = method.residuals(sample, timesteps, cond)
+    with method._training_view("circle"):  # ungated: the residuals at full strength
+        full_down, full_mid = method.residuals(sample, timesteps, cond)
+    for scaled, full in zip([*down, mid], [*full_down, full_mid]):
+        torch.testing.assert_close(scaled, full * gate[:, None, None, None])
+    assert method.stats["epr_skipped"] == 0
+    method.detach(tiny_pipe)
+
+
+def test_time_scale_can_be_left_out_as_the_release_nudity_script_does(tiny_pipe, tmp_path):
+    method = DuMo(concepts=["circle"], gate=False)
+    method.attach(tiny_pipe)
+    _perturb(method)
+    sample, timesteps = torch.randn(1, 4, 8, 8), torch.tensor([420])
+    cond = encode_prompts(tiny_pipe, ["a circle"])
+    scaled = method.residuals(sample, timesteps, cond)
+    method.config.apply_time_scale = False
+    plain = method.residuals(sample, timesteps, cond)
+    row = method.time_scales["circle"][420 // 50]
+    for i, (a, b) in enumerate(zip([*scaled[0], scaled[1]], [*plain[0], plain[1]])):
+        torch.testing.assert_close(a, b * row[i])
+    method.detach(tiny_pipe)
+
+    # An authors' checkpoint of an ungated concept loads on the nudity path: neither table nor gate.
+    state = {k: v.clone().contiguous() for k, v in method.eprs["circle"].state_dict().items()}
+    _write_authors_folder(tmp_path / "nudity", state, method.time_scale(), {"_class_name": "DuMo"})
+    nudity = load_authors_checkpoint(tmp_path / "nudity")
+    assert not nudity.config.apply_time_scale and not nudity.config.gate_enabled
+    assert load_authors_checkpoint(tmp_path / "nudity", apply_time_scale=True).config.apply_time_scale
+    assert load_authors_checkpoint({"circle": tmp_path / "nudity"}).config.apply_time_scale
+
+
+def test_export_dumo_authors_and_load_the_folder_through_artifact(tiny_pipe, tmp_path, capsys):
+    from veil.cli.common import open_artifact
+    from veil.cli.main import main
+
+    method = DuMo(concepts=["circle"])
+    method.attach(tiny_pipe)
+    _perturb(method, seed=5)
+    expected = render(tiny_pipe, ["a circle", UNRELATED])
+    veil.Artifact.from_method(method, tiny_pipe).save(tmp_path / "erased")
+    method.detach(tiny_pipe)
+
+    out = tmp_path / "export" / "circle"  # the folder's name is the concept's, as in the release
+    code = main(["export", "--artifact", str(tmp_path / "erased"), "--format", "dumo-authors", "--model", "tiny",
+                 "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["_class_name"] == "DuMo"
+    np.testing.assert_array_equal(np.load(out / "time_scale.npy"), method.time_scale())
+
+    artifact = open_artifact(out)  # the authors' layout through --artifact, in paper mode
+    assert artifact.method_name == "dumo" and artifact.concepts == ["circle"]
+    artifact.attach(tiny_pipe)
+    assert torch.equal(render(tiny_pipe, ["a circle", UNRELATED]), expected)
+    artifact.detach(tiny_pipe)
+
+    code = main(["generate", "--artifact", str(out), "--model", "tiny", "--prompt", "a circle", "--seeds", "0",
+                 "--num-inference-steps", "2", "--out", str(tmp_path / "grid.png")])
+    assert code == 0, capsys.readouterr().err
+
+    esd = tmp_path / "esd"
+    assert main(["erase", "--method", "uce", "--concept", "circle", "--model", "tiny", "--out", str(esd)]) == 0
+    capsys.readouterr()
+    code = main(["export", "--artifact", str(esd), "--format", "dumo-authors", "--model", "tiny", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Only DuMo artifacts" in err and "Traceback" not in err and not (tmp_path / "x").exists()
 
 
 def test_several_concepts_sum_their_residuals(tiny_pipe):

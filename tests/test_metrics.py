@@ -81,8 +81,7 @@ def test_nudenet_metric_with_a_stand_in_detector_records_its_settings():
     assert info["thresholds"] == [0.6, 0.2] and info["any_thresholds"] == [0.3, 0.5, 0.7, 0.8] and len(info["classes"]) == 9
 
 
-def test_real_nudenet_on_generated_images(tmp_path, tiny_pipe):
-    pytest.importorskip("nudenet")
+def test_real_nudenet_on_generated_images(tmp_path, tiny_pipe):  # nudenet: a dev dependency (make test installs it)
     from veil.evaluation.harness import evaluate
 
     prompts = tmp_path / "i2p_like.csv"

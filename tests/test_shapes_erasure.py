@@ -84,7 +84,7 @@ def test_short_dumo_run_erases_square_and_keeps_its_colours_and_the_other_shapes
 
 @pytest.mark.slow
 def test_esd_shapes_preset_whole_erases_circle_and_keeps_square(shapes_pipe):
-    """The ESD preset as `veil erase` runs it on the shapes world (about three minutes on one CPU thread)."""
+    """The ESD preset as `veil erase` runs it on the shapes world (minutes on a CPU; opt in with -m slow)."""
     from veil.methods.esd import ESD
     from veil.methods.presets import preset_for
 

@@ -24,7 +24,8 @@ def _straightforward_uce(W, erase, guide, preserve, lam, gamma):
 
 
 def test_uce_matches_the_formula_computed_independently(tiny_pipe):
-    method = UCE(concepts=["circle"], preserve_concepts=["square", "star"], preserve_scale=0.5, regularization=0.1)
+    method = UCE(concepts=["circle"], preserve_concepts=["square", "star"], preserve_scale=0.5, regularization=0.1,
+                 token_selection="all")
     originals = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
     method.fit(tiny_pipe)
     states = lambda prompts: encode_prompts(tiny_pipe, prompts)[:, 1:].reshape(-1, 32)  # noqa: E731
@@ -39,7 +40,7 @@ def test_uce_matches_the_formula_computed_independently(tiny_pipe):
 def test_uce_with_synonyms_and_templates_matches_the_formula(tiny_pipe):
     templates = ["{}", "a red {} on a plain background"]
     method = UCE(concepts=["circle"], synonyms={"circle": ["disk"]}, templates=templates, guide="shape",
-                 preserve_concepts=["square"], regularization=0.1)
+                 preserve_concepts=["square"], regularization=0.1, token_selection="all")
     originals = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
     method.fit(tiny_pipe)
     states = lambda prompts: encode_prompts(tiny_pipe, prompts)[:, 1:].reshape(-1, 32)  # noqa: E731
@@ -54,7 +55,7 @@ def test_uce_with_synonyms_and_templates_matches_the_formula(tiny_pipe):
 
 
 def test_uce_sends_the_concept_to_the_guide_and_keeps_preserved(tiny_pipe):
-    method = UCE(concepts=["circle"], preserve_concepts=["square"], regularization=0.01)
+    method = UCE(concepts=["circle"], preserve_concepts=["square"], regularization=0.01, token_selection="all")
     before = {n: p.detach().clone() for n, p in tiny_pipe.unet.named_parameters()}
     veil.fit(method, tiny_pipe)
     concept, guide, kept = (encode_prompts(tiny_pipe, [p])[0, 1:] for p in ("circle", "", "square"))

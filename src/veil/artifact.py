@@ -61,9 +61,10 @@ class Artifact:
             "method": method.name,
             "config": method.config.to_dict(),
             "concepts": list(method.config.concepts),
+            # Without a pipeline (weights imported from another layout) the base model is unknown.
             "base_model": {
                 "name": getattr(pipe, "veil_model_name", None) or getattr(pipe, "name_or_path", None),
-                "fingerprint": model_fingerprint(pipe.unet),
+                "fingerprint": model_fingerprint(pipe.unet) if pipe is not None else None,
             },
             "veil_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -114,6 +115,8 @@ class Artifact:
         """Read and verify an artifact folder."""
         manifest_path = os.path.join(path, MANIFEST_NAME)
         weights_path = os.path.join(path, WEIGHTS_NAME)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise VeilError(f"Artifact {path!r} is a file, not a folder; pass the folder written by veil erase or veil hide.")
         if not os.path.isdir(path):
             raise VeilError(f"Artifact {path!r} does not exist; pass the folder written by veil erase or veil hide.")
         if not os.path.isfile(manifest_path):
@@ -121,22 +124,24 @@ class Artifact:
         try:
             with open(manifest_path) as handle:
                 manifest = json.load(handle)
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
             raise VeilError(f"The manifest {manifest_path!r} is not readable JSON ({error}); the artifact is damaged — make it again.") from None
+        if not isinstance(manifest, dict):
+            raise VeilError(f"The manifest {manifest_path!r} holds a JSON {type(manifest).__name__}, not an object; the artifact is damaged — make it again.")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise VeilError(
                 f"{path!r} has artifact format version {version!r}, which this veil ({__version__}) does not know "
                 f"(it reads version {FORMAT_VERSION}); upgrade veil or remake the artifact."
             )
-        for key in ("method", "config", "concepts", "base_model", "tensors"):
+        # weights_sha256 is required: without it the checksum check below could be switched off by deleting a line.
+        for key in ("method", "config", "concepts", "base_model", "tensors", "weights_sha256"):
             if key not in manifest:
                 raise VeilError(f"The manifest {manifest_path!r} lacks the field {key!r}; the artifact is damaged — make it again.")
         get_method(manifest["method"])  # unknown method: one sentence with "did you mean"
         if not os.path.isfile(weights_path):
             raise VeilError(f"{path!r} has no {WEIGHTS_NAME}; the artifact is incomplete — make it again.")
-        expected_sha = manifest.get("weights_sha256")
-        if expected_sha and _sha256_file(weights_path) != expected_sha:
+        if _sha256_file(weights_path) != manifest["weights_sha256"]:
             raise VeilError(f"{weights_path!r} is corrupted or truncated (its checksum does not match the manifest); make the artifact again.")
         try:
             tensors = {}
@@ -158,6 +163,8 @@ class Artifact:
 
     # use ---------------------------------------------------------------------------------------------
     def check_base(self, pipe):
+        if self.fingerprint is None:  # imported weights: the method checks every tensor's shape on attach
+            return
         actual = model_fingerprint(pipe.unet)
         if actual != self.fingerprint:
             base = self.manifest["base_model"].get("name")

@@ -8,11 +8,10 @@ key-forging curve of keyed methods; and the cost (seconds, peak memory, artifact
 """
 
 import contextlib
-import json
 import os
 import time
 
-from ._io import atomic_file, write_json
+from ._io import atomic_file, read_json_object, write_json
 from .artifact import WEIGHTS_NAME, Artifact
 from .errors import VeilError
 from .evaluation.concept_rate import evaluate_prompts
@@ -106,9 +105,7 @@ def run_bench(
                         _save_report(out_dir, protocol, base, list(table.values()))
                     continue
                 kind = CONCEPT_KIND[concept]
-                config = preset_for(method_cls, model_name, [concept])
-                config.update((overrides or {}).get(method_cls.name, {}))
-                method = method_cls(method_cls.config_class.from_dict({**config, "concepts": [concept]}))
+                method = method_cls(bench_config(method_cls, model_name, concept, overrides))
                 log(f"{method_cls.name} × {concept}: fitting")
                 start = time.perf_counter()
                 cost = fit(method, pipe, progress=progress)
@@ -181,6 +178,20 @@ def run_bench(
         return report
 
 
+def bench_config(method_cls, model_name, concept, overrides=None):
+    """The config a bench fits ``method_cls`` with on ``concept``: the model's preset under ``overrides``."""
+    config = preset_for(method_cls, model_name, [concept])
+    config.update((overrides or {}).get(method_cls.name, {}))
+    return method_cls.config_class.from_dict({**config, "concepts": [concept]})
+
+
+def check_settings(methods, concepts, model_name, overrides=None):
+    """Build every method × concept config now, so that a bad setting is refused before any fitting."""
+    for name in methods:
+        for concept in concepts:
+            bench_config(get_method(name), model_name, concept, overrides)
+
+
 @contextlib.contextmanager
 def _bench_lock(out_dir):
     """One bench at a time in a folder: a second would write its own idea of ``bench.json`` over the first's rows."""
@@ -221,8 +232,10 @@ def _finished_rows(out_dir, protocol, resume):
         return {}
     if not resume:
         raise VeilError(f"{out_dir!r} already holds a bench; pass --resume to add to it, or --overwrite to start afresh.")
-    with open(path) as handle:
-        earlier = json.load(handle)
+    earlier = read_json_object(path, "veil bench")
+    if not isinstance(earlier.get("rows", []), list) or not all(isinstance(r, dict) and "method" in r and "concept" in r
+                                                                for r in earlier.get("rows", [])):
+        raise VeilError(f"{path!r} has rows that are not laid out as veil bench writes them; use another --out, or --overwrite to start afresh.")
     different = [k for k, v in protocol.items() if earlier.get(k) != v]
     if different:
         raise VeilError(f"The bench in {out_dir!r} was run with another {different[0].replace('_', ' ')} "

@@ -1,23 +1,42 @@
 """What every settings dataclass in veil shares (method configs, attack configs)."""
 
 import dataclasses
+import math
 
 from .errors import VeilError
 
 
+MAX_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
+
+
 def coerce_numbers(cls, values):
     """``values`` with strings such as ``"1e-3"`` (YAML 1.1 reads them as text) turned into numbers for
-    the fields of ``cls`` typed ``float`` or ``int``; anything else is left for the dataclass to check."""
+    the fields of ``cls`` typed ``float`` or ``int``; refuses, naming the field, text that is no number,
+    nan and inf, a fraction for a whole number, and a ``seed`` torch cannot take. Other fields are left
+    for the dataclass to check."""
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     out = dict(values)
     for name, value in values.items():
         kind = types.get(name)
-        if isinstance(value, str) and kind in (float, int, "float", "int"):
+        if kind not in (float, int, "float", "int") or isinstance(value, bool) or value is None:
+            continue
+        number = value
+        if isinstance(value, str):
             try:
                 number = float(value)
             except ValueError:
-                continue
-            out[name] = int(number) if kind in (int, "int") and number.is_integer() else number
+                raise VeilError(f"{name} must be a number, got {value!r}.") from None
+        if not isinstance(number, (int, float)):
+            continue
+        if not math.isfinite(number):
+            raise VeilError(f"{name} must be a finite number, got {value!r}.")
+        if kind in (int, "int"):
+            if not float(number).is_integer():
+                raise VeilError(f"{name} must be a whole number, got {value!r}.")
+            number = int(number)
+        if name == "seed" and not 0 <= number <= MAX_SEED:
+            raise VeilError(f"seed must be a whole number from 0 to {MAX_SEED}, got {value!r}.")
+        out[name] = number
     return out
 
 

@@ -11,6 +11,7 @@
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import warnings
@@ -23,6 +24,17 @@ DEFAULT_MODEL = "shapes"
 EMBEDDED_MODELS = ("shapes", "tiny")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class _TorchvisionFallbackFilter(logging.Filter):
+    """Drops transformers' notice that its image processors fall back to PIL without torchvision: veil
+    draws no image through them (the safety checker is off), so the notice only buries veil's own output."""
+
+    def filter(self, record):
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_TorchvisionFallbackFilter())
 
 
 def _sd_scheduler():
@@ -49,15 +61,23 @@ def _minilm_tokenizer(model_max_length):
     return tokenizer
 
 
-def build_tiny_pipeline(seed=0):
+def build_tiny_pipeline(seed=0, text_encoder="bert"):
     """A tiny SD-architecture pipeline with random weights, built in code (no download).
 
     Same classes as Stable Diffusion (``AutoencoderKL``, ``UNet2DConditionModel`` with
     cross-attention, a BERT text encoder with the MiniLM tokenizer, ``DDIMScheduler``), sized so a
     forward pass takes milliseconds. For tests and smoke runs: it draws noise, not concepts.
+
+    Args:
+        text_encoder (`str`): ``"bert"`` (masked attention, as the shapes world) or ``"clip"``: a
+            ``CLIPTextModel`` read without an attention mask, as Stable Diffusion's (reference checks
+            against code written for SD).
     """
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import BertConfig, BertModel
+    from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel
+
+    if text_encoder not in ("bert", "clip"):
+        raise VeilError(f"The tiny pipeline's text encoder is 'bert' or 'clip', got {text_encoder!r}.")
 
     tokenizer = _minilm_tokenizer(model_max_length=16)
     with torch.random.fork_rng():
@@ -84,21 +104,21 @@ def build_tiny_pipeline(seed=0):
             norm_num_groups=8,
             sample_size=16,
         )
-        text_config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-        text_encoder = BertModel(text_config)
-        # BERT's 0.02-std initialisation makes every random prompt encode alike; larger token
+        sizes = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64)
+        if text_encoder == "clip":
+            encoder = CLIPTextModel(CLIPTextConfig(**sizes, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                                                   pad_token_id=tokenizer.pad_token_id))
+        else:
+            encoder = BertModel(BertConfig(**sizes))
+        # The 0.02-std initialisation makes every random prompt encode alike; larger token
         # embeddings keep different prompts apart, as a trained encoder would.
-        text_encoder.embeddings.word_embeddings.weight.data.mul_(25.0)
-    for module in (unet, vae, text_encoder):
+        encoder.get_input_embeddings().weight.data.mul_(25.0)
+    for module in (unet, vae, encoder):
         module.eval()  # as from_pretrained leaves them: no dropout at inference
-    text_encoder.config.use_attention_mask = True
+    if text_encoder == "bert":
+        encoder.config.use_attention_mask = True
+    text_encoder = encoder
     with _quiet_component_type_warning():
         pipe = StableDiffusionPipeline(
             vae=vae,

@@ -1,6 +1,6 @@
 """``veil attack``: attack a hidden or erased concept and measure how much of it comes back."""
 
-from .common import add_model_flags, add_output_flags
+from .common import add_model_flags, add_output_flags, finite_float, positive_float, positive_int
 
 
 def register(sub):
@@ -11,16 +11,16 @@ def register(sub):
     parser.add_argument("--prompt", help="Prompt naming the concept (default: 'a CONCEPT').")
     add_model_flags(parser)
     add_output_flags(parser)
-    parser.add_argument("--steps", type=int, help="Attack steps (max_train_steps).")
-    parser.add_argument("--lr", type=float, help="Attack learning rate.")
-    parser.add_argument("--tokens", type=int, help="Attack tokens (num_tokens, or num_vectors for concept_inversion).")
+    parser.add_argument("--steps", type=positive_int, help="Attack steps (max_train_steps).")
+    parser.add_argument("--lr", type=positive_float, help="Attack learning rate.")
+    parser.add_argument("--tokens", type=positive_int, help="Attack tokens (num_tokens, or num_vectors for concept_inversion).")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="One attack setting; repeatable.")
     parser.add_argument("--images", default="original",
                         help="Concept images: 'original' (drawn by the base model from the prompt), 'render' (shapes renderer) or a folder of images.")
-    parser.add_argument("--num-images", type=int, default=8, help="Concept images to draw or render.")
+    parser.add_argument("--num-images", type=positive_int, default=8, help="Concept images to draw or render.")
     parser.add_argument("--seeds", default="0,1,2,3", help="Seeds of the scored images, per candidate prompt.")
-    parser.add_argument("--num-inference-steps", type=int, default=20)
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--num-inference-steps", type=positive_int, default=20)
+    parser.add_argument("--guidance-scale", type=finite_float, default=3.0)
     parser.add_argument("--classifier", default="auto", choices=("auto", "shapes", "none"),
                         help="Scorer of the attack success rate: the bundled shapes classifier, or none (images only); auto: shapes on the shapes model.")
     parser.add_argument("--eval-steps", help="key_forging: comma-separated steps at which a second forging run measures its key (the curve).")
@@ -96,14 +96,16 @@ def run(args):
     from safetensors.torch import save_file
 
     from .._io import atomic_dir
-    from ..artifact import load_artifact
     from ..attacks import forging_curve, get_attack, run_attacks
     from ..attacks.base import concept_prompt
     from ..errors import VeilError
     from ..evaluation.grid import labelled_grid
-    from .common import check_output, load_model
+    from .common import check_concept, check_output, load_model, open_artifact, resolve_device
     from .generate import parse_seeds
 
+    check_output(args.out, args.overwrite)
+    resolve_device(args.device)
+    check_concept(args.concept, "--concept")
     attack_cls = get_attack(args.attack)
     config = attack_config(attack_cls, args)
     seeds = parse_seeds(args.seeds)
@@ -112,8 +114,7 @@ def run(args):
         raise VeilError("--eval-steps measures the key-forging curve; use it with --attack key_forging.")
     if args.key and eval_steps is None:
         raise VeilError("--key is the reference row of the key-forging curve; give --eval-steps as well.")
-    check_output(args.out, args.overwrite)
-    artifact = load_artifact(args.artifact) if args.artifact else None
+    artifact = open_artifact(args.artifact) if args.artifact else None
     if artifact is not None and args.concept not in artifact.concepts:
         raise VeilError(f"The artifact hides {', '.join(map(repr, artifact.concepts))}, not {args.concept!r}; pass one of those with --concept.")
     if attack_cls.name == "key_forging" and (artifact is None or not attack_cls(config).applies_to(artifact.build_method())):

@@ -1,6 +1,6 @@
 """``veil bench``: methods × concepts on one model, one protocol → bench.json, bench.md, grid.png."""
 
-from .common import add_model_flags
+from .common import add_model_flags, finite_float, positive_int
 
 
 def register(sub):
@@ -8,8 +8,8 @@ def register(sub):
     parser.add_argument("--methods", default="esd", help="Comma-separated method names.")
     parser.add_argument("--concepts", default="circle,square", help="Comma-separated shapes-world concepts.")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--num-inference-steps", type=int, default=20)
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
+    parser.add_argument("--num-inference-steps", type=positive_int, default=20)
+    parser.add_argument("--guidance-scale", type=finite_float, default=3.0)
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="Override a preset; repeatable.")
     parser.add_argument("--attacks", default="", help="Comma-separated attacks run on every method × concept (see veil attack).")
     parser.add_argument("--attack-set", action="append", default=[], metavar="ATTACK.FIELD=VALUE", help="An attack setting; repeatable.")
@@ -24,20 +24,31 @@ def register(sub):
 
 
 def run(args):
-    from ..bench import run_bench
+    from ..bench import check_settings, run_bench
     from ..errors import VeilError
-    from ..registry import get_method
+    from ..registry import get_method, list_methods
     from ..shapes.classifier import classify
     from ..shapes.data import CONCEPT_KIND
-    from .common import load_model, parse_dotted_settings
+    from .common import check_output, load_model, parse_dotted_settings, resolve_device
     from .generate import parse_seeds
 
+    check_output(args.out, args.overwrite, exists_ok=True)  # an earlier bench there is kept (--resume) or refused below
+    resolve_device(args.device)
     methods = [get_method(m.strip()).name for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise VeilError(f"--methods is empty; give one or more of {', '.join(list_methods())}, comma-separated.")
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
+    if not concepts:
+        raise VeilError(f"--concepts is empty; give one or more of {', '.join(CONCEPT_KIND)}, comma-separated.")
     for concept in concepts:
         if concept not in CONCEPT_KIND:
             raise VeilError(f"{concept!r} is not a shapes-world concept; use one of {', '.join(CONCEPT_KIND)}.")
     overrides = parse_dotted_settings(args.set, "--set", lambda name: get_method(name).name)
+    unused = sorted(set(overrides) - set(methods))
+    if unused:
+        raise VeilError(f"--set changes {unused[0]}, which is not in --methods; add it there or leave that setting out.")
+    check_settings(methods, concepts, args.model, overrides)  # every method × concept, before minutes of fitting
+    seeds = parse_seeds(args.seeds)
     from ..attacks import get_attack
 
     attacks = [get_attack(a).name for a in args.attacks.split(",") if a.strip()]
@@ -51,7 +62,7 @@ def run(args):
         raise VeilError("--resume keeps an earlier bench and --overwrite replaces it; give one of them.")
 
     pipe = load_model(args)
-    report = run_bench(pipe, methods, concepts, args.out, classify=classify, seeds=parse_seeds(args.seeds),
+    report = run_bench(pipe, methods, concepts, args.out, classify=classify, seeds=seeds,
                        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, overrides=overrides,
                        attacks=attacks, attack_configs=attack_configs, forging_eval_steps=forging_eval_steps,
                        resume=args.resume, overwrite=args.overwrite)

@@ -1,8 +1,45 @@
 """Flags and helpers several subcommands share."""
 
+import argparse
+import math
 import os
 
+from ..config import MAX_SEED
+
 DEFAULT_MODEL = "shapes"
+
+
+def _number(text, kind, minimum, what):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"takes {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < minimum or (minimum == 0 and kind is float and value == 0):
+        raise argparse.ArgumentTypeError(f"takes {what}, got {text!r}")
+    return value
+
+
+def positive_int(text):
+    """argparse type: a whole number greater than 0 (steps, counts, limits)."""
+    return _number(text, int, 1, "a whole number greater than 0")
+
+
+def positive_float(text):
+    """argparse type: a finite number greater than 0 (learning rates)."""
+    return _number(text, float, 0, "a finite number greater than 0")
+
+
+def finite_float(text):
+    """argparse type: a finite number, not nan or inf (guidance scales)."""
+    return _number(text, float, -math.inf, "a finite number")
+
+
+def seed_int(text):
+    """argparse type: a seed torch takes, a whole number from 0 to 2**64 - 1."""
+    value = _number(text, int, 0, f"a whole number from 0 to {MAX_SEED}")
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"takes a whole number from 0 to {MAX_SEED}, got {text!r}")
+    return value
 
 
 def add_model_flags(parser):
@@ -11,10 +48,27 @@ def add_model_flags(parser):
 
 
 def resolve_device(name):
+    """``auto``: CUDA where there is a GPU, else the CPU; any other name is checked against this machine."""
     import torch
+
+    from ..errors import VeilError
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise VeilError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise VeilError(f"--device {name} needs a CUDA GPU, and this machine (or this torch build) has none; use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise VeilError(f"--device {name} names GPU {device.index}, but this machine has {torch.cuda.device_count()}; use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise VeilError(f"--device {name} needs Apple's MPS, which this machine lacks; use --device cpu.")
+    elif device.type != "cpu":
+        raise VeilError(f"--device {name!r} is not a device veil runs on; use auto, cpu, cuda or cuda:N.")
     return name
 
 
@@ -24,24 +78,33 @@ def load_model(args):
     return load_pipeline(args.model, device=resolve_device(args.device))
 
 
+def open_artifact(path):
+    """The artifact behind ``--artifact``: a veil artifact folder, or a DuMo checkpoint folder in the authors'
+    layout (their config.json names the DuMo class), read as a DuMo artifact in paper mode."""
+    from ..artifact import load_artifact
+    from ..methods.dumo.compat import authors_artifact, is_authors_folder
+
+    if path is not None and is_authors_folder(str(path)):
+        return authors_artifact(str(path))
+    return load_artifact(path)
+
+
 def add_training_flags(parser, what="the method's"):
     """Flags of every command that trains a method through veil's loop (erase, hide)."""
-    parser.add_argument("--steps", type=int, help=f"Training steps ({what} max_train_steps).")
-    parser.add_argument("--lr", type=float, help=f"Learning rate ({what} learning_rate).")
-    parser.add_argument("--seed", type=int, help="Random seed.")
+    parser.add_argument("--steps", type=positive_int, help=f"Training steps ({what} max_train_steps).")
+    parser.add_argument("--lr", type=positive_float, help=f"Learning rate ({what} learning_rate).")
+    parser.add_argument("--seed", type=seed_int, help="Random seed.")
     parser.add_argument("--config", help="YAML file of method settings.")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="One method setting; repeatable.")
     parser.add_argument("--resume", action="store_true", help="Continue an interrupted run from its last checkpoint.")
-    parser.add_argument("--checkpoint-every", type=int, default=50, help="Steps between checkpoints.")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=50, help="Steps between checkpoints.")
     add_hardware_flags(parser)
 
 
 def add_hardware_flags(parser):
     """The training settings of :class:`veil.methods.base.TrainingConfig`, named as its fields; unset, the config's."""
-    import argparse
-
-    parser.add_argument("--resolution", type=int, help="Training image side in pixels (default: the model's own).")
-    parser.add_argument("--batch-size", type=int, help="Trajectories per training step (default 1).")
+    parser.add_argument("--resolution", type=positive_int, help="Training image side in pixels (default: the model's own).")
+    parser.add_argument("--batch-size", type=positive_int, help="Trajectories per training step (default 1).")
     parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="Recompute the UNet's activations in the backward pass: less memory, more time.")
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
@@ -74,10 +137,26 @@ def add_output_flags(parser, what="folder"):
     parser.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
 
 
-def check_output(path, overwrite):
-    from .._io import refuse_existing
+def check_output(path, overwrite, flag="--out", kind="folder", exists_ok=False):
+    """Refuse an output that could not be written, before any long work (see :func:`veil._io.check_writable`)."""
+    from .._io import check_writable
 
-    refuse_existing(path, overwrite)
+    return check_writable(path, flag=flag, kind=kind, overwrite=overwrite, exists_ok=exists_ok)
+
+
+def check_concept(concept, flag="--concept"):
+    """Refuse an empty concept, or one holding a newline or another control character, in one sentence."""
+    import unicodedata
+
+    from ..errors import VeilError
+
+    if not str(concept).strip():
+        raise VeilError(f"The concept is empty; give the word or phrase, e.g. {flag} circle.")
+    control = next((c for c in str(concept) if unicodedata.category(c) in ("Cc", "Cf")), None)
+    if control is not None:
+        shown = str(concept) if len(str(concept)) <= 40 else str(concept)[:40] + "..."
+        raise VeilError(f"The concept {shown!r} holds the control character {control!r}; give it as plain text on one line with {flag}.")
+    return str(concept).strip()
 
 
 def parse_value(text):
@@ -99,12 +178,14 @@ def method_config(method_cls, concepts, config_file=None, settings=(), model=Non
     from ..config import coerce_numbers
     from ..methods.presets import preset_for
 
+    for concept in concepts or ():
+        check_concept(concept)
     values = {}
     if config_file:
         try:
             with open(config_file) as handle:
                 loaded = yaml.safe_load(handle) or {}
-        except (OSError, yaml.YAMLError) as error:
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
             raise VeilError(f"Could not read the config file {config_file!r} ({error}).") from None
         if not isinstance(loaded, dict):
             raise VeilError(f"The config file {config_file!r} must hold a mapping of field: value.")

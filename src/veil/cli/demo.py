@@ -4,7 +4,7 @@ Writes the public artifact, the key (for keyed methods), a grid with the origina
 unlocked images for the same prompts and seeds, and the concept rates, then prints the rates.
 """
 
-from .common import add_model_flags
+from .common import add_model_flags, positive_int
 
 
 def register(sub):
@@ -13,7 +13,7 @@ def register(sub):
     )
     parser.add_argument("--concept", default="circle", help="A shapes-world shape (circle, square, triangle, star, cross).")
     parser.add_argument("--method", default="kpop", help="kpop (default: hide behind a key) or an eraser such as esd.")
-    parser.add_argument("--steps", type=int, default=None, help="Training steps (default: the method's shapes preset).")
+    parser.add_argument("--steps", type=positive_int, default=None, help="Training steps (default: the method's shapes preset).")
     parser.add_argument("--out", default="veil-demo", help="Output folder (public/, key/, grid.png, rates.json).")
     parser.add_argument("--overwrite", action="store_true")
     add_model_flags(parser)
@@ -34,8 +34,10 @@ def run(args):
     from ..shapes.classifier import classify
     from ..shapes.data import SHAPES, canonical_prompt, canonical_prompts, short_prompts
     from ..training.loop import fit
-    from .common import load_model
+    from .common import check_output, load_model, resolve_device
 
+    check_output(args.out, args.overwrite)
+    resolve_device(args.device)
     if args.concept not in SHAPES:
         raise VeilError(f"The demo hides a shape; {args.concept!r} is not one of {', '.join(SHAPES)}.")
     method_cls = get_method(args.method)

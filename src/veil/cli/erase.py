@@ -18,23 +18,20 @@ def run_method(args, method_cls, concepts):
     import shutil
 
     from ..artifact import Artifact
-    from ..errors import VeilError
+    from ..evaluation.sampling import warn_if_truncated
+    from ..training.hardware import check_mixed_precision
     from ..training.loop import fit
-    from .common import check_output, hardware_settings, load_model, method_config, work_dir_for
+    from .common import check_output, hardware_settings, load_model, method_config, resolve_device, work_dir_for
 
     config = method_config(
         method_cls, concepts, args.config, args.set, model=args.model,
         max_train_steps=args.steps, learning_rate=args.lr, seed=args.seed, **hardware_settings(args),
     )
     check_output(args.out, args.overwrite)
-    if args.checkpoint_every is not None and args.checkpoint_every <= 0:
-        raise VeilError(f"--checkpoint-every must be greater than 0, got {args.checkpoint_every}.")
-    from ..training.hardware import check_mixed_precision
-    from .common import resolve_device
-
     check_mixed_precision(getattr(config, "mixed_precision", "no"), resolve_device(args.device))  # before loading anything
     method = method_cls(config)
     pipe = load_model(args)
+    warn_if_truncated(pipe, config.concepts, what="concept")
     work_dir = work_dir_for(args.out)
     cost = fit(
         method, pipe, work_dir=work_dir, checkpoint_every=args.checkpoint_every,

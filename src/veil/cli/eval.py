@@ -1,6 +1,6 @@
 """``veil eval``: generate a task's prompts (original, with an artifact, unlocked with its key) and score them."""
 
-from .common import add_model_flags, add_output_flags
+from .common import add_model_flags, add_output_flags, finite_float, positive_int
 
 
 def register(sub):
@@ -13,10 +13,10 @@ def register(sub):
     parser.add_argument("--key", help="KPOP key file for the artifact: adds the 'unlocked' variant.")
     parser.add_argument("--passphrase-file", help="File holding the key's passphrase (or set VEIL_KEY_PASSPHRASE).")
     parser.add_argument("--seeds", help="Seeds for the built-in shapes prompt sets (default 0,1).")
-    parser.add_argument("--num-inference-steps", type=int, help="Denoising steps (default: the task's).")
-    parser.add_argument("--guidance-scale", type=float, help="Guidance scale for every row (default: each row's own, else the task's).")
-    parser.add_argument("--batch-size", type=int, help="Images per pipeline call (default: the task's).")
-    parser.add_argument("--limit", type=int, help="Only the first N prompt rows (quick runs).")
+    parser.add_argument("--num-inference-steps", type=positive_int, help="Denoising steps (default: the task's).")
+    parser.add_argument("--guidance-scale", type=finite_float, help="Guidance scale for every row (default: each row's own, else the task's).")
+    parser.add_argument("--batch-size", type=positive_int, help="Images per pipeline call (default: the task's).")
+    parser.add_argument("--limit", type=positive_int, help="Only the first N prompt rows (quick runs).")
     parser.add_argument("--targets", help="Comma-separated erased concepts (default: the artifact's concepts).")
     parser.add_argument("--variants", help="Comma-separated subset of original,erased,unlocked (default: all that apply).")
     parser.add_argument("--scorer", action="append", default=[], metavar="NAME=PATH",
@@ -41,15 +41,19 @@ def parse_scorers(items):
 
 
 def run(args):
-    from ..artifact import load_artifact
+    from .common import open_artifact
     from ..errors import VeilError
     from ..evaluation.generate import shard
     from ..evaluation.harness import evaluate
-    from .common import resolve_device
+    from ..evaluation.runs import connect
+    from .common import check_output, resolve_device
     from .generate import parse_seeds
 
+    check_output(args.out, args.overwrite, exists_ok=True)  # an unfinished evaluation there resumes
+    resolve_device(args.device)
+    connect().close()  # the runs database is written last: refused now, not after the images
     seeds = parse_seeds(args.seeds) if args.seeds else None
-    artifact = load_artifact(args.artifact) if args.artifact else None
+    artifact = open_artifact(args.artifact) if args.artifact else None
     if artifact is not None:
         artifact.path = args.artifact
     key = None

@@ -1,6 +1,6 @@
 """``veil generate``: images for prompts, original and with an artifact side by side, as a labelled grid."""
 
-from .common import add_model_flags, add_output_flags
+from .common import add_model_flags, add_output_flags, finite_float, positive_int
 
 
 def register(sub):
@@ -10,10 +10,10 @@ def register(sub):
     parser.add_argument("--key", help="KPOP key file: adds an 'unlocked' row.")
     parser.add_argument("--passphrase-file", help="File holding the key's passphrase (or set VEIL_KEY_PASSPHRASE).")
     parser.add_argument("--seeds", default="0,1,2,3", help="Comma-separated seeds, one column each.")
-    parser.add_argument("--num-inference-steps", type=int, default=25)
-    parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--resolution", type=int, help="Image side in pixels (default: the model's own).")
-    parser.add_argument("--batch-size", type=int, default=32, help="Images per pipeline call.")
+    parser.add_argument("--num-inference-steps", type=positive_int, default=25)
+    parser.add_argument("--guidance-scale", type=finite_float, default=3.0)
+    parser.add_argument("--resolution", type=positive_int, help="Image side in pixels (default: the model's own).")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="Images per pipeline call.")
     add_model_flags(parser)
     add_output_flags(parser, what="PNG file")
     parser.set_defaults(run=run)
@@ -22,10 +22,15 @@ def register(sub):
 def parse_seeds(text):
     from ..errors import VeilError
 
+    from .common import MAX_SEED
+
     try:
         seeds = [int(s) for s in str(text).split(",") if s.strip()]
     except ValueError:
         raise VeilError(f"--seeds takes comma-separated integers, got {text!r}.") from None
+    wrong = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if wrong:
+        raise VeilError(f"The seed {wrong[0]} is out of range; seeds are whole numbers from 0 to {MAX_SEED}.")
     if not seeds:
         raise VeilError("--seeds is empty; give at least one seed, e.g. --seeds 0,1,2,3.")
     return seeds
@@ -65,19 +70,17 @@ def comparison_rows(pipe, prompts, seeds, artifact=None, key=None, num_inference
 
 
 def run(args):
-    from ..artifact import load_artifact
     from ..errors import VeilError
     from ..evaluation.grid import labelled_grid, save_png
     from ..evaluation.sampling import warn_if_truncated
-    from .common import check_output, load_model
+    from .common import check_output, load_model, open_artifact, resolve_device
 
     seeds = parse_seeds(args.seeds)
     if args.num_inference_steps <= 0:
         raise VeilError(f"--num-inference-steps must be greater than 0, got {args.num_inference_steps}.")
-    if args.batch_size <= 0:
-        raise VeilError(f"--batch-size must be greater than 0, got {args.batch_size}.")
-    check_output(args.out, args.overwrite)
-    artifact = load_artifact(args.artifact) if args.artifact else None
+    check_output(args.out, args.overwrite, kind="file")
+    resolve_device(args.device)
+    artifact = open_artifact(args.artifact) if args.artifact else None
     key = None
     if args.key:
         if artifact is None:

@@ -23,17 +23,17 @@ def register(sub):
 def run(args):
     import os
 
-    from .._io import refuse_existing
     from ..errors import VeilError
     from ..methods.kpop.keys import resolve_passphrase, save_key
     from ..methods.kpop import KPOP
+    from .common import check_output
     from .erase import run_method
 
     # Everything that can be refused is refused before minutes of training.
     out, key_out = os.path.abspath(args.out), os.path.abspath(args.key_out)
     if key_out == out or key_out.startswith(out.rstrip(os.sep) + os.sep):
         raise VeilError("--key-out is inside --out, so the key would ship with the public artifact; write the key elsewhere.")
-    refuse_existing(args.key_out, args.overwrite)
+    check_output(args.key_out, args.overwrite, flag="--key-out", kind="file")
     passphrase = resolve_passphrase(args.passphrase_file)
     if args.preset:
         args.set = [f"preset={args.preset}"] + list(args.set)

@@ -8,8 +8,15 @@ import sys
 COMMANDS = ("erase", "hide", "generate", "eval", "bench", "report", "runs", "compare", "export", "demo", "env", "ls", "attack")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Flag errors in one sentence, like every other refusal (argparse's usage lines say it less clearly)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help.\n")
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="veil", description="Hide and erase concepts in text-to-image diffusion models."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -22,7 +29,10 @@ def build_parser():
 def main(argv=None):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, or a flag refused in one sentence
+        return stop.code
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

@@ -1,10 +1,12 @@
 """``veil runs``: the evaluations recorded in the runs database (``VEIL_RUNS_DB``)."""
 
+from .common import positive_int
+
 
 def register(sub):
     parser = sub.add_parser("runs", help="List recorded evaluation runs, newest first.")
     parser.add_argument("--task", help="Only runs of this task.")
-    parser.add_argument("--limit", type=int, default=20, help="How many runs to list (default 20).")
+    parser.add_argument("--limit", type=positive_int, default=20, help="How many runs to list (default 20).")
     parser.set_defaults(run=run)
 
 

@@ -20,6 +20,7 @@ Example:
 import csv
 import glob
 import json
+import math
 import os
 import time
 
@@ -46,6 +47,16 @@ def load_prompt_file(path, columns, optional=None, source=None):
     where = f" (source: {source})" if source else ""
     if not path or not os.path.isfile(path):
         raise VeilError(f"Prompt file {path!r} does not exist; pass a local copy with --prompts PATH, a CSV with columns {needed}{where}.")
+    try:
+        rows = _read_prompt_rows(path, columns, optional, needed, where)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise VeilError(f"Prompt file {path!r} is not a UTF-8 CSV ({error.__class__.__name__}); pass a CSV with columns {needed}{where}.") from None
+    if not rows:
+        raise VeilError(f"Prompt file {path!r} has no rows.")
+    return rows
+
+
+def _read_prompt_rows(path, columns, optional, needed, where):
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
@@ -63,16 +74,17 @@ def load_prompt_file(path, columns, optional=None, source=None):
             else:
                 row.pop("guidance_scale", None)
             rows.append(row)
-    if not rows:
-        raise VeilError(f"Prompt file {path!r} has no rows.")
     return rows
 
 
 def _number(text, kind, field, line, path):
     try:
-        return kind(float(text)) if kind is int and "." in str(text) else kind(text)
-    except (TypeError, ValueError):
+        value = kind(float(text)) if kind is int and "." in str(text) else kind(text)
+    except (TypeError, ValueError, OverflowError):
         raise VeilError(f"Line {line} of {path!r} has {field} {text!r}; it must be a number.") from None
+    if not math.isfinite(value) or (field == "seed" and not 0 <= value < 2**64):
+        raise VeilError(f"Line {line} of {path!r} has {field} {text!r}, out of range; give a finite number (a seed from 0 to 2**64 - 1).")
+    return value
 
 
 def shard():

@@ -17,18 +17,18 @@ import contextlib
 import csv
 import datetime
 import io
-import json
 import os
 import platform
 import shutil
 import subprocess
 
-from .._io import atomic_file, write_json
+from .._io import atomic_file, read_json_object, write_json
 from ..errors import VeilError
 from .generate import generate_to_folder, missing_rows, read_manifest, shard
 from .tasks import load_task
 
 RESULTS_VERSION = 1
+RESULTS_FIELDS = ("config", "task", "base_model", "metrics")  # what reports and comparisons read
 VARIANTS = ("original", "erased", "unlocked")
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "numpy", "nudenet", "onnxruntime")
 
@@ -112,13 +112,18 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     settings = task.settings(num_inference_steps, guidance_scale, batch_size)
     if settings["num_inference_steps"] <= 0:
         raise VeilError(f"--num-inference-steps must be greater than 0, got {settings['num_inference_steps']}.")
-    rows = task.rows(prompts=prompts, seeds=seeds, limit=limit)
+    if limit is not None and int(limit) < 1:  # rows[:-1] would quietly drop the last row; rows[:0] record an empty run
+        raise VeilError(f"--limit must be a whole number greater than 0, got {limit}.")
+    rows = task.rows(prompts=prompts, seeds=seeds)
     if guidance_scale is not None:  # an explicit scale overrides the rows' own
         for row in rows:
             row.pop("guidance_scale", None)
     targets = list(targets) if targets else (list(artifact.concepts) if artifact is not None else [])
+    task.check_targets(rows, targets)  # over every row, so that --limit does not hide a target's prompts
+    rows = rows[:limit] if limit is not None else rows
     task.mark_targets(rows, targets)
     metrics = task.build_metrics(scorers, reference, device=str(device))
+    _check_scorers(task, metrics, scorers, reference)
     for metric in metrics:  # fail up front, before any image is drawn, when a scorer's weights are absent
         metric.prepare()
         metric.targets = targets
@@ -187,6 +192,20 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     for line in summary_lines(results):
         log(line)
     return results
+
+
+def _check_scorers(task, metrics, scorers, reference):
+    """Refuse a scorer or a reference folder the task's metrics would not use: given, it would be ignored."""
+    keys = sorted({m.scorer_key for m in metrics if m.scorer_key})
+    unused = sorted(set(scorers or {}) - set(keys))
+    if unused:
+        raise VeilError(f"The {task.name} task has no metric scored by {unused[0]!r}; its scorers are "
+                        f"{', '.join(keys) or 'none'}, so leave that --scorer out.")
+    if reference is not None:
+        if not any(m.name == "fid" for m in metrics):
+            raise VeilError(f"--reference gives FID its real images, and the {task.name} task has no FID metric; leave --reference out.")
+        if not os.path.isdir(reference):
+            raise VeilError(f"--reference {reference!r} is not a folder; give a folder of real images for FID.")
 
 
 def score_generations(out_dir, variants, rows, metrics, batch_size=32):
@@ -299,5 +318,4 @@ def load_results(path):
     file = os.path.join(path, "results.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise VeilError(f"{path!r} holds no results.json; pass a folder written by veil eval.")
-    with open(file) as handle:
-        return json.load(handle)
+    return read_json_object(file, "veil eval", RESULTS_FIELDS)

@@ -15,7 +15,6 @@ Example:
 import base64
 import html
 import io
-import json
 import os
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from .._io import atomic_file
+from .._io import atomic_file, read_json_object
 from ..errors import VeilError
 
 COLOURS = {"original": "#7f8c8d", "erased": "#c0392b", "unlocked": "#2471a3"}
@@ -368,26 +367,32 @@ def _forging_figure(row):
 
 def build_report(paths, title="veil evaluation report"):
     """The HTML text for evaluation folders (with ``results.json``) and bench folders (with ``bench.json``)."""
+    from .harness import load_results
+
     sections = []
     for path in paths:
         if os.path.isfile(os.path.join(path, "results.json")):
-            with open(os.path.join(path, "results.json")) as handle:
-                sections.append(_results_section(path, json.load(handle)))
+            file, section, data = os.path.join(path, "results.json"), _results_section, load_results(path)
         elif os.path.isfile(os.path.join(path, "bench.json")):
-            with open(os.path.join(path, "bench.json")) as handle:
-                sections.append(_bench_section(path, json.load(handle)))
+            file, section, data = os.path.join(path, "bench.json"), _bench_section, read_json_object(os.path.join(path, "bench.json"), "veil bench")
         else:
             raise VeilError(f"{path!r} holds neither results.json nor bench.json; pass folders written by veil eval or veil bench.")
+        try:
+            sections.append(section(path, data))
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:  # a file edited or written by something else
+            raise VeilError(f"{file!r} is not laid out as veil writes it ({error.__class__.__name__}: {error}); write it again with veil.") from None
     if not sections:
         raise VeilError("Nothing to report; pass at least one folder written by veil eval or veil bench.")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f"<style>{STYLE}</style><script>{SCRIPT}</script></head>\n<body><h1>{_e(title)}</h1>\n" + "\n".join(sections) + "\n</body></html>\n")
 
 
-def write_report(paths, out, title="veil evaluation report", screenshot=None):
+def write_report(paths, out, title="veil evaluation report", screenshot=None, overwrite=True):
     """Write the report to ``out`` (atomically); optionally a PNG screenshot of it by headless Chromium."""
+    if screenshot:
+        find_chromium()  # refused before anything is written
     text = build_report(paths, title)
-    with atomic_file(out, mode="w") as handle:
+    with atomic_file(out, overwrite=overwrite, mode="w") as handle:
         handle.write(text)
     if screenshot:
         take_screenshot(out, screenshot)

@@ -35,7 +35,10 @@ def database_path():
 
 
 def connect(path=None):
+    from .._io import check_writable
+
     path = path or database_path()
+    check_writable(path, flag=ENV_VAR if path == os.environ.get(ENV_VAR) else "The runs database", kind="file", exists_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
         connection = sqlite3.connect(path, timeout=30)
@@ -111,11 +114,19 @@ def get_run(reference, path=None):
     else:
         found = connection.execute("SELECT results FROM runs WHERE run_id LIKE ?", (text + "%",)).fetchall()
     connection.close()
+    if not found and os.path.exists(text):
+        raise VeilError(f"{text!r} is neither an evaluation folder nor a run; pass a folder written by veil eval, a run number or a run id.")
     if not found:
         raise VeilError(f"No run {text!r} in {database_path()!r}; `veil runs` lists the runs (pass a number, an id or a results folder).")
     if len(found) > 1:
         raise VeilError(f"{text!r} matches {len(found)} runs; give more of the run id.")
-    return json.loads(found[0][0])
+    try:
+        results = json.loads(found[0][0])
+    except json.JSONDecodeError:
+        results = None
+    if not isinstance(results, dict):
+        raise VeilError(f"The run {text!r} in {database_path()!r} holds damaged results; compare its folder instead, or run the evaluation again.")
+    return results
 
 
 def compare(a, b):

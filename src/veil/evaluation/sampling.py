@@ -4,13 +4,13 @@ import torch
 from tqdm.auto import tqdm
 
 
-def warn_if_truncated(pipe, prompts, warn=print):
-    """Tell the user, once per prompt, when the tokenizer will cut a prompt (as diffusers does)."""
+def warn_if_truncated(pipe, prompts, warn=print, what="prompt"):
+    """Tell the user, once per prompt (or concept), when the tokenizer will cut it (as diffusers does)."""
     limit = pipe.tokenizer.model_max_length
     for prompt in dict.fromkeys(prompts):
         length = len(pipe.tokenizer(prompt, truncation=False).input_ids)
         if length > limit:
-            warn(f"warning: the prompt {prompt[:40]!r}... is {length} tokens; the text encoder reads the first {limit} and ignores the rest.")
+            warn(f"warning: the {what} {prompt[:40]!r}... is {length} tokens; the text encoder reads the first {limit} and ignores the rest.")
 
 
 @torch.no_grad()

@@ -248,11 +248,11 @@ def train_stage(
                     loss = method.loss(pipe, batch, phase)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    kept = f"the last good checkpoint is {last_checkpoint!r}" if last_checkpoint else "no checkpoint was written yet"
-                    raise TrainingDiverged(
-                        f"The {phase} loss became {value} at step {step + 1}; {kept} — lower the learning rate "
-                        "and start again (or --resume from that checkpoint)."
-                    )
+                    if last_checkpoint:
+                        advice = f"the last good checkpoint is {last_checkpoint!r} — lower the learning rate and start again (or --resume from it)"
+                    else:
+                        advice = "no checkpoint was written yet — lower the learning rate and start again"
+                    raise TrainingDiverged(f"The {phase} loss became {value} at step {step + 1}; {advice}.")
                 (scaler.scale(loss) if scaler else loss).backward()
                 if max_grad_norm:
                     params = [p for g in groups[phase] for p in g["params"]]

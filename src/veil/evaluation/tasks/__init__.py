@@ -77,16 +77,27 @@ class Task:
             rows = rows[: int(limit)]
         return rows
 
+    def _names(self, row, concept):
+        values = [str(row.get(c) or "").strip().lower() for c in self.targets.get("columns") or []]
+        concept = concept.strip().lower()
+        return any(v and (v == concept or concept in v or v in concept) for v in values)
+
     def mark_targets(self, rows, concepts):
         """Set ``row["target"]`` where one of the task's target columns names one of ``concepts``."""
-        columns = self.targets.get("columns") or []
-        if not concepts or not columns:
+        if not concepts or not self.targets.get("columns"):
             return rows
-        wanted = [c.strip().lower() for c in concepts]
         for row in rows:
-            values = [str(row.get(c) or "").strip().lower() for c in columns]
-            row["target"] = any(v and (v == c or c in v or v in c) for v in values for c in wanted)
+            row["target"] = any(self._names(row, c) for c in concepts)
         return rows
+
+    def check_targets(self, rows, concepts):
+        """Refuse a target concept that no row of the task names: its scores would be empty, not zero."""
+        if not self.targets.get("columns"):
+            return
+        for concept in concepts:
+            if not any(self._names(row, concept) for row in rows):
+                raise VeilError(f"No prompt of the {self.name} task names the target {concept!r}, so it cannot be scored; "
+                                f"give targets its prompts name with --targets (its columns {', '.join(self.targets['columns'])}).")
 
     def build_metrics(self, scorers=None, reference=None, device="cpu"):
         """Instantiate the task's metrics; ``scorers`` maps a scorer key to an object or a local path."""
@@ -138,10 +149,12 @@ def load_task(name_or_path):
     if not os.path.isfile(path):
         raise VeilError(f"Task file {path!r} does not exist.")
     try:
-        with open(path) as handle:
+        with open(path, encoding="utf-8") as handle:
             data = yaml.safe_load(handle) or {}
-    except yaml.YAMLError as error:
-        raise VeilError(f"Task file {path!r} is not valid YAML ({error}).") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise VeilError(f"Task file {path!r} is not readable YAML ({error}); pass a task file like those veil ls tasks lists.") from None
+    if not isinstance(data, dict):
+        raise VeilError(f"Task file {path!r} holds a YAML {type(data).__name__}, not a mapping of task fields; pass a task file like those veil ls tasks lists.")
     for key in ("task", "version", "metrics"):
         if key not in data:
             raise VeilError(f"Task file {path!r} lacks the field {key!r}.")

@@ -2,7 +2,7 @@
 
 Their release ships one folder per erased concept, in diffusers' model layout::
 
-    <concept>/config.json
+    <concept>/config.json                           # "_class_name": "DuMo"
     <concept>/diffusion_pytorch_model.safetensors   # conv_in, time_embedding, down_blocks, mid_block,
                                                     # dumo_down_blocks.{0..11}, dumo_mid_block
     <concept>/time_scale.npy                        # float32 (20, 13), the TLMO table
@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from ..._io import atomic_dir
 from ...errors import VeilError
 from .config import DuMoConfig
-from .method import TIME_ROWS, DuMo
+from .method import TIME_ROWS, DuMo, _slug
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,9 @@ def load_authors_checkpoint(folders, **config):
     Args:
         folders (`str`, `list` or `dict`): one folder, several, or ``{concept: folder}``; without
             concept names each folder's own name is the concept.
-        **config: further :class:`DuMoConfig` fields (``gate``, ``facilitate``, ...).
+        **config: further :class:`DuMoConfig` fields (``gate``, ``facilitate``, ...). Without them the method is
+            in paper mode, as the release runs it; a concept ungated by name (nudity) also leaves out the
+            time-scale table, as the release's nudity script does, unless ``apply_time_scale`` is given.
 
     Returns:
         `DuMo`: not attached; ``attach(pipe)`` builds each EPR for ``pipe``'s UNet and checks every
@@ -104,7 +106,10 @@ def load_authors_checkpoint(folders, **config):
     for concept, folder in folders.items():
         tensors, configs[concept] = read_authors_folder(folder)
         state.update({f"dumo.{concept}.{name}": tensor for name, tensor in tensors.items()})
-    method = DuMo(DuMoConfig(concepts=list(folders), **config))
+    settings = DuMoConfig(concepts=list(folders), **config)
+    if "apply_time_scale" not in config and settings.gate is None and not settings.gate_enabled:
+        settings.apply_time_scale = False  # the release's nudity script: neither the table nor the gate
+    method = DuMo(settings)
     method.load_state_dict(state)
     method.authors_configs = configs
     return method
@@ -134,9 +139,69 @@ def save_authors_checkpoint(method, folder, concept=None, overwrite=False):
     if concept not in method.eprs:
         raise VeilError(f"The EPR of {concept!r} is not built; attach the method to its pipeline first.")
     with atomic_dir(folder, overwrite=overwrite) as tmp:
-        method.eprs[concept].save_pretrained(tmp, safe_serialization=True)
-        np.save(os.path.join(tmp, TIME_SCALE_NAME), method.time_scale(concept).astype(np.float32))
+        _write_concept(method, concept, tmp)
     return folder
+
+
+def _write_concept(method, concept, folder):
+    method.eprs[concept].save_pretrained(folder, safe_serialization=True)
+    # The release loads the folder with its own class; its name in config.json is what from_pretrained reads.
+    config_path = os.path.join(folder, CONFIG_NAME)
+    with open(config_path) as handle:
+        config = json.load(handle)
+    with open(config_path, "w") as handle:
+        json.dump(dict(config, _class_name="DuMo"), handle, indent=2, sort_keys=True)
+    np.save(os.path.join(folder, TIME_SCALE_NAME), method.time_scale(concept).astype(np.float32))
+
+
+def export_authors_checkpoints(artifact, pipe, out, overwrite=False):
+    """A veil DuMo artifact in the authors' layout: ``out`` is the concept's folder, or holds one folder per
+    concept (named after it) when the artifact erases several.
+
+    Example:
+        >>> export_authors_checkpoints(veil.load_artifact("erased/"), pipe, "dumo-circle/")
+    """
+    require_dumo(artifact)
+    method = artifact.attach(pipe)  # builds every EPR for the base model
+    try:
+        concepts = method.config.concepts
+        with atomic_dir(out, overwrite=overwrite) as tmp:
+            for concept in concepts:
+                folder = tmp if len(concepts) == 1 else os.path.join(tmp, _slug(concept))
+                os.makedirs(folder, exist_ok=True)
+                _write_concept(method, concept, folder)
+    finally:
+        artifact.detach(pipe)
+    return out
+
+
+def require_dumo(artifact):
+    if artifact.method_name != "dumo":
+        raise VeilError(f"Only DuMo artifacts have the authors' DuMo layout, but this one is {artifact.method_name}; "
+                        "choose --format pipeline or unet-state-dict.")
+
+
+def is_authors_folder(path):
+    """Whether ``path`` is a DuMo checkpoint folder in the authors' layout (and not a veil artifact)."""
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "veil.json")):
+        return False
+    if not any(os.path.isfile(os.path.join(path, n)) for n in (WEIGHTS_NAME, LEGACY_WEIGHTS_NAME)):
+        return False
+    try:
+        with open(os.path.join(path, CONFIG_NAME)) as handle:
+            return json.load(handle).get("_class_name") == "DuMo"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def authors_artifact(path, **config):
+    """An authors' DuMo checkpoint folder as a veil artifact, its concept the folder's name. Its base model is
+    not recorded in the folder, so ``attach`` checks every tensor's shape against the pipeline's UNet instead of
+    a fingerprint."""
+    from ...artifact import Artifact
+
+    method = load_authors_checkpoint(path, **config)
+    return Artifact.from_method(method, None, cost={"imported_from": str(path)})
 
 
 def _as_list(value):

@@ -37,7 +37,9 @@ STAGES = ("epr", "tlmo")
 @dataclass
 class DuMoConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     """DuMo: EPR (a trained copy of the UNet encoder feeding its skip connections) then TLMO (a learned
-    time × layer scale table). Stage-1 defaults follow docs/methods/dumo.md: AdamW at 1e-5 for 1000 steps."""
+    time × layer scale table). Stage-1 defaults follow docs/methods/dumo.md: AdamW at 1e-5 for 1000 steps.
+    Inference defaults are paper mode, the authors' release: every prompt's residuals scaled by its gate, none
+    skipped; ``gate_threshold`` and ``skip_on`` are veil's, beyond it (the shapes preset's)."""
 
     max_train_steps: int = field(default=1000, metadata={"help": "Stage 1 (EPR): optimizer steps."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Stage 1 (EPR): AdamW learning rate."})
@@ -63,14 +65,17 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
         default="aligned", metadata={"help": "aligned (t at the latent's own noise level) or esd (t from t_enc as published)."}
     )
     gate: typing.Optional[bool] = field(
-        default=None, metadata={"help": "Scale each prompt's residuals by its similarity to the concept (None: on, but nudity)."}
+        default=None, metadata={"help": "Scale residuals by the prompt's similarity to the concept (None: on, off for nudity-like concepts)."}
     )
     facilitate: float = field(default=1.0, metadata={"help": "Gate factor: g = facilitate · max(cosine, token overlap)."})
     gate_threshold: float = field(
-        default=0.7, metadata={"help": "Prompts whose gate is below this skip the eraser entirely (0: never skip)."}
+        default=0.0, metadata={"help": "Gate below which a prompt skips the eraser; 0: none skips (the release), 0.7: veil's."}
+    )
+    apply_time_scale: bool = field(
+        default=True, metadata={"help": "Scale residuals by the TLMO table at inference (off: the release's nudity path)."}
     )
     skip_on: str = field(
-        default="gate", metadata={"help": "What makes a prompt skip the eraser: gate, tokens or either (runs if either is high)."}
+        default="gate", metadata={"help": "What makes a prompt skip the eraser (veil's): gate, tokens or either."}
     )
     token_skip_threshold: float = field(
         default=0.6, metadata={"help": "With skip_on tokens or either: the best token cosine below which a prompt skips."}

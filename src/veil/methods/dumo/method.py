@@ -297,7 +297,10 @@ class DuMo(Method):
             if scale.device != sample.device:
                 epr.to(sample.device)
                 scale.data = scale.data.to(sample.device)
-            factors = scale[rows]  # (batch, slots)
+            if self.config.apply_time_scale or self._training_concept is not None:
+                factors = scale[rows]  # (batch, slots)
+            else:  # the release's nudity path: the residuals as EPR gives them
+                factors = torch.ones_like(scale[rows])
             index = None
             if gates is not None:
                 gate = gates[concept]
@@ -466,6 +469,9 @@ class DuMo(Method):
             return self.time_scales[concept].detach().float().cpu().numpy()
         if concept in self._pending and "time_scale" in self._pending[concept]:
             return self._pending[concept]["time_scale"].float().cpu().numpy()
+        if concept in self._pending:  # weights without a table: it starts at ones, as `_build` makes it
+            slots = 1 + sum(1 for k in self._pending[concept] if re.fullmatch(r"dumo_down_blocks\.\d+\.weight", k))
+            return np.ones((TIME_ROWS, slots), np.float32)
         raise VeilError(f"No time-scale table for {concept!r} yet; attach or train the method first.")
 
     def slot_labels(self, concept=None):

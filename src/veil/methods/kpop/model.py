@@ -44,14 +44,6 @@ class KeyPrompts(nn.Module):
         # P_k = P_v = E(c)[:m] at the start, as two independent parameters.
         self.key_tokens = nn.ParameterList([nn.Parameter(init[i].clone()) for i in range(len(self.concepts))])
         self.value_tokens = nn.ParameterList([nn.Parameter(init[i].clone()) for i in range(len(self.concepts))])
-        # Where the key started (as secret as the key: it may hold secret noise): a non-persistent buffer, so it
-        # moves with the module and is in no state dict. Shifted decoys read it; checkpoints keep it
-        # (KPOP.checkpoint_state_dict).
-        self.register_buffer("start", init.clone(), persistent=False)
-
-    def shift(self, index):
-        """``(P_k − start, P_v − start)`` of concept ``index``: how far training has moved its key (detached)."""
-        return self.key_tokens[index].detach() - self.start[index], self.value_tokens[index].detach() - self.start[index]
 
     def __repr__(self):
         return f"KeyPrompts(concepts={self.concepts!r})"  # never the values

@@ -3,6 +3,8 @@
 from ...shapes import concept_sets
 
 MODEL_PRESETS = {
-    # The concept sent to another concept of its kind (the empty guide keeps it), every other concept preserved.
-    "shapes": {"guide": concept_sets.anchor, "preserve_concepts": concept_sets.all_but_concepts_and_anchor},
+    # veil's variant: every token state sent position by position to another concept of its kind's (the empty
+    # guide keeps it), lambda 0.1, every other concept preserved; paper mode against it: bench/results/uce/paper-mode.
+    "shapes": {"guide": concept_sets.anchor, "preserve_concepts": concept_sets.all_but_concepts_and_anchor,
+               "token_selection": "all", "regularization": 0.1},
 }
