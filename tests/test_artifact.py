@@ -1,11 +1,15 @@
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import veil
+from veil import _io
 from veil.errors import VeilError
 
 from .conftest import render
@@ -166,3 +170,65 @@ def test_export_full_pipeline_folder(tmp_path, saved, tiny_pipe):
     assert torch.equal(render(tiny_pipe), original)  # exporting leaves the pipeline as it was
     reloaded = veil.load_pipeline(str(tmp_path / "pipeline"))
     assert torch.equal(render(reloaded), erased)
+
+
+KILLED_SAVE = """
+import os, signal, sys
+import veil
+from veil import _io
+
+folder, where = sys.argv[1], sys.argv[2]
+rename = os.rename
+
+def killed_after_the_first(source, target):
+    rename(source, target)
+    os.kill(os.getpid(), signal.SIGKILL)  # the old copy is moved aside, the new one not yet in
+
+if where == "between renames":
+    _io.os.rename = killed_after_the_first
+with _io.atomic_dir(folder, overwrite=True) as tmp:
+    open(os.path.join(tmp, "veil.json"), "w").write("{}")
+    if where == "while writing":
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_save(folder, where):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(veil.__file__)))
+    process = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(folder), where], env=env, capture_output=True)
+    assert process.returncode == -signal.SIGKILL, process.stderr.decode()[-2000:]
+
+
+def test_an_overwrite_killed_midway_leaves_the_old_artifact_recoverable_and_no_stale_temporaries(saved):
+    """A save over an existing artifact killed between its two renames leaves nothing at the path; the next load (or
+    save, or check of the path) puts the old artifact back. Temporaries of killed saves go; a running save's stay."""
+    before = sorted(os.listdir(saved))
+    _killed_save(saved, "between renames")
+    assert not saved.exists()
+    assert [p for p in os.listdir(saved.parent) if p.startswith(".art.old-")]
+    artifact = veil.load_artifact(saved)  # the next start
+    assert sorted(os.listdir(saved)) == before and artifact.method_name == "esd"
+    assert not [p for p in os.listdir(saved.parent) if p.startswith(".")]
+
+    _killed_save(saved, "while writing")
+    assert [p for p in os.listdir(saved.parent) if p.startswith(".art.tmp-")]
+    running = saved.parent / f".art.tmp-{os.getpid()}-live"  # another save, still under way
+    running.mkdir()
+    with pytest.raises(VeilError, match="already exists"):
+        _io.refuse_existing(str(saved), False)  # what every command checks first
+    assert [p for p in os.listdir(saved.parent) if p.startswith(".")] == [running.name]
+    assert sorted(os.listdir(saved)) == before
+
+
+def test_an_artifact_that_records_a_timestep_mapping_still_loads(saved, tiny_pipe):
+    # Its config names a training-time choice ESD sampling no longer has; the stored weights work as they are.
+    manifest = json.loads((saved / "veil.json").read_text())
+    manifest["config"]["timestep_mapping"] = "esd"
+    (saved / "veil.json").write_text(json.dumps(manifest))
+    artifact = veil.load_artifact(saved)
+    method = artifact.attach(tiny_pipe)
+    assert "timestep_mapping" not in method.config.to_dict()
+    edited = dict(tiny_pipe.unet.named_parameters())
+    for name, tensor in artifact.tensors.items():
+        assert torch.equal(edited[name[len("unet."):]], tensor)
+    method.detach(tiny_pipe)

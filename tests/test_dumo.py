@@ -127,8 +127,8 @@ def test_gate_is_computed_once_per_generation(tiny_pipe, monkeypatch):
     method = DuMo(concepts=["circle"], gate_threshold=0.7)
     method.attach(tiny_pipe)
     calls = []
-    compute = method._compute_gates
-    monkeypatch.setattr(method, "_compute_gates", lambda *a: calls.append(1) or compute(*a))
+    compute = method._gate._compute
+    monkeypatch.setattr(method._gate, "_compute", lambda *a: calls.append(1) or compute(*a))
     render(tiny_pipe, [UNRELATED], steps=3)
     assert len(calls) == 1 and method.stats["epr_skipped"] == 3  # the same text states at every step
     render(tiny_pipe, ["a circle"], steps=2)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import veil
+import veil.training.sampling as sampling
 from veil.methods.esd import ESD
 from veil.methods.weights import select_unet_parameters
 from veil.training.sampling import (
@@ -9,7 +10,7 @@ from veil.training.sampling import (
     encode_prompts,
     sample_partial_trajectories,
     sample_partial_trajectory,
-    training_timesteps,
+    trajectory_timesteps,
 )
 
 
@@ -27,6 +28,82 @@ def test_variants_select_the_published_parameter_sets(tiny_pipe):
     assert {n.split(".attn2.")[1].split(".")[0] for n in xattn} - {"to_k", "to_v"}  # to_q and to_out are left out
     with pytest.raises(veil.VeilError):
         ESD(concepts=["circle"], train_method="everything")
+    with pytest.raises(veil.VeilError, match="mode"):
+        ESD(concepts=["circle"], mode="authors")
+
+
+def test_paper_mode_trains_the_authors_linear_and_conv_layers(tiny_pipe):
+    unet = tiny_pipe.unet
+    norms = {f"{m}.{n}" for m, module in unet.named_modules()
+             if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)) for n, _ in module.named_parameters(recurse=False)}
+    paper = {v: set(select_unet_parameters(unet, v, "paper")) for v in ("xattn", "noxattn", "full", "selfattn", "xattn_kv")}
+    veil_sets = {v: set(select_unet_parameters(unet, v, "veil")) for v in paper}
+    assert norms and not any(paper[v] & norms for v in paper)  # no norm layer in any paper set
+    assert paper["full"] == set(dict(unet.named_parameters())) - norms
+    assert {"time_embedding.linear_1.weight", "time_embedding.linear_2.bias", "conv_out.weight", "conv_in.weight"} <= paper["noxattn"]
+    assert paper["noxattn"] == paper["full"] - paper["xattn"]
+    assert veil_sets["noxattn"] - paper["noxattn"] <= norms and paper["noxattn"] - veil_sets["noxattn"]
+    for variant in ("xattn", "xattn_kv", "selfattn"):  # attention layers hold no norm: both modes agree
+        assert paper[variant] == veil_sets[variant]
+    paper_esd, veil_esd = (ESD(concepts=["circle"], train_method="noxattn", mode=m) for m in ("paper", "veil"))
+    assert ESD(concepts=["circle"]).config.mode == "paper"
+    assert set(paper_esd.edited_parameter_names(unet)) == paper["noxattn"]
+    assert set(veil_esd.edited_parameter_names(unet)) == veil_sets["noxattn"]
+
+
+def _pndm_pipe(pipe):
+    from diffusers import PNDMScheduler
+
+    pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
+    return pipe
+
+
+def test_trajectories_run_ddim_whatever_scheduler_the_pipeline_ships(tiny_pipe):
+    from veil.models import build_tiny_pipeline
+
+    cond, uncond = encode_prompts(tiny_pipe, ["circle"]), encode_prompts(tiny_pipe, [""])
+    ddim = sample_partial_trajectory(tiny_pipe, cond, uncond, [1, 3], num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+    pndm_pipe = _pndm_pipe(build_tiny_pipeline(seed=0))
+    pndm = sample_partial_trajectory(pndm_pipe, cond, uncond, [1, 3], num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(pndm, ddim, rtol=0, atol=0)
+    assert type(pndm_pipe.scheduler).__name__ == "PNDMScheduler"  # the pipeline's own scheduler is left alone
+    assert trajectory_timesteps(pndm_pipe, [0, 1, 3], 10).tolist() == trajectory_timesteps(tiny_pipe, [0, 1, 3], 10).tolist()
+    # The pipeline's PNDM steps would have led elsewhere.
+    scheduler = pndm_pipe.scheduler
+    scheduler.set_timesteps(10)
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for timestep in scheduler.timesteps[:3]:
+            noise = sampling.guided_noise_pred(pndm_pipe.unet, latents, timestep, cond, uncond, 3.0)
+            latents = scheduler.step(noise, timestep, latents).prev_sample
+    assert (latents - pndm[1:]).abs().max() > 1e-3
+
+
+def test_each_latent_is_trained_at_its_own_noise_level(tiny_pipe):
+    from diffusers import DDIMScheduler
+
+    levels = trajectory_timesteps(tiny_pipe, range(50), 50)
+    assert levels[:3].tolist() == [981, 961, 941] and levels[-1] == 1  # SD's schedule: offset 1, 20 apart
+    # One DDIM step more from the latent at index i, at its paired timestep, is the latent at index i + 1.
+    cond, uncond = encode_prompts(tiny_pipe, ["circle"]), encode_prompts(tiny_pipe, [""])
+    kept = sample_partial_trajectory(tiny_pipe, cond, uncond, [0, 3, 4], num_inference_steps=10, generator=torch.Generator().manual_seed(0))
+    timesteps = trajectory_timesteps(tiny_pipe, [0, 3], 10)
+    scheduler = DDIMScheduler.from_config(tiny_pipe.scheduler.config)
+    scheduler.set_timesteps(10)
+    with torch.no_grad():
+        noise = sampling.guided_noise_pred(tiny_pipe.unet, kept[1:2], timesteps[1], cond, uncond, 3.0)
+    torch.testing.assert_close(scheduler.step(noise, timesteps[1], kept[1:2]).prev_sample, kept[2:3])
+    assert timesteps[0] == 901 and timesteps[1] == 601  # pure noise at the top of the schedule
+    # Trailing spacing with an uneven stride: the level is where DDIM's step lands, not the next listed timestep.
+    tiny_pipe.scheduler = DDIMScheduler.from_config(tiny_pipe.scheduler.config, timestep_spacing="trailing")
+    assert trajectory_timesteps(tiny_pipe, [0, 1, 2], 30).tolist() == [999, 966, 933]
+    tiny_pipe.scheduler = DDIMScheduler.from_config(tiny_pipe.scheduler.config, timestep_spacing="leading")
+    # ESD trains every latent at its level.
+    method = ESD(concepts=["circle"], ddim_steps=5, samples_per_trajectory=5)
+    method.attach(tiny_pipe)
+    batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
+    assert sorted(batch["timesteps"].tolist()) == sorted(trajectory_timesteps(tiny_pipe, range(5), 5).tolist())
+    method.detach(tiny_pipe)
 
 
 def test_one_trajectory_serves_several_t_enc(tiny_pipe):
@@ -76,14 +153,6 @@ def test_trajectory_pool_samples_once_per_batch_and_hands_out_in_order(tiny_pipe
     assert [latents.shape[0] for latents, _, _, _ in handed] == [1, 1, 1, 1]
     with pytest.raises(veil.VeilError, match="trajectory batch"):
         ESD(concepts=["circle"], trajectory_batch=0)
-
-
-def test_timestep_mappings():
-    generator = torch.Generator().manual_seed(0)
-    esd = training_timesteps([0, 49], 50, generator)
-    assert 0 <= esd[0] < 20 and 980 <= esd[1] < 1000
-    aligned = training_timesteps([0, 49], 50, generator, mapping="aligned")
-    assert 980 <= aligned[0] < 1000 and 0 <= aligned[1] < 20
 
 
 def _noise_shift(pipe, method, prompt, latents, timesteps):

@@ -232,6 +232,82 @@ def test_kill_9_during_generation_then_rerun_completes_exactly(tmp_path, tiny_pi
     assert sorted(os.listdir(folder / "images")) == [f"{i:06d}.png" for i in range(16)]  # no stray temporary files
 
 
+def _at_once(work, threads):
+    """Run ``work`` in ``threads`` threads at once; the exceptions they raised."""
+    import threading
+
+    errors = []
+
+    def run():
+        try:
+            work()
+        except Exception as error:  # noqa: BLE001 - any failure is what the callers test for
+            errors.append(error)
+
+    started = [threading.Thread(target=run) for _ in range(threads)]
+    for thread in started:
+        thread.start()
+    for thread in started:
+        thread.join()
+    return errors
+
+
+def _dead_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_two_generations_into_one_folder_keep_their_own_temporaries(tmp_path, tiny_pipe):
+    """Temporary image names are each writer's own: saving one row from many threads at once never finds its temporary
+    gone, and a run removes only the temporaries of writers that have ended, not those of one still running."""
+    from PIL import Image
+
+    folder = tmp_path / "gen"
+    (folder / "images").mkdir(parents=True)
+    image = Image.new("RGB", (8, 8), "red")
+
+    def save_many():
+        for _ in range(40):
+            gen._save_image(image, str(folder / "images" / "000000.png"))
+
+    assert not _at_once(save_many, 4) and os.listdir(folder / "images") == ["000000.png"]
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        running = folder / "images" / f"000001.png.tmp-{sleeper.pid}-beef"  # another evaluation, mid-write
+        killed = folder / "images" / f"000002.png.tmp-{_dead_pid()}-dead"  # left by a killed one
+        running.write_bytes(b"half")
+        killed.write_bytes(b"half")
+        gen.generate_to_folder(tiny_pipe, rows(3), str(folder), num_inference_steps=2, batch_size=3, progress=False,
+                               process_index=0, num_processes=1)
+        assert running.exists() and not killed.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_run_ids_do_not_collide_under_concurrent_inserts(tmp_path, monkeypatch):
+    from veil.evaluation import runs
+
+    results = {"task": {"name": "shapes_concepts", "version": 1}, "base_model": {"name": "tiny"}, "config": {},
+               "metrics": {"original": {"concept_rate": {"rates": {"circle": 0.5}}}}}
+    path = str(tmp_path / "runs.sqlite")
+    ids = []
+
+    def insert_many():
+        for _ in range(30):
+            ids.append(runs.record_run(results, str(tmp_path), path=path))
+
+    assert not _at_once(insert_many, 6) and len(set(ids)) == len(ids) == 180
+    assert len(runs.list_runs(limit=1000, path=path)) == 180
+
+    # An id already taken (two runs in one second drawing alike) is drawn again, not an IntegrityError.
+    taken = iter([ids[0], ids[0], "20990101-000000-fresh"])
+    monkeypatch.setattr(runs, "new_run_id", lambda now: next(taken))
+    assert runs.record_run(results, str(tmp_path), path=path) == "20990101-000000-fresh"
+
+
 # ---------------------------------------------------------------------------------------- veil eval, runs, compare
 EVAL = ("--model", "tiny", "--num-inference-steps", "2", "--limit", "6", "--seeds", "0")
 
@@ -293,6 +369,12 @@ def test_eval_unlocked_with_a_kpop_key(tmp_path, capsys, stand_in_shapes):
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert results["config"]["variants"] == ["original", "erased", "unlocked"] and results["config"]["unlocked"] is True
     assert "veilkey" not in (tmp_path / "r" / "results.json").read_text().replace(str(tmp_path), "")  # the key stays out
+    assert results["config"]["key_routing"] == "routed"  # the key holder's model: the key only on prompts about circle
+    # Images drawn with the routed key are not taken for the unrouted key's.
+    code, _, err = run_cli(capsys, "eval", "--task", "shapes_concepts", *EVAL, "--artifact", tmp_path / "hidden",
+                           "--key", tmp_path / "circle.veilkey", "--key-routing", "unrouted", "--out", tmp_path / "r", "--rescore")
+    assert code == 2 and "Traceback" not in err  # after the original and erased rows' progress bars, one sentence:
+    assert_one_sentence_error(code, err.strip().splitlines()[-1], "key_routing 'routed'")
 
 
 def test_artists_task_scores_clip_and_lpips_on_targets_and_nontargets(tmp_path, tiny_pipe):

@@ -202,3 +202,87 @@ def test_eval_results_hold_no_key(tmp_path, capsys, monkeypatch):
     key = read_key(key_out)
     written = b"".join(p.read_bytes() for p in [*results.rglob("*"), tmp_path / "runs.sqlite"] if p.is_file())
     assert written and not any(_leaks(blob, key) for blob in (written, stdout.encode(), err.encode()))
+
+
+def test_a_key_cannot_be_trained_again_from_the_public_artifacts_settings(tmp_path, capsys):
+    """Hiding again from the public veil.json (same seed, same settings) gives another key, which veil refuses for the
+    public artifact. (How much such a key unlocks when forced in anyway: bench/kpop_rebuilt_key.py.)"""
+    settings = ["--model", "tiny", "--concept", "circle", "--steps", "4", "--seed", "3", "--set", "ddim_steps=4",
+                "--set", "layers=all"]
+    code, _, err = run_cli(capsys, "hide", *settings, "--out", tmp_path / "pub", "--key-out", tmp_path / "secret.veilkey")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "hide", "--model", "tiny", "--concept", "circle", "--config", tmp_path / "pub" / "veil.json",
+                           "--out", tmp_path / "repro", "--key-out", tmp_path / "repro.veilkey")
+    assert code == 0, err
+    public = veil.load_artifact(tmp_path / "pub")
+    assert veil.load_artifact(tmp_path / "repro").manifest["config"] == public.manifest["config"]
+    secret, rebuilt = read_key(tmp_path / "secret.veilkey"), read_key(tmp_path / "repro.veilkey")
+    assert secret.fingerprints() != rebuilt.fingerprints()
+    assert not torch.allclose(secret["circle"][0], rebuilt["circle"][0], atol=1e-2)  # not merely a few bits apart
+    code, _, err = run_cli(capsys, "generate", "--model", "tiny", "--artifact", tmp_path / "pub", "--key", tmp_path / "repro.veilkey",
+                           "--prompt", "a circle", "--seeds", "0", "--num-inference-steps", "2", "--out", tmp_path / "g.png")
+    assert_one_sentence_error(code, err, "belongs to another artifact")
+    assert not (tmp_path / "g.png").exists()
+
+
+def test_checkpoints_seal_the_key_under_the_passphrase_and_resume_with_it(tmp_path, monkeypatch):
+    import veil.methods.kpop.method as kpop_method
+    from safetensors.torch import load_file
+    from veil.methods.kpop import KPOP
+    from veil.models import build_tiny_pipeline
+
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    monkeypatch.setattr(kpop_method, "secret_generator", lambda: torch.Generator().manual_seed(7))
+    settings = dict(concepts=["circle"], max_train_steps=4, learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2,
+                    key_finish_steps=2)
+    whole = KPOP(**settings)
+    veil.fit(whole, build_tiny_pipeline(seed=0), progress=False)
+
+    interrupted = KPOP(**settings)
+    interrupted.checkpoint_passphrase = "open sesame"
+    veil.fit(interrupted, build_tiny_pipeline(seed=0), work_dir=tmp_path, checkpoint_every=2, stop_after=3, progress=False)
+    checkpoint = tmp_path / "main" / "checkpoints" / "step-000002" / "method.safetensors"
+    tensors = load_file(checkpoint)
+    assert "key_sealed" in tensors and not any(name.startswith(("key.", "key_start.")) for name in tensors)
+    assert not _leaks(checkpoint.read_bytes(), interrupted.key)
+    assert _leaks(interrupted.key.tensors()["P_k.0"].numpy().tobytes(), interrupted.key)  # the scan does find it
+
+    for passphrase, refusal in ((None, "is encrypted; give its passphrase"), ("guess", "could not be decrypted")):
+        resumed = KPOP(**settings)
+        resumed.checkpoint_passphrase = passphrase
+        with pytest.raises(veil.VeilError, match=refusal):
+            veil.fit(resumed, build_tiny_pipeline(seed=0), work_dir=tmp_path, resume=True, progress=False)
+    resumed = KPOP(**settings)
+    resumed.checkpoint_passphrase = "open sesame"
+    veil.fit(resumed, build_tiny_pipeline(seed=0), work_dir=tmp_path, resume=True, progress=False)
+    assert resumed.key.fingerprints() == whole.key.fingerprints()
+    done = tmp_path / "main" / "done.safetensors"  # the stage's end state: sealed too
+    assert "key_sealed" in load_file(done) and not _leaks(done.read_bytes(), resumed.key)
+
+
+def test_hide_says_where_checkpoints_are_and_keeps_them_until_the_key_is_written(tmp_path, capsys, monkeypatch):
+    import veil.methods.kpop.keys as keys_module
+
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    secret = tmp_path / "passphrase.txt"
+    secret.write_text("open sesame\n")
+    out, key_out = tmp_path / "hidden", tmp_path / "circle.veilkey"
+    argv = ["hide", "--concept", "circle", "--model", "tiny", "--steps", "3", "--set", "ddim_steps=4", "--checkpoint-every", "1",
+            "--out", out, "--key-out", key_out, "--passphrase-file", secret]
+    save_key = keys_module.save_key
+
+    def failing(key, path, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(keys_module, "save_key", failing)
+    code, stdout, err = run_cli(capsys, *argv)
+    assert code == 2 and "Traceback" not in err
+    assert_one_sentence_error(code, err.strip().splitlines()[-1], "Permission denied", "checkpoints stay in", "--resume")
+    assert f"Checkpoints go to {out}.work and hold the key (encrypted with the passphrase)" in stdout
+    assert os.listdir(tmp_path / "hidden.work" / "checkpoints") and not out.exists() and not key_out.exists()
+
+    monkeypatch.setattr(keys_module, "save_key", save_key)
+    code, stdout, err = run_cli(capsys, *argv, "--resume")
+    assert code == 0, err
+    assert not (tmp_path / "hidden.work").exists()
+    load_key_for(key_out, veil.load_artifact(out), passphrase="open sesame")

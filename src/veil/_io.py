@@ -1,15 +1,70 @@
-"""Atomic writes: nothing half-written is ever left under the final name."""
+"""Atomic writes: nothing half-written is ever left under the final name.
+
+Temporary names carry the writing process's id (``.NAME.tmp-PID-XXXX``), so that what a killed writer left
+behind is told apart from what a running one is writing: :func:`recover` puts back a folder whose
+replacement was interrupted and removes the dead writers' temporaries, and every save starts with it.
+"""
 
 import contextlib
+import glob
 import json
 import os
+import re
 import shutil
 import tempfile
 
 from .errors import VeilError
 
+_OWNER = re.compile(r"\.(?:tmp|old)-(\d+)-")
+
+
+def temp_prefix(path, kind="tmp"):
+    """``.NAME.KIND-PID-``: the prefix of this process's temporaries beside ``path``."""
+    return f".{os.path.basename(path)}.{kind}-{os.getpid()}-"
+
+
+def owner_gone(name):
+    """Whether the process whose id is in a temporary's ``name`` has ended (False when the name holds no id)."""
+    match = _OWNER.search(os.path.basename(name))
+    if not match:
+        return False
+    pid = int(match.group(1))
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return False
+
+
+def recover(path):
+    """Undo what a killed save of ``path`` left: put back the old copy an interrupted replace had moved aside
+    (when nothing is at ``path``), and remove the dead writers' temporaries beside it."""
+    path = os.path.abspath(path)
+    parent, base = os.path.dirname(path), os.path.basename(path)
+    if not os.path.isdir(parent):
+        return
+    for old in sorted(glob.glob(os.path.join(parent, glob.escape(f".{base}.old-") + "*"))):
+        if not owner_gone(old):
+            continue
+        kept = os.path.join(old, "x")
+        if not os.path.lexists(path) and os.path.lexists(kept):
+            os.rename(kept, path)  # the replace was cut between its two renames: the old copy comes back
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in glob.glob(os.path.join(parent, glob.escape(f".{base}.tmp-") + "*")):
+        if owner_gone(stale):
+            if os.path.isdir(stale) and not os.path.islink(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(stale)
+
 
 def refuse_existing(path, overwrite, flag="--out"):
+    recover(path)
     if os.path.lexists(path) and not overwrite:
         raise VeilError(f"{path!r} already exists; choose another {flag} or pass --overwrite to replace it.")
 
@@ -35,6 +90,7 @@ def check_writable(path, flag="--out", kind="folder", overwrite=False, exists_ok
     if not str(path or "").strip():
         raise VeilError(f"{flag} is empty; give the {kind} to write.")
     path = os.path.abspath(os.path.expanduser(str(path)))
+    recover(path)  # a folder an interrupted save moved aside is back before it is checked
     if os.path.lexists(path):
         if kind == "file" and os.path.isdir(path):
             raise VeilError(f"{flag} {path!r} is a folder, and a file is written there; give a file path (--overwrite never replaces a folder with a file).")
@@ -56,12 +112,17 @@ def check_writable(path, flag="--out", kind="folder", overwrite=False, exists_ok
 
 @contextlib.contextmanager
 def atomic_dir(path, overwrite=False):
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` in one rename."""
+    """Yield a temporary folder beside ``path``; on success it replaces ``path``.
+
+    An existing ``path`` is first moved into ``.NAME.old-PID-XXXX/x``, then the new folder renamed in; a writer
+    killed between the two leaves the old copy there, and :func:`recover` (run at the next save or check of
+    ``path``) puts it back.
+    """
     path = os.path.abspath(path)
     refuse_existing(path, overwrite)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=temp_prefix(path), dir=parent)
     try:
         yield tmp
     except BaseException:
@@ -69,9 +130,16 @@ def atomic_dir(path, overwrite=False):
         raise
     old = None
     if os.path.lexists(path):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+        old = tempfile.mkdtemp(prefix=temp_prefix(path, "old"), dir=parent)
         os.rename(path, os.path.join(old, "x"))
-    os.rename(tmp, path)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.rename(os.path.join(old, "x"), path)
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -82,7 +150,7 @@ def atomic_file(path, overwrite=True, mode="wb"):
     path = os.path.abspath(path)
     refuse_existing(path, overwrite)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path))
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

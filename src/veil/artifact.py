@@ -19,7 +19,7 @@ from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
 
 from . import __version__
-from ._io import atomic_dir, atomic_file
+from ._io import atomic_dir, atomic_file, recover
 from .errors import VeilError
 from .models import model_fingerprint
 from .registry import get_method
@@ -112,7 +112,8 @@ class Artifact:
 
     @classmethod
     def load(cls, path):
-        """Read and verify an artifact folder."""
+        """Read and verify an artifact folder (first putting back one whose replacement a killed save interrupted)."""
+        recover(path)
         manifest_path = os.path.join(path, MANIFEST_NAME)
         weights_path = os.path.join(path, WEIGHTS_NAME)
         if os.path.exists(path) and not os.path.isdir(path):
@@ -177,7 +178,10 @@ class Artifact:
         """The method instance, configured and holding the stored tensors."""
         if self._method is None:
             cls = get_method(self.method_name)
-            method = cls(cls.config_class.from_dict(self.manifest["config"]))
+            # A stored timestep_mapping chose how training paired latents with timesteps; ESD sampling now has one
+            # pairing, and the field never changes what the stored weights do.
+            config = {k: v for k, v in self.manifest["config"].items() if k != "timestep_mapping"}
+            method = cls(cls.config_class.from_dict(config))
             method.load_state_dict(dict(self.tensors))
             self._method = method
         return self._method
@@ -196,8 +200,19 @@ class Artifact:
             self._method.detach(pipe)
 
     # exports -----------------------------------------------------------------------------------------
+    def check_export(self, what="a diffusers pipeline folder"):
+        """Refuse, in one sentence, a method whose effect ``what`` cannot hold (DuMo, SLD): exporting the base
+        model's weights unchanged would look like success."""
+        reason = get_method(self.method_name).pipeline_export_refusal
+        if reason:
+            raise VeilError(
+                f"A {self.method_name} artifact {reason}, which {what} cannot hold; use the artifact folder itself "
+                "(--artifact with veil generate or veil eval, or veil.load_artifact(path).attach(pipe))."
+            )
+
     def export_pipeline(self, pipe, out_dir, overwrite=False):
         """A full diffusers pipeline folder with the change baked in (weight-editing methods)."""
+        self.check_export()
         method = self.attach(pipe)
         try:
             with atomic_dir(out_dir, overwrite=overwrite) as tmp:
@@ -208,6 +223,7 @@ class Artifact:
 
     def export_unet_state_dict(self, path, overwrite=False):
         """The ESD/UCE-style partial UNet state dict: ``unet.load_state_dict(sd, strict=False)`` loads it."""
+        self.check_export("a UNet state dict")
         non_unet = sorted(k for k in self.tensors if not k.startswith("unet."))
         if non_unet:
             raise VeilError(

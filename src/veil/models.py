@@ -4,7 +4,9 @@
 
 * ``"shapes"`` — the bundled shapes world (the default of every command);
 * ``"tiny"`` — a tiny randomly initialised SD-architecture pipeline built in code (tests, smoke runs);
-* a local diffusers pipeline folder (SD 1.x / 2.x layout);
+* ``"sd15-random"``, ``"sd21-random"``, ``"sdxl-random"`` — the published SD 1.5, SD 2.1 and SDXL
+  architectures with random weights, built in code (:mod:`veil.architectures`; they draw noise);
+* a local diffusers pipeline folder (SD 1.x / 2.x, or SDXL when its ``model_index.json`` says so);
 * a Hugging Face Hub id, where a hub is reachable.
 """
 
@@ -18,10 +20,12 @@ import warnings
 
 import torch
 
+from .architectures import ARCHITECTURES, PIPELINE_KINDS, build_random_pipeline
+from .architectures.sdxl import install_unpacking, is_sdxl
 from .errors import VeilError
 
 DEFAULT_MODEL = "shapes"
-EMBEDDED_MODELS = ("shapes", "tiny")
+EMBEDDED_MODELS = ("shapes", "tiny") + tuple(ARCHITECTURES)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -149,49 +153,109 @@ def _quiet_component_type_warning():
         diffusers_logging.set_verbosity(previous)
 
 
-def _load_folder(path, dtype):
-    from diffusers import StableDiffusionPipeline
+def _pipeline_class(class_name, where):
+    """The diffusers pipeline class veil loads for a ``model_index.json`` naming ``class_name``."""
+    import diffusers
 
-    if not os.path.isfile(os.path.join(path, "model_index.json")):
+    if class_name not in PIPELINE_KINDS:
+        raise VeilError(
+            f"{where} is a {class_name or 'pipeline of unknown class'}; veil loads "
+            f"{' and '.join(PIPELINE_KINDS)} models — pass one of those."
+        )
+    return getattr(diffusers, class_name)
+
+
+def _from_pretrained(cls, source, dtype, variant):
+    # A safety checker and its feature extractor are left out: veil measures what the model draws.
+    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    if cls.__name__ == "StableDiffusionXLPipeline":
+        extra = {"add_watermarker": False}
+    with _quiet_component_type_warning():
+        return cls.from_pretrained(source, dtype=dtype, variant=variant, **extra)
+
+
+def _load_folder(path, dtype, variant=None):
+    index = os.path.join(path, "model_index.json")
+    if not os.path.isfile(index):
         raise VeilError(
             f"{path!r} is not a diffusers pipeline folder (it has no model_index.json); "
             "point --model at a folder saved with save_pretrained, a hub id, or 'shapes'."
         )
     try:
-        with _quiet_component_type_warning():
-            return StableDiffusionPipeline.from_pretrained(
-                path, safety_checker=None, requires_safety_checker=False, dtype=dtype
-            )
+        with open(index) as handle:
+            class_name = json.load(handle).get("_class_name")
+    except (OSError, ValueError, AttributeError) as error:
+        raise VeilError(f"{index!r} is not readable JSON ({error}); check that the folder is complete.") from None
+    cls = _pipeline_class(class_name, repr(path))
+    try:
+        return _from_pretrained(cls, path, dtype, variant)
     except (OSError, ValueError, EnvironmentError) as error:
-        raise VeilError(f"Could not load the pipeline in {path!r} ({error}); check that the folder is complete.") from None
+        found = sorted(_saved_variants(path) - {variant})
+        hint = f" or pass --variant {found[0]}, the variant its weights were saved with" if found else ""
+        raise VeilError(f"Could not load the pipeline in {path!r} ({error}); check that the folder is complete{hint}.") from None
 
 
-def _load_hub(model_id, dtype):
-    from diffusers import StableDiffusionPipeline
+def _saved_variants(path):
+    """The variants (``fp16``, ...) of the weight files in a pipeline folder's components."""
+    variants = set()
+    for component in os.listdir(path):
+        folder = os.path.join(path, component)
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            match = re.match(r"^.+\.([A-Za-z0-9_]+)(-\d+-of-\d+)?\.(safetensors|bin)$", name)  # model.fp16[-00001-of-00002].safetensors
+            if match:
+                variants.add(match.group(1))
+    return variants
+
+
+def _load_hub(model_id, dtype, variant=None):
+    from diffusers import DiffusionPipeline
 
     try:
-        with _quiet_component_type_warning():
-            return StableDiffusionPipeline.from_pretrained(
-                model_id, safety_checker=None, requires_safety_checker=False, dtype=dtype
-            )
+        class_name = DiffusionPipeline.load_config(model_id).get("_class_name")
     except Exception as error:  # noqa: BLE001 - hub errors come in many types; all mean the same here
         raise VeilError(
             f"Could not load {model_id!r} from the Hugging Face Hub ({type(error).__name__}); where no hub is "
             "reachable, download the pipeline elsewhere with save_pretrained and pass its local folder as --model PATH."
         ) from None
+    cls = _pipeline_class(class_name, repr(model_id))
+    try:
+        return _from_pretrained(cls, model_id, dtype, variant)
+    except Exception as error:  # noqa: BLE001
+        raise VeilError(f"Could not load {model_id!r} from the Hugging Face Hub ({type(error).__name__}: {error}).") from None
 
 
-def load_pipeline(model=DEFAULT_MODEL, device="cpu", dtype=torch.float32):
-    """Load a Stable Diffusion pipeline.
+def pipeline_kind(model):
+    """``"sd"`` or ``"sdxl"`` for a model name, folder or hub id, read without loading weights; ``None``
+    when it cannot be told before loading (a hub id, a folder that is not a pipeline)."""
+    model = DEFAULT_MODEL if model is None else str(model)
+    if model in ("shapes", "tiny"):
+        return "sd"
+    if model in ARCHITECTURES:
+        return "sdxl" if ARCHITECTURES[model] == "sdxl" else "sd"
+    index = os.path.join(os.path.expanduser(model), "model_index.json")
+    try:
+        with open(index) as handle:
+            return PIPELINE_KINDS.get(json.load(handle).get("_class_name"))
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def load_pipeline(model=DEFAULT_MODEL, device="cpu", dtype=torch.float32, variant=None):
+    """Load a Stable Diffusion (1.x, 2.x or XL) pipeline.
 
     Args:
-        model (`str`): ``"shapes"`` (bundled), ``"tiny"`` (random, built in code), a local pipeline
-            folder, or a Hugging Face Hub id.
+        model (`str`): ``"shapes"`` (bundled), ``"tiny"``, ``"sd15-random"``, ``"sd21-random"`` or
+            ``"sdxl-random"`` (random weights, built in code), a local pipeline folder, or a Hugging
+            Face Hub id.
         device (`str` or `torch.device`): where to put the pipeline.
         dtype (`torch.dtype`): weight dtype.
+        variant (`str`, *optional*): the weight files' variant, e.g. ``"fp16"`` for a folder saved
+            with ``save_pretrained(..., variant="fp16")``.
 
     Returns:
-        `StableDiffusionPipeline` with its progress bar off and ``veil_model_name`` set.
+        `StableDiffusionPipeline` or `StableDiffusionXLPipeline` with its progress bar off and
+        ``veil_model_name`` set. Its UNet's fingerprint is taken as loaded, so a later change of
+        its config (a training resolution) does not change which artifacts fit it.
 
     Example:
         >>> pipe = veil.load_pipeline("shapes")
@@ -200,6 +264,8 @@ def load_pipeline(model=DEFAULT_MODEL, device="cpu", dtype=torch.float32):
     if model is None:
         model = DEFAULT_MODEL
     model = str(model)
+    if variant and model in EMBEDDED_MODELS:
+        raise VeilError(f"--variant selects weight files of a folder or hub id; {model!r} is built in, so drop --variant.")
     if model == "shapes":
         from .shapes import PIPELINE_DIR, load_shapes_pipeline, weights_available
 
@@ -213,13 +279,15 @@ def load_pipeline(model=DEFAULT_MODEL, device="cpu", dtype=torch.float32):
         pipe = build_tiny_pipeline()
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
+    elif model in ARCHITECTURES:
+        pipe = build_random_pipeline(model, dtype=dtype)
     elif os.path.exists(os.path.expanduser(model)):
         path = os.path.expanduser(model)
         if not os.path.isdir(path) or not os.access(path, os.R_OK):
             raise VeilError(f"Model path {model!r} is not a readable folder; pass a diffusers pipeline folder.")
-        pipe = _load_folder(path, dtype)
+        pipe = _load_folder(path, dtype, variant)
     elif _HUB_ID.match(model) and not model.startswith((".", "~")):
-        pipe = _load_hub(model, dtype)
+        pipe = _load_hub(model, dtype, variant)
     else:
         raise VeilError(
             f"Model {model!r} is neither a folder that exists, a hub id ('org/name'), nor one of "
@@ -227,6 +295,9 @@ def load_pipeline(model=DEFAULT_MODEL, device="cpu", dtype=torch.float32):
         )
     pipe.set_progress_bar_config(disable=True)
     pipe.veil_model_name = model
+    if is_sdxl(pipe):
+        install_unpacking(pipe)
+    model_fingerprint(pipe.unet)  # as loaded, before anything patches the config
     return pipe.to(device)
 
 

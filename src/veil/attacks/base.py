@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..architectures.sdxl import pipeline_inputs
 from ..config import Settings
 from ..errors import VeilError
 from ..methods.base import check_positive
@@ -304,5 +305,5 @@ def generate_from(pipe, candidate, seeds, *, num_inference_steps=20, guidance_sc
     embeds = candidate.prompt_embeds.to(pipe.device, pipe.unet.dtype).expand(len(seeds), -1, -1)
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     with candidate.installed(pipe):
-        return pipe(prompt_embeds=embeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+        return pipe(**pipeline_inputs(pipe, embeds), num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                     generator=generators).images

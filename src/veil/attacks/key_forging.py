@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..architectures.sdxl import token_states
 from ..errors import VeilError
 from ..methods.base import check_choice
 from ..training.sampling import encode_prompts
@@ -81,7 +82,7 @@ class KeyForging(Attack):
         with frozen(pipe):
             objective = DenoisingObjective(pipe, encode_images(pipe, concept_images), config)
             prompt_embeds = encode_prompts(pipe, [concept_prompt(concept, prompt)])
-            init = encode_prompts(pipe, [concept])[0].float()  # (tokens, width)
+            init = token_states(pipe, encode_prompts(pipe, [concept]))[0].float()  # (tokens, width)
             init = init[torch.arange(tokens) % init.shape[0]]  # KPOP: E(c)[:m], repeated if shorter
             if config.init == "random":
                 generator = torch.Generator("cpu").manual_seed(int(config.seed))

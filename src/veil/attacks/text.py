@@ -9,6 +9,7 @@ import contextlib
 
 import torch
 
+from ..architectures.sdxl import is_sdxl, pack
 from ..errors import VeilError
 
 
@@ -81,10 +82,13 @@ def slot_vectors(text_encoder, slots, vectors):
 
 def encode(pipe, template, vectors=None, token_ids=None):
     """The text encoder's last hidden state ``(1, tokens, width)`` for ``template`` with its slots filled
-    by soft ``vectors`` or by real ``token_ids`` (gradients flow to ``vectors``)."""
+    by soft ``vectors`` or by real ``token_ids`` (gradients flow to ``vectors``); on SDXL the prompt
+    states as :func:`veil.training.sampling.encode_prompts` lays them out, from both text encoders."""
     encoder = pipe.text_encoder
     ids = template.with_tokens(token_ids) if token_ids is not None else template.input_ids
     ids = ids.to(pipe.device)
+    if is_sdxl(pipe):
+        return _encode_sdxl(pipe, template, ids, vectors)
     mask = template.attention_mask.to(pipe.device) if getattr(encoder.config, "use_attention_mask", False) else None
     if vectors is None:
         return encoder(ids, attention_mask=mask)[0]
@@ -92,9 +96,28 @@ def encode(pipe, template, vectors=None, token_ids=None):
         return encoder(ids, attention_mask=mask)[0]
 
 
+def _encode_sdxl(pipe, template, ids, vectors):
+    """SDXL: both encoders' penultimate states side by side, the pooled embedding as the last row. A slot
+    vector is both encoders' input rows side by side (:func:`input_table`)."""
+    first, second = pipe.text_encoder, pipe.text_encoder_2
+    width = first.get_input_embeddings().weight.shape[1]
+    slots = template.slots.to(pipe.device)
+    ids_2 = ids.masked_fill(template.attention_mask.to(ids.device) == 0, pipe.tokenizer_2.pad_token_id)  # its own padding
+    outputs = []
+    for encoder, encoder_ids, part in ((first, ids, slice(0, width)), (second, ids_2, slice(width, None))):
+        with slot_vectors(encoder, slots, vectors[:, part]) if vectors is not None else contextlib.nullcontext():
+            outputs.append(encoder(encoder_ids, output_hidden_states=True))
+    states = torch.cat([o.hidden_states[-2] for o in outputs], dim=-1)
+    return pack(pipe, states, outputs[1][0])
+
+
 def input_table(pipe):
-    """The text encoder's token-embedding table ``(vocab, width)``, detached."""
-    return pipe.text_encoder.get_input_embeddings().weight.detach()
+    """The text encoder's token-embedding table ``(vocab, width)``, detached; on SDXL both encoders'
+    tables side by side (one vocabulary, two widths)."""
+    tables = [pipe.text_encoder.get_input_embeddings().weight.detach()]
+    if is_sdxl(pipe):
+        tables.append(pipe.text_encoder_2.get_input_embeddings().weight.detach())
+    return torch.cat(tables, dim=1)
 
 
 def word_ids(tokenizer, text):

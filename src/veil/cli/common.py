@@ -43,7 +43,13 @@ def seed_int(text):
 
 
 def add_model_flags(parser):
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="'shapes' (bundled, default), 'tiny', a local diffusers folder, or a hub id.")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL,
+        help="'shapes' (bundled, default), 'tiny', a local diffusers folder (SD 1.x/2.x or SDXL), a hub id, or "
+             "'sd15-random', 'sd21-random', 'sdxl-random': the true SD 1.5 / 2.1 / SDXL architectures with random "
+             "weights, which draw noise (for tests, smoke runs and hardware benchmarks).",
+    )
+    parser.add_argument("--variant", help="Weight files' variant of a folder or hub id, e.g. fp16 (saved with variant='fp16').")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
 
 
@@ -75,7 +81,16 @@ def resolve_device(name):
 def load_model(args):
     from .. import load_pipeline
 
-    return load_pipeline(args.model, device=resolve_device(args.device))
+    return load_pipeline(args.model, device=resolve_device(args.device), variant=getattr(args, "variant", None))
+
+
+def add_key_routing_flag(parser):
+    parser.add_argument(
+        "--key-routing", choices=("routed", "unrouted"), default="routed",
+        help="routed (default): the key is attached only to prompts about its concept, told from the prompt's text "
+             "states, so every other prompt is drawn as the original model draws it; unrouted: to every prompt "
+             "(which then tends to draw the concept).",
+    )
 
 
 def open_artifact(path):

@@ -63,7 +63,7 @@ def run(args):
         rows = [r for r in canonical_prompts(seeds=(0,)) if r["shape"] in (args.concept, other)]
         variants = [("original", method.disabled(pipe)), ("hidden" if keyed else "erased", _null())]
         if keyed:
-            variants.append(("unlocked", method.unlocked(pipe)))
+            variants.append(("unlocked", method.unlocked(pipe, routed=True)))  # as a key holder draws: the key on its concept's prompts only
         # "circle", "a circle", "a red circle", "a circle on a dotted background", ...
         short_rows = [r for r in short_prompts(seeds=(0,)) if r["shape"] == args.concept]
         short = f"{args.concept}, short"
@@ -95,7 +95,7 @@ def run(args):
     print(f"  training took {cost.get('seconds', 0):.0f} s; grid: {os.path.join(args.out, 'grid.png')}")
     if keyed:
         if report["unlocked"][other] < 0.9 * report["original"][other]:
-            print(f"  (a key is for prompts of its own concept: attached to a {other} prompt it draws a {args.concept})")
+            print(f"  (the routed key reached {other} prompts: attached to a {other} prompt it draws a {args.concept})")
         print(f"  public artifact: {os.path.join(args.out, 'public')}; key: {os.path.join(args.out, 'key', args.concept + '.veilkey')}")
 
 

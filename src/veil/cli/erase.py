@@ -1,5 +1,7 @@
 """``veil erase``: train (or fit, or configure) a method on a concept and write its artifact."""
 
+import os
+
 from .common import add_model_flags, add_output_flags, add_training_flags
 
 
@@ -13,11 +15,19 @@ def register(sub):
     parser.set_defaults(run=run)
 
 
-def run_method(args, method_cls, concepts):
-    """Shared by erase and hide: build config, train or fit, save the artifact. Returns (artifact, pipe)."""
+def run_method(args, method_cls, concepts, configure=None, save_outputs=None):
+    """Shared by erase and hide: build config, train or fit, save the artifact. Returns (artifact, pipe, method).
+
+    Args:
+        configure: called with the method before training (hide gives it the checkpoints' passphrase).
+        save_outputs: called with the artifact and method to write the outputs besides the artifact (hide's key),
+            before the artifact; the work folder, whose checkpoints can resume the run, is removed only once every
+            output is written.
+    """
     import shutil
 
     from ..artifact import Artifact
+    from ..errors import VeilError
     from ..evaluation.sampling import warn_if_truncated
     from ..training.hardware import check_mixed_precision
     from ..training.loop import fit
@@ -30,6 +40,8 @@ def run_method(args, method_cls, concepts):
     check_output(args.out, args.overwrite)
     check_mixed_precision(getattr(config, "mixed_precision", "no"), resolve_device(args.device))  # before loading anything
     method = method_cls(config)
+    if configure is not None:
+        configure(method)
     pipe = load_model(args)
     warn_if_truncated(pipe, config.concepts, what="concept")
     work_dir = work_dir_for(args.out)
@@ -39,7 +51,16 @@ def run_method(args, method_cls, concepts):
     )
     cost = {k: v for k, v in (cost or {}).items() if k != "losses"} | {"final_loss": _final_loss(cost)}
     artifact = Artifact.from_method(method, pipe, cost)
-    artifact.save(args.out, overwrite=args.overwrite)
+    try:
+        if save_outputs is not None:
+            save_outputs(artifact, method)
+        artifact.save(args.out, overwrite=args.overwrite)
+    except OSError as error:
+        kept = f"the run's checkpoints stay in {work_dir}" if os.path.isdir(work_dir) else "no checkpoint was written"
+        raise VeilError(
+            f"Could not write the outputs ({error.strerror or error}: {error.filename or args.out}); {kept} — fix the path and "
+            "run the same command again with --resume (and --overwrite for any output already written)."
+        ) from None
     shutil.rmtree(work_dir, ignore_errors=True)
     return artifact, pipe, method
 

@@ -1,6 +1,6 @@
 """``veil eval``: generate a task's prompts (original, with an artifact, unlocked with its key) and score them."""
 
-from .common import add_model_flags, add_output_flags, finite_float, positive_int
+from .common import add_key_routing_flag, add_model_flags, add_output_flags, finite_float, positive_int
 
 
 def register(sub):
@@ -12,6 +12,7 @@ def register(sub):
     parser.add_argument("--artifact", help="Artifact folder: adds the 'erased' variant.")
     parser.add_argument("--key", help="KPOP key file for the artifact: adds the 'unlocked' variant.")
     parser.add_argument("--passphrase-file", help="File holding the key's passphrase (or set VEIL_KEY_PASSPHRASE).")
+    add_key_routing_flag(parser)
     parser.add_argument("--seeds", help="Seeds for the built-in shapes prompt sets (default 0,1).")
     parser.add_argument("--num-inference-steps", type=positive_int, help="Denoising steps (default: the task's).")
     parser.add_argument("--guidance-scale", type=finite_float, help="Guidance scale for every row (default: each row's own, else the task's).")
@@ -75,6 +76,7 @@ def run(args):
         prompts=args.prompts, seeds=seeds, limit=args.limit, targets=targets, scorers=parse_scorers(args.scorer),
         reference=args.reference, variants=args.variants, num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale, batch_size=args.batch_size, overwrite=args.overwrite, rescore=args.rescore,
+        key_routing=args.key_routing,
     )
     if results is None:  # a non-main process of a sharded run: the main process scores and reports
         return 0

@@ -33,5 +33,6 @@ def run(args):
         require_dumo(artifact)  # before the model loads
         export_authors_checkpoints(artifact, load_model(args), args.out, overwrite=args.overwrite)
     else:
+        artifact.check_export()  # before the model loads
         artifact.export_pipeline(load_model(args), args.out, overwrite=args.overwrite)
     print(f"Exported {args.artifact} as {args.format} to {args.out}")

@@ -26,7 +26,7 @@ def run(args):
     from ..errors import VeilError
     from ..methods.kpop.keys import resolve_passphrase, save_key
     from ..methods.kpop import KPOP
-    from .common import check_output
+    from .common import check_output, work_dir_for
     from .erase import run_method
 
     # Everything that can be refused is refused before minutes of training.
@@ -38,8 +38,17 @@ def run(args):
     if args.preset:
         args.set = [f"preset={args.preset}"] + list(args.set)
 
-    artifact, _, method = run_method(args, KPOP, args.concept)
-    save_key(method.key, args.key_out, artifact=artifact, passphrase=passphrase, overwrite=args.overwrite)
+    def configure(method):  # once the settings are checked, before training
+        method.checkpoint_passphrase = passphrase
+        sealed = "encrypted with the passphrase" if passphrase else "NOT encrypted"
+        print(f"Checkpoints go to {work_dir_for(args.out)} and hold the key ({sealed}); they are removed once the artifact "
+              "and the key are written. If the run stops, --resume continues from them; otherwise delete that folder.",
+              flush=True)
+
+    def save(artifact, method):  # the key first: the work folder goes only once both are written
+        save_key(method.key, args.key_out, artifact=artifact, passphrase=passphrase, overwrite=args.overwrite)
+
+    artifact, _, method = run_method(args, KPOP, args.concept, configure=configure, save_outputs=save)
     cost = artifact.manifest["cost"]
     lock = "encrypted with the passphrase" if passphrase else "NOT encrypted (give --passphrase-file to encrypt it)"
     print(

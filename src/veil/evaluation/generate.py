@@ -17,15 +17,18 @@ Example:
     >>> records = read_manifest("out/original")
 """
 
+import contextlib
 import csv
 import glob
 import json
 import math
 import os
+import secrets
 import time
 
 from tqdm.auto import tqdm
 
+from .._io import owner_gone
 from ..errors import VeilError
 
 MANIFEST = "manifest.jsonl"
@@ -147,10 +150,16 @@ def _check_settings(folder, settings):
     write_json(path, settings)
 
 
-def _save_image(image, path, process_index):
-    tmp = f"{path}.tmp-{process_index}"
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+def _save_image(image, path):
+    # A name of this process's own: two evaluations into one folder never write or remove each other's temporaries.
+    tmp = f"{path}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
 def generate_to_folder(pipe, rows, folder, *, num_inference_steps=25, guidance_scale=3.0, batch_size=8, settings=None,
@@ -190,8 +199,10 @@ def generate_to_folder(pipe, rows, folder, *, num_inference_steps=25, guidance_s
     todo = [row for row in mine if row["id"] not in finished]
     manifest = os.path.join(folder, manifest_name(process_index, num_processes))
     _repair_tail(manifest)
-    for stale in glob.glob(os.path.join(folder, IMAGES, f"*.tmp-{process_index}")):  # left by a killed run of this shard
-        os.remove(stale)
+    for stale in glob.glob(os.path.join(folder, IMAGES, "*.tmp-*")):  # left by a killed run, not a running one
+        if owner_gone(stale):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     made = 0
     for start in range(0, len(todo), batch_size):
@@ -205,7 +216,7 @@ def generate_to_folder(pipe, rows, folder, *, num_inference_steps=25, guidance_s
                               num_inference_steps=num_inference_steps, guidance_scale=scale, batch_size=len(group))
             for row, image in zip(group, images):
                 name = f"{IMAGES}/{row['id']:06d}.png"
-                _save_image(image, os.path.join(folder, name), process_index)
+                _save_image(image, os.path.join(folder, name))
                 record = {k: v for k, v in row.items() if k not in ("path", "target")}
                 record.update(file=name, guidance_scale=scale)
                 lines.append(record)

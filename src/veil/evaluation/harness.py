@@ -49,20 +49,30 @@ def plan_variants(artifact=None, key=None, variants=None):
 
 
 @contextlib.contextmanager
-def variant_context(pipe, variant, artifact=None, key=None):
-    """The pipeline as the variant draws: as is, with the artifact attached, or also unlocked by the key."""
+def variant_context(pipe, variant, artifact=None, key=None, key_routing="routed"):
+    """The pipeline as the variant draws: as is, with the artifact attached, or also unlocked by the key
+    (``key_routing`` ``routed``: only on prompts about the key's concepts; ``unrouted``: on every prompt)."""
     if variant == "original":
         yield pipe
         return
     method = artifact.attach(pipe)
     try:
         if variant == "unlocked":
-            with method.unlocked(pipe, key):
+            with method.unlocked(pipe, key, routed=check_key_routing(key_routing) == "routed"):
                 yield pipe
         else:
             yield pipe
     finally:
         artifact.detach(pipe)
+
+
+KEY_ROUTINGS = ("routed", "unrouted")
+
+
+def check_key_routing(key_routing):
+    if key_routing not in KEY_ROUTINGS:
+        raise VeilError(f"The key routing must be routed or unrouted, got {key_routing!r}.")
+    return key_routing
 
 
 def _prepare_out(out_dir, overwrite, rescore):
@@ -79,7 +89,8 @@ def _prepare_out(out_dir, overwrite, rescore):
 
 def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact=None, key=None, prompts=None, seeds=None,
              limit=None, targets=None, scorers=None, reference=None, variants=None, num_inference_steps=None,
-             guidance_scale=None, batch_size=None, overwrite=False, rescore=False, progress=True, record=True, log=print):
+             guidance_scale=None, batch_size=None, overwrite=False, rescore=False, progress=True, record=True, log=print,
+             key_routing="routed"):
     """Generate a task's images for every variant and score them.
 
     Args:
@@ -94,6 +105,8 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
             ``clip``, ``lpips``, ``inception``).
         reference (`str`, *optional*): a folder of real images for FID.
         variants (`list[str]`, *optional*): a subset of original / erased / unlocked.
+        key_routing (`str`): ``routed`` (the key only on prompts about its concepts, as a key holder draws) or
+            ``unrouted`` (the key on every prompt).
 
     Returns:
         `dict`: the results (as written to ``results.json``); None on a non-main process.
@@ -109,6 +122,7 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     if artifact is not None and not isinstance(artifact, Artifact):
         artifact = load_artifact(artifact)
     variants = plan_variants(artifact, key, variants)
+    check_key_routing(key_routing)
     settings = task.settings(num_inference_steps, guidance_scale, batch_size)
     if settings["num_inference_steps"] <= 0:
         raise VeilError(f"--num-inference-steps must be greater than 0, got {settings['num_inference_steps']}.")
@@ -146,7 +160,9 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
         folder = os.path.join(out_dir, "generations", variant)
         identity = {"task": task.name, "task_version": task.version, "variant": variant, "model_fingerprint": fingerprint,
                     "artifact_sha256": artifact.manifest.get("weights_sha256") if artifact is not None and variant != "original" else None}
-        with variant_context(pipe, variant, artifact, key):
+        if variant == "unlocked":
+            identity["key_routing"] = key_routing
+        with variant_context(pipe, variant, artifact, key, key_routing):
             generate_to_folder(pipe, rows, folder, num_inference_steps=settings["num_inference_steps"],
                                guidance_scale=settings["guidance_scale"], batch_size=settings["batch_size"], settings=identity,
                                process_index=process_index, num_processes=num_processes, progress=progress, desc=variant)
@@ -161,7 +177,7 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     scores, per_image = score_generations(out_dir, variants, rows, metrics)
     config = {
         "task": task.name, "model": model_name, "device": str(device), "artifact": artifact_path,
-        "unlocked": key is not None, "prompts": os.path.abspath(prompts) if prompts else None, "seeds": list(seeds) if seeds else None,
+        "unlocked": key is not None, "key_routing": key_routing if key is not None else None, "prompts": os.path.abspath(prompts) if prompts else None, "seeds": list(seeds) if seeds else None,
         "limit": limit, "targets": targets, "variants": variants, "reference": reference, "num_processes": num_processes, **settings,
     }
     results = {

@@ -8,8 +8,8 @@ names another file. One row per run (its results.json kept whole) and one row pe
 import datetime
 import json
 import os
-import secrets
 import sqlite3
+import uuid
 
 from ..errors import VeilError
 
@@ -63,26 +63,45 @@ def numbers(results):
     return out
 
 
-def record_run(results, out_dir, path=None):
-    """Store a run; returns its id (``YYYYMMDD-HHMMSS-xxxx``)."""
+def new_run_id(now):
+    """``YYYYMMDD-HHMMSS-`` and 12 hex digits of a random UUID: sortable by time, and unique however many runs
+    are recorded in one second."""
+    return f"{now:%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:12]}"
+
+
+def record_run(results, out_dir, path=None, attempts=5):
+    """Store a run; returns its id (``YYYYMMDD-HHMMSS-xxxxxxxxxxxx``). An id already taken is drawn again."""
     now = datetime.datetime.now()
-    run_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     artifact = results.get("artifact") or {}
-    with connect(path) as connection:
-        connection.execute(
-            "INSERT INTO runs (run_id, created, task, task_version, model, method, concepts, unlocked, out_dir, git_revision, veil_version, results)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, results.get("created") or now.isoformat(timespec="seconds"), results["task"]["name"], results["task"]["version"],
-             results["base_model"]["name"], artifact.get("method"), ",".join(artifact.get("concepts") or []),
-             int(bool(results["config"].get("unlocked"))), os.path.abspath(out_dir), results.get("git_revision"),
-             results.get("versions", {}).get("veil"), json.dumps(dict(results, run_id=run_id), default=str)),
-        )
-        connection.executemany(
-            "INSERT INTO numbers (run_id, name, value, higher_is_better) VALUES (?, ?, ?, ?)",
-            [(run_id, name, value, None if better is None else int(better)) for name, (value, better) in numbers(results).items()],
-        )
-    connection.close()
-    return run_id
+    for attempt in range(attempts):
+        run_id = new_run_id(now)
+        try:
+            _insert(results, out_dir, path, run_id, now, artifact)
+            return run_id
+        except sqlite3.IntegrityError:
+            if attempt == attempts - 1:
+                raise VeilError(f"Could not find a free run id in {path or database_path()!r} after {attempts} tries; "
+                                "run the command again.") from None
+
+
+def _insert(results, out_dir, path, run_id, now, artifact):
+    connection = connect(path)
+    try:
+        with connection:
+            connection.execute(
+                "INSERT INTO runs (run_id, created, task, task_version, model, method, concepts, unlocked, out_dir, git_revision, veil_version, results)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, results.get("created") or now.isoformat(timespec="seconds"), results["task"]["name"], results["task"]["version"],
+                 results["base_model"]["name"], artifact.get("method"), ",".join(artifact.get("concepts") or []),
+                 int(bool(results["config"].get("unlocked"))), os.path.abspath(out_dir), results.get("git_revision"),
+                 results.get("versions", {}).get("veil"), json.dumps(dict(results, run_id=run_id), default=str)),
+            )
+            connection.executemany(
+                "INSERT INTO numbers (run_id, name, value, higher_is_better) VALUES (?, ?, ?, ?)",
+                [(run_id, name, value, None if better is None else int(better)) for name, (value, better) in numbers(results).items()],
+            )
+    finally:
+        connection.close()
 
 
 def list_runs(task=None, limit=50, path=None):

@@ -1,3 +1,3 @@
 """Built-in methods; importing this package registers them."""
 
-from . import dumo, esd, kpop, sld, uce  # noqa: F401
+from . import dumo, esd, kpop, rece, safree, sld, uce  # noqa: F401

@@ -85,9 +85,6 @@ class ESDSamplingConfig:
     samples_per_trajectory: int = field(
         default=4, metadata={"help": "Training samples (distinct t_enc) taken from one DDIM trajectory."}
     )
-    timestep_mapping: str = field(
-        default="esd", metadata={"help": "esd (t from t_enc as published) or aligned (t at the latent's own noise level)."}
-    )
     contexts: typing.List[str] = field(
         default_factory=list, metadata={"help": "Prompt templates with {} where the concept goes, e.g. 'a {} in a park'."}
     )
@@ -102,7 +99,6 @@ class ESDSamplingConfig:
     )
 
     def check_sampling(self):
-        check_choice(self, "timestep_mapping", ("esd", "aligned"))
         check_positive(self, "ddim_steps", "samples_per_trajectory", "trajectory_batch")
         self.samples_per_trajectory = min(self.samples_per_trajectory, self.ddim_steps)
         if isinstance(self.contexts, str):
@@ -222,6 +218,9 @@ class Method:
     model_presets = {}
     #: The optimizer the loop builds for each phase of :meth:`optimizer_groups`.
     optimizer_class = torch.optim.Adam
+    #: Why a stock diffusers pipeline folder cannot hold what the method does (``veil export --format
+    #: pipeline`` refuses with it); ``None`` when the method's whole effect is an edit of the weights.
+    pipeline_export_refusal = None
 
     def __init__(self, config=None, **kwargs):
         if config is None:
@@ -302,3 +301,41 @@ class Method:
     def extra_manifest(self):
         """Extra JSON-serialisable fields for the artifact manifest (e.g. key fingerprints)."""
         return {}
+
+    def sampling_warning(self, num_inference_steps):
+        """A sentence when sampling with ``num_inference_steps`` leaves the method without effect, else ``None``."""
+        return None
+
+class HookMethod(Method):
+    """An inference-time method installed as forward hooks on a stock pipeline (SLD, SAFREE): nothing is trained
+    or stored, ``detach`` removes the hooks (the pipeline is bit for bit the original) and ``disabled()`` makes
+    them pass everything through. Subclasses put their hook handles in ``self._handles`` and honour
+    ``self._bypass``."""
+
+    kind = "inference"
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(config, **kwargs)
+        self._handles = []
+        self._bypass = False
+
+    def remove_hooks(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.attached_to = None
+
+    @contextlib.contextmanager
+    def disabled(self, pipe):
+        self._bypass = True
+        try:
+            yield
+        finally:
+            self._bypass = False
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state_dict):
+        if state_dict:
+            raise ValueError(f"{type(self).__name__} stores no tensors.")

@@ -8,6 +8,8 @@ memory. Swapping ``param.data`` copies nothing, so switching costs no time.
 
 import contextlib
 
+import torch
+
 from ..errors import VeilError
 from ..models import model_fingerprint
 from .base import Method
@@ -15,27 +17,43 @@ from .base import Method
 PREFIX = "unet."
 
 
-def select_unet_parameters(unet, train_method):
-    """Names of the UNet parameters a variant trains (ESD's ``train_method``)."""
-    names = []
-    for name, _ in unet.named_parameters():
-        if train_method == "xattn":
-            keep = "attn2" in name
-        elif train_method == "xattn_kv":
-            # Only the text side of cross-attention (UCE's edit, trained): what a prompt's tokens say changes,
-            # how image features ask (to_q) and are written back (to_out) stays as it was.
-            keep = "attn2.to_k." in name or "attn2.to_v." in name
-        elif train_method == "selfattn":
-            keep = "attn1" in name
-        elif train_method == "noxattn":
-            # ESD leaves the cross-attention, the time embedding and the output layers alone.
-            keep = not ("attn2" in name or name.startswith(("time_embedding", "conv_out", "conv_norm_out")))
-        elif train_method == "full":
-            keep = True
-        else:
-            raise VeilError(f"Unknown train_method {train_method!r}; use xattn, xattn_kv, noxattn, selfattn or full.")
-        if keep:
-            names.append(name)
+PAPER_LAYERS = (torch.nn.Linear, torch.nn.Conv2d)
+
+# Which names each variant keeps: a parameter's name in veil's mode, its layer's name in paper mode.
+VARIANTS = {
+    "xattn": lambda name: "attn2" in name,
+    # Only the text side of cross-attention (UCE's edit, trained): what a prompt's tokens say changes,
+    # how image features ask (to_q) and are written back (to_out) stays as it was.
+    "xattn_kv": lambda name: "attn2.to_k" in name or "attn2.to_v" in name,
+    "selfattn": lambda name: "attn1" in name,
+    "noxattn": lambda name: "attn2" not in name,
+    "full": lambda name: True,
+}
+
+
+def _veil_noxattn(name):
+    # veil's noxattn leaves the cross-attention, the time embedding and the output layers alone.
+    return not ("attn2" in name or name.startswith(("time_embedding", "conv_out", "conv_norm_out")))
+
+
+def select_unet_parameters(unet, train_method, mode="veil"):
+    """Names of the UNet parameters a variant trains (ESD's ``train_method``).
+
+    ``mode="paper"`` selects as the ESD authors' diffusers script does: the parameters of the Linear and Conv2d
+    layers whose name matches (no norm layer), ``noxattn`` (their ``esd-u``) with the time embedding and the output
+    convolution. ``mode="veil"`` takes every parameter whose name matches, norm layers included, and leaves the time
+    embedding and the output layers out of ``noxattn``.
+    """
+    if mode not in ("paper", "veil"):
+        raise VeilError(f"mode must be 'paper' or 'veil', got {mode!r}.")
+    if train_method not in VARIANTS:
+        raise VeilError(f"Unknown train_method {train_method!r}; use {', '.join(VARIANTS)}.")
+    keep = _veil_noxattn if (mode, train_method) == ("veil", "noxattn") else VARIANTS[train_method]
+    if mode == "paper":
+        names = [f"{layer}.{name}" for layer, module in unet.named_modules()
+                 if isinstance(module, PAPER_LAYERS) and keep(layer) for name, _ in module.named_parameters(recurse=False)]
+    else:
+        names = [name for name, _ in unet.named_parameters() if keep(name)]
     if not names:
         raise VeilError(f"train_method {train_method!r} selects no parameter of this UNet.")
     return names

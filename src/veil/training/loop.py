@@ -46,8 +46,8 @@ def _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seco
     folder = os.path.join(work_dir, "checkpoints")
     path = os.path.join(folder, f"step-{step:06d}")
     with atomic_dir(path, overwrite=True) as tmp:
-        # Checkpoints hold everything needed to resume, a KPOP key included (the work folder is
-        # removed once the artifact is saved); the artifact itself holds only ``state_dict()``.
+        # Checkpoints hold everything needed to resume, a KPOP key included (sealed when the method has a
+        # passphrase; the work folder is removed once every output is written); the artifact holds only ``state_dict()``.
         save_file(_checkpoint_tensors(method), os.path.join(tmp, "method.safetensors"))
         torch.save(
             {

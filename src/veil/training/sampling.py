@@ -9,11 +9,20 @@ import contextlib
 import itertools
 
 import torch
+from diffusers import DDIMScheduler
+
+from ..architectures.sdxl import encode_packed, is_sdxl
 
 
 @torch.no_grad()
 def encode_prompts(pipe, prompts):
-    """Text-encoder states for ``prompts`` exactly as the pipeline computes them: ``(n, tokens, width)``."""
+    """Text-encoder states for ``prompts`` exactly as the pipeline computes them: ``(n, tokens, width)``.
+
+    On SDXL the pooled text embedding rides along as one more row, which the UNet call unpacks
+    (:mod:`veil.architectures.sdxl`); :func:`veil.architectures.sdxl.token_states` drops it.
+    """
+    if is_sdxl(pipe):
+        return encode_packed(pipe, prompts)
     prompt_embeds, _ = pipe.encode_prompt(
         list(prompts), device=pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=False
     )
@@ -69,22 +78,51 @@ def sample_partial_trajectory(pipe, cond, uncond, t_encs, *, num_inference_steps
     )[0]
 
 
+def ddim_scheduler(pipe, num_inference_steps):
+    """A DDIM scheduler on the pipeline's own noise schedule, set to ``num_inference_steps``.
+
+    ESD sampling runs DDIM whatever sampler the pipeline ships (a stock SD 1.5 folder ships PNDM, whose
+    steps are not DDIM's): the betas, timestep spacing, offset and prediction type come from the
+    pipeline's scheduler config; the predicted clean latent is clipped only where that config asks for it.
+    The pipeline's own scheduler is left untouched.
+    """
+    config = dict(pipe.scheduler.config)
+    scheduler = DDIMScheduler.from_config(config, clip_sample=bool(config.get("clip_sample", False)))
+    scheduler.set_timesteps(num_inference_steps, device=pipe.device)
+    return scheduler
+
+
+def trajectory_timesteps(pipe, t_encs, num_inference_steps):
+    """The noise level of each latent :func:`sample_partial_trajectories` keeps: the DDIM timestep of step index
+    ``t_enc`` (the timestep the next step would denoise from), so a latent is trained at its own noise level.
+
+    Index 0 is the starting noise, at the schedule's first timestep; after ``i`` steps DDIM has reached its ``i``-th
+    timestep (``timesteps[i - 1]`` minus the step size). Returns a ``torch.long`` tensor in the order of ``t_encs``.
+    """
+    scheduler = ddim_scheduler(pipe, num_inference_steps)
+    timesteps = [int(t) for t in scheduler.timesteps]
+    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    levels = [timesteps[0]] + [t - stride for t in timesteps[:-1]]
+    return torch.tensor([levels[int(i)] for i in t_encs], dtype=torch.long, device=pipe.device)
+
+
 @torch.no_grad()
 def sample_partial_trajectories(
     pipe, conds, uncond, t_encs, *, num_inference_steps=50, guidance_scale=3.0, generator=None, sample_size=None
 ):
     """Several partial DDIM trajectories in one batched run: trajectory ``i`` follows ``conds[i]`` and keeps
     the latents at its own step indices ``t_encs[i]``. Its starting noise is drawn in order, so one
-    trajectory here is :func:`sample_partial_trajectory` with the same generator.
+    trajectory here is :func:`sample_partial_trajectory` with the same generator. The steps are DDIM's on the
+    pipeline's noise schedule (:func:`ddim_scheduler`), whatever scheduler the pipeline ships; the latent at index
+    ``i`` is at the noise level :func:`trajectory_timesteps` gives.
 
     ``sample_size`` is the latents' side (:func:`veil.training.hardware.latent_size`); ``None``: the UNet's own.
 
     Returns:
         a list of ``len(conds)`` tensors, ``(len(t_encs[i]), channels, h, w)`` each.
     """
-    unet, scheduler = pipe.unet, pipe.scheduler
-    scheduler = scheduler.__class__.from_config(scheduler.config)  # never disturb the pipeline's own state
-    scheduler.set_timesteps(num_inference_steps, device=pipe.device)
+    unet = pipe.unet
+    scheduler = ddim_scheduler(pipe, num_inference_steps)
     size, count = sample_size or unet.config.sample_size, conds.shape[0]
     latents = torch.cat([
         torch.randn((1, unet.config.in_channels, size, size), generator=generator, device="cpu", dtype=torch.float32)
@@ -149,26 +187,6 @@ class TrajectoryPool:
                     latents[i] = torch.cat(sampled[start:end])
             self._queue = [(value, *request) for value, request in zip(latents, requests)]
         return self._queue.pop(0)
-
-
-def training_timesteps(t_encs, num_inference_steps, generator, num_train_timesteps=1000, mapping="esd"):
-    """Map DDIM step indices to training timesteps.
-
-    ``mapping="esd"`` is ESD's published rule ``t ~ U[T·t_enc/N, T·(t_enc+1)/N)`` (docs/methods/esd.md). It
-    pairs the latent after ``t_enc`` denoising steps (noise level near ``T·(1 − t_enc/N)``) with a
-    timestep near ``T·t_enc/N``. ``mapping="aligned"`` instead draws ``t`` from the interval the
-    latent's own noise level lies in: ``t ~ U[T·(N−1−t_enc)/N, T·(N−t_enc)/N)``.
-    """
-    if mapping == "aligned":
-        t_encs = [num_inference_steps - 1 - int(t) for t in t_encs]
-    elif mapping != "esd":
-        raise ValueError(f"Unknown timestep mapping {mapping!r}; use 'esd' or 'aligned'.")
-    lows = [round(num_train_timesteps * t / num_inference_steps) for t in t_encs]
-    highs = [round(num_train_timesteps * (t + 1) / num_inference_steps) for t in t_encs]
-    return torch.tensor(
-        [int(torch.randint(lo, max(hi, lo + 1), (1,), generator=generator)) for lo, hi in zip(lows, highs)],
-        dtype=torch.long,
-    )
 
 
 def negative_guidance_target(noise_uncond, noise_cond, negative_guidance=1.0):

@@ -61,9 +61,6 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
         default_factory=lambda: list(DEFAULT_ANCHOR_PROMPTS),
         metadata={"help": "Stage 2: prompts whose outputs must not change (those naming the concept are left out)."},
     )
-    timestep_mapping: str = field(
-        default="aligned", metadata={"help": "aligned (t at the latent's own noise level) or esd (t from t_enc as published)."}
-    )
     gate: typing.Optional[bool] = field(
         default=None, metadata={"help": "Scale residuals by the prompt's similarity to the concept (None: on, off for nudity-like concepts)."}
     )

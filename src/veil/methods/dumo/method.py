@@ -1,6 +1,5 @@
 """DuMo: Dual Encoder Modulation Network for Precise Concept Erasure (Han et al., AAAI 2025)."""
 
-import collections
 import contextlib
 import io
 import re
@@ -9,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...architectures.sdxl import is_sdxl, token_states
 from ...errors import VeilError
 from ...models import model_fingerprint
 from ...registry import register_method
@@ -17,16 +17,16 @@ from ...training.sampling import (
     TrajectoryPool,
     encode_prompts,
     negative_guidance_target,
-    training_timesteps,
+    trajectory_timesteps,
 )
 from ..base import Method, Stage, phrasings
+from ..gate import PromptGate
 from .config import STAGES, DuMoConfig
 from .model import DuMoEPR
 from .presets import MODEL_PRESETS
 
 PREFIX = "dumo."
 TIME_ROWS = 20  # TLMO rows: one per 50 of SD's 1000 training timesteps
-_SIGNATURE_POINTS = 8  # exact values that index captured text states (see `_remember_tokens`)
 
 
 @register_method("dumo")
@@ -47,6 +47,7 @@ class DuMo(Method):
 
     config_class = DuMoConfig
     model_presets = MODEL_PRESETS
+    pipeline_export_refusal = "adds a trained EPR network beside the UNet"
     optimizer_class = torch.optim.AdamW
 
     def __init__(self, config=None, **kwargs):
@@ -58,13 +59,11 @@ class DuMo(Method):
         self._handles = []
         self._bypass = 0
         self._training_concept = None  # while training: only this concept's EPR, ungated
-        self._concept_gate_info = {}
-        self._captured = collections.OrderedDict()  # signature -> [(text states, token ids, content positions)]
         self._embeds = {}
         self._num_train_timesteps = 1000
-        self._special_ids = frozenset()
         self.stats = {"epr_forward_calls": 0, "epr_skipped": 0}
-        self._gate_cache = None  # (text states, (their version, gate settings), gates) of the last call
+        # Which prompts are about each concept; the method's own training encodes are not remembered.
+        self._gate = PromptGate(lambda: self.config, capturing=lambda: not self._bypass)
         self._trajectories = TrajectoryPool(self.config.trajectory_batch)
 
     # stages: EPR (max_train_steps), then TLMO (tlmo_max_train_steps) unless it has none ----------------
@@ -87,17 +86,16 @@ class DuMo(Method):
         model_fingerprint(pipe.unet)  # cache the base fingerprint while the pipeline is untouched
         self._build(pipe.unet)
         self._num_train_timesteps = int(getattr(pipe.scheduler.config, "num_train_timesteps", 1000))
-        tokenizer = getattr(pipe, "tokenizer", None)
-        self._special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()))
-        self._concept_gate_info = {c: [self._gate_info(pipe, p) for p in phrasings(self.config, c)] for c in self.config.concepts}
         # No public door passes residuals through a pipeline call (`pipe(...)` forwards no UNet kwargs),
         # so a forward pre-hook adds them to every UNet call's `down_block_additional_residuals` and
         # `mid_block_additional_residual`; removing the hook restores the original exactly.
         self._handles = [pipe.unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True)]
-        if self.config.gate_enabled and pipe.text_encoder is not None:
-            # The gate's token overlap needs the prompt's tokens, which the UNet never sees: remember the
-            # text encoder's input ids next to its output, and find them again from the UNet's context.
-            self._handles.append(pipe.text_encoder.register_forward_hook(self._remember_tokens, with_kwargs=True))
+        if self.config.gate_enabled:
+            # SDXL's prompt states carry a pooled row, and its two tokenizers' ids are not remembered: the
+            # gate compares token states, and its token overlap stays off there.
+            self._gate.attach(pipe, {c: phrasings(self.config, c) for c in self.config.concepts},
+                              lambda phrase: token_states(pipe, self._prompt_embeds(pipe, [phrase]))[0],
+                              remember_tokens=not is_sdxl(pipe))
         self.attached_to = pipe
 
     def detach(self, pipe):
@@ -105,7 +103,8 @@ class DuMo(Method):
             return
         for handle in self._handles:
             handle.remove()
-        self._handles, self._captured, self._gate_cache = [], collections.OrderedDict(), None
+        self._gate.detach()
+        self._handles = []
         self.attached_to = None
 
     @contextlib.contextmanager
@@ -206,9 +205,7 @@ class DuMo(Method):
         t_encs, cond = t_encs * config.batch_size, cond[:1]  # the latents come trajectory after trajectory
         concept = info["group"]
         anchor = self._prompt_embeds(pipe, [info["anchor"]])  # the empty prompt, or the context without the concept
-        timesteps = training_timesteps(
-            t_encs, config.ddim_steps, generator, self._num_train_timesteps, config.timestep_mapping
-        ).to(pipe.device)
+        timesteps = trajectory_timesteps(pipe, t_encs, config.ddim_steps)  # each latent at its own noise level
         batch = latents.shape[0]
         cond = cond.expand(batch, -1, -1)
         states = [anchor.expand(batch, -1, -1), cond]
@@ -265,7 +262,9 @@ class DuMo(Method):
         context = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
         if context is None:
             return None
-        residuals = self.residuals(sample, timestep, context, kwargs.get("cross_attention_kwargs"))
+        residuals = self.residuals(
+            sample, timestep, context, kwargs.get("cross_attention_kwargs"), kwargs.get("added_cond_kwargs")
+        )
         if residuals is None:
             return None
         down, mid = residuals
@@ -280,7 +279,7 @@ class DuMo(Method):
             mid = given_mid + mid
         return args, dict(kwargs, down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
 
-    def residuals(self, sample, timestep, encoder_hidden_states, cross_attention_kwargs=None):
+    def residuals(self, sample, timestep, encoder_hidden_states, cross_attention_kwargs=None, added_cond_kwargs=None):
         """The summed, scaled and gated residuals of every concept's EPR for one UNet call, or ``None``
         when every EPR was skipped (the UNet then runs exactly as the original)."""
         batch = sample.shape[0]
@@ -313,7 +312,8 @@ class DuMo(Method):
                     index = active.nonzero().squeeze(1)
             self.stats["epr_forward_calls"] += 1
             pick = (lambda x: x) if index is None else (lambda x: x.index_select(0, index))
-            down, mid = epr(pick(sample), pick(timesteps), pick(encoder_hidden_states), cross_attention_kwargs)
+            added = None if added_cond_kwargs is None else {k: pick(v) for k, v in added_cond_kwargs.items()}
+            down, mid = epr(pick(sample), pick(timesteps), pick(encoder_hidden_states), cross_attention_kwargs, added)
             factors = pick(factors)
             outputs = [r * factors[:, i, None, None, None].to(r.dtype) for i, r in enumerate([*down, mid])]
             if index is not None:  # rows the gate skipped get exact zeros
@@ -326,107 +326,13 @@ class DuMo(Method):
         return None if total_down is None else (total_down, total_mid)
 
     # the gate ----------------------------------------------------------------------------------------------
-    def _gate_info(self, pipe, concept):
-        """``(flattened states, token ids, unit content-token states)`` of a concept phrasing."""
-        embeds = self._prompt_embeds(pipe, [concept])[0]
-        tokens, content = frozenset(), embeds.float()
-        if getattr(pipe, "tokenizer", None) is not None:
-            ids = pipe.tokenizer(concept)["input_ids"]
-            tokens = frozenset(ids) - self._special_ids
-            content = embeds[[i for i, t in enumerate(ids) if t not in self._special_ids]].float()
-        return embeds.reshape(-1).float(), tokens, F.normalize(content, dim=-1)
-
-    def _remember_tokens(self, module, args, kwargs, output):
-        input_ids = args[0] if args else kwargs.get("input_ids")
-        if input_ids is None or self._bypass:
-            return
-        states = output[0].detach()  # (batch, tokens, width): what the pipeline hands the UNet
-        for row, ids in zip(states, input_ids.tolist()):
-            key = _signature(row)
-            entries = self._captured.setdefault(key, [])
-            if not any(torch.equal(row, r) for r, _, _ in entries):
-                positions = [i for i, t in enumerate(ids) if t not in self._special_ids]
-                entries.append((row, frozenset(ids) - self._special_ids, positions))
-            self._captured.move_to_end(key)
-        while len(self._captured) > 256:
-            self._captured.popitem(last=False)
-
-    def _tokens_of(self, row):
-        """``(token ids, content positions)`` of a captured prompt, or ``(None, None)``."""
-        for stored, tokens, positions in self._captured.get(_signature(row), ()):
-            if stored.shape == row.shape and torch.equal(stored, row.to(stored.dtype)):
-                return tokens, positions
-        return None, None  # prompt_embeds passed in directly: the cosine alone decides
-
     def gates(self, sample, encoder_hidden_states):
         """Per concept, the per-sample gate ``(batch,)``: ``facilitate · max(cos, token overlap)``,
-        zero below ``gate_threshold``; ``None`` when the gate is off (every residual at full strength)."""
-        config = self.config
-        if not config.gate_enabled:
+        zero below ``gate_threshold`` (:class:`veil.methods.gate.PromptGate`); ``None`` when the gate is off
+        (every residual at full strength)."""
+        if not self.config.gate_enabled:
             return None
-        batch = encoder_hidden_states.shape[0]
-        half = batch // 2
-        paired = batch % 2 == 0 and half > 0 and torch.equal(sample[:half], sample[half:])
-        # A pipeline hands the UNet the same text-state tensor at every denoising step: compute its gates
-        # once. The cache holds the tensor itself, so its memory cannot be reused by another meanwhile.
-        settings = (paired, config.facilitate, config.gate_threshold, config.skip_on, config.token_skip_threshold,
-                    tuple(config.concepts))
-        cached = self._gate_cache
-        if cached is not None and cached[0] is encoder_hidden_states and cached[1] == (encoder_hidden_states._version, settings):
-            return cached[2]
-        gates = self._compute_gates(encoder_hidden_states, paired)
-        self._gate_cache = (encoder_hidden_states, (encoder_hidden_states._version, settings), gates)
-        return gates
-
-    def _compute_gates(self, encoder_hidden_states, paired):
-        config = self.config
-        batch = encoder_hidden_states.shape[0]
-        flat = encoder_hidden_states.reshape(batch, -1).float()
-        captured = [self._tokens_of(row) for row in encoder_hidden_states.detach()]
-        tokens = [t for t, _ in captured]
-        content = self._content_states(encoder_hidden_states, captured) if config.skip_on != "gate" else None
-        # A classifier-free-guidance batch repeats the latents: [uncond; cond]. Both halves take the
-        # conditional prompt's gate, so the eraser acts on both as in the paper and the empty
-        # prompt's low similarity does not switch it off for half of the guidance.
-        half = batch // 2
-        gates = {}
-        for concept in config.concepts:
-            similarity = torch.zeros(batch, device=flat.device)
-            token_similarity = torch.zeros(batch, device=flat.device)
-            for concept_flat, concept_tokens, concept_content in self._concept_gate_info[concept]:  # the concept, each synonym
-                if concept_flat.numel() == flat.shape[1]:
-                    cosine = F.cosine_similarity(flat, concept_flat.to(flat.device)[None], dim=1)
-                else:  # another sequence length: cannot compare, so err on the side of erasing
-                    cosine = torch.ones(batch, device=flat.device)
-                overlap = torch.tensor(
-                    [len(t & concept_tokens) / len(concept_tokens) if (t is not None and concept_tokens) else 0.0 for t in tokens],
-                    device=flat.device,
-                )
-                similarity = torch.maximum(similarity, torch.maximum(cosine, overlap))
-                if config.skip_on != "gate":
-                    token_similarity = torch.maximum(token_similarity, self._token_similarity(content, concept_content, flat.device))
-            gate = (config.facilitate * similarity).clamp(min=0.0)
-            by_gate, by_tokens = gate >= config.gate_threshold, token_similarity >= config.token_skip_threshold
-            keep = {"gate": by_gate, "tokens": by_tokens, "either": by_gate | by_tokens}[config.skip_on]
-            if paired:
-                gate, keep = torch.cat([gate[half:], gate[half:]]), torch.cat([keep[half:], keep[half:]])
-            gates[concept] = torch.where(keep, gate, torch.zeros_like(gate))
-        return gates
-
-    @staticmethod
-    def _content_states(encoder_hidden_states, captured):
-        """Per row, its content-token states as unit vectors; ``None`` for rows whose tokens are unknown."""
-        return [None if positions is None else F.normalize(row[positions].float(), dim=-1)
-                for row, (_, positions) in zip(encoder_hidden_states.detach(), captured)]
-
-    @staticmethod
-    def _token_similarity(content, concept_content, device):
-        """Per row, the highest cosine between one of the prompt's content-token states and one of the
-        concept's; 1 for rows whose tokens are unknown (err on the side of erasing), 0 for the empty prompt."""
-        concept_content = concept_content.to(device)
-        values = [1.0 if states is None else float((states @ concept_content.T).max()) if len(states) else 0.0
-                  for states in content]
-        return torch.tensor(values, device=device)
+        return self._gate.gates(sample, encoder_hidden_states)
 
     # persistence ---------------------------------------------------------------------------------------------
     def state_dict(self):
@@ -490,13 +396,6 @@ class DuMo(Method):
             np.save(buffer, self.time_scale(concept).astype(np.float32))
             files[name] = buffer.getvalue()
         return files
-
-
-def _signature(row):
-    """A few exact values of a text-state row: a cheap key to find the same row again."""
-    flat = row.reshape(-1)
-    step = max(1, flat.numel() // _SIGNATURE_POINTS)
-    return tuple(flat[::step][:_SIGNATURE_POINTS].tolist())
 
 
 def _slug(text):

@@ -18,9 +18,10 @@ from torch import nn
 
 from ...errors import VeilError
 
-# UNet settings EPR copies; a UNet that needs anything else (SDXL's added embeddings, class
-# embeddings, ...) is refused in `epr_config_from_unet` rather than copied wrongly.
+# UNet settings EPR copies; a UNet that needs anything else (class embeddings, ...) is refused in
+# `epr_config_from_unet` rather than copied wrongly. SDXL's added text/time embedding is copied.
 _COPIED = (
+    "addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim",
     "in_channels", "conv_in_kernel", "flip_sin_to_cos", "freq_shift", "down_block_types", "mid_block_type",
     "block_out_channels", "layers_per_block", "downsample_padding", "mid_block_scale_factor", "act_fn",
     "norm_num_groups", "norm_eps", "cross_attention_dim", "transformer_layers_per_block", "attention_head_dim",
@@ -29,7 +30,7 @@ _COPIED = (
 )
 _MUST_BE = {
     "center_input_sample": False, "time_embedding_type": "positional", "time_cond_proj_dim": None,
-    "class_embed_type": None, "num_class_embeds": None, "addition_embed_type": None, "encoder_hid_dim": None,
+    "class_embed_type": None, "num_class_embeds": None, "encoder_hid_dim": None,
     "encoder_hid_dim_type": None, "time_embedding_act_fn": None, "dual_cross_attention": False,
     "attention_type": "default", "resnet_skip_time_act": False, "cross_attention_norm": None,
     "resnet_out_scale_factor": 1.0,
@@ -37,13 +38,18 @@ _MUST_BE = {
 
 
 def epr_config_from_unet(unet_config):
-    """The :class:`DuMoEPR` settings that mirror ``unet_config`` (an SD 1.x / 2.x-style UNet)."""
+    """The :class:`DuMoEPR` settings that mirror ``unet_config`` (an SD 1.x / 2.x or SDXL UNet)."""
     config = dict(unet_config)
+    if config.get("addition_embed_type") not in (None, "text_time"):
+        raise VeilError(
+            f"DuMo supports SD 1.x/2.x and SDXL UNets, but this UNet sets addition_embed_type="
+            f"{config['addition_embed_type']!r}; use a Stable Diffusion 1.x, 2.x or XL model."
+        )
     for key, expected in _MUST_BE.items():
         if config.get(key, expected) != expected:
             raise VeilError(
-                f"DuMo supports SD 1.x/2.x-style UNets, but this UNet sets {key}={config[key]!r}; "
-                "use a Stable Diffusion 1.x or 2.x model."
+                f"DuMo supports SD 1.x/2.x and SDXL UNets, but this UNet sets {key}={config[key]!r}; "
+                "use a Stable Diffusion 1.x, 2.x or XL model."
             )
     if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
         raise VeilError(f"DuMo needs a cross-attention mid block, but this UNet has {config['mid_block_type']!r}.")
@@ -91,6 +97,9 @@ class DuMoEPR(ModelMixin, ConfigMixin):
         resnet_time_scale_shift="default",
         time_embedding_dim=None,
         timestep_post_act=None,
+        addition_embed_type=None,
+        addition_time_embed_dim=None,
+        projection_class_embeddings_input_dim=None,
     ):
         super().__init__()
         count = len(down_block_types)
@@ -109,6 +118,9 @@ class DuMoEPR(ModelMixin, ConfigMixin):
         self.time_embedding = TimestepEmbedding(
             block_out_channels[0], time_embed_dim, act_fn=act_fn, post_act_fn=timestep_post_act
         )
+        if addition_embed_type == "text_time":  # SDXL: pooled text embedding and size/crop ids, as the UNet adds them
+            self.add_time_proj = Timesteps(addition_time_embed_dim, flip_sin_to_cos, freq_shift)
+            self.add_embedding = TimestepEmbedding(projection_class_embeddings_input_dim, time_embed_dim)
         self.down_blocks = nn.ModuleList()
         self.dumo_down_blocks = nn.ModuleList([_zero_conv(block_out_channels[0])])
         for i, block_type in enumerate(down_block_types):
@@ -167,8 +179,9 @@ class DuMoEPR(ModelMixin, ConfigMixin):
         epr = epr.to_empty(device=unet.device)
         nn.Module.to(epr, dtype=unet.dtype)  # plain cast: ModelMixin.to warns about fp32-only modules EPR lacks
         if load_weights_from_unet:
-            for name in ("conv_in", "time_embedding", "down_blocks", "mid_block"):
-                getattr(epr, name).load_state_dict(getattr(unet, name).state_dict())
+            for name in ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block"):
+                if hasattr(epr, name):
+                    getattr(epr, name).load_state_dict(getattr(unet, name).state_dict())
             with torch.no_grad():
                 for conv in [*epr.dumo_down_blocks, epr.dumo_mid_block]:
                     conv.weight.zero_()
@@ -200,8 +213,9 @@ class DuMoEPR(ModelMixin, ConfigMixin):
         return labels
 
     # forward ------------------------------------------------------------------------------------------
-    def forward(self, sample, timestep, encoder_hidden_states, cross_attention_kwargs=None):
-        """Residuals for ``sample`` ``(batch, channels, h, w)`` at ``timestep`` (scalar or ``(batch,)``).
+    def forward(self, sample, timestep, encoder_hidden_states, cross_attention_kwargs=None, added_cond_kwargs=None):
+        """Residuals for ``sample`` ``(batch, channels, h, w)`` at ``timestep`` (scalar or ``(batch,)``);
+        ``added_cond_kwargs`` (``text_embeds``, ``time_ids``) as the UNet takes them, on SDXL.
 
         Returns:
             `tuple`: (list of down residuals, mid residual), already through the 1×1 convolutions.
@@ -210,6 +224,13 @@ class DuMoEPR(ModelMixin, ConfigMixin):
         timesteps = timesteps.to(sample.device).reshape(-1).expand(sample.shape[0])
         # Timesteps returns float32; the embedding may run in half precision.
         emb = self.time_embedding(self.time_proj(timesteps).to(dtype=sample.dtype))
+        if self.config.addition_embed_type == "text_time":
+            if not added_cond_kwargs:
+                raise VeilError("This EPR copies an SDXL UNet and needs added_cond_kwargs (text_embeds, time_ids).")
+            time_ids = added_cond_kwargs["time_ids"]
+            time_embeds = self.add_time_proj(time_ids.flatten()).reshape(time_ids.shape[0], -1)  # (batch, 6·dim)
+            add_embeds = torch.cat([added_cond_kwargs["text_embeds"], time_embeds.to(added_cond_kwargs["text_embeds"].dtype)], dim=-1)
+            emb = emb + self.add_embedding(add_embeds.to(emb.dtype))
 
         hidden = self.conv_in(sample)
         features = [hidden]

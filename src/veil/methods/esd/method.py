@@ -9,7 +9,7 @@ from ...training.sampling import (
     PromptCache,
     TrajectoryPool,
     negative_guidance_target,
-    training_timesteps,
+    trajectory_timesteps,
 )
 from ..weights import WeightEditMethod, select_unet_parameters
 from .config import ESDConfig
@@ -34,7 +34,7 @@ class ESD(WeightEditMethod):
         self._trajectories = TrajectoryPool(self.config.trajectory_batch)
 
     def edited_parameter_names(self, unet):
-        return select_unet_parameters(unet, self.config.train_method)
+        return select_unet_parameters(unet, self.config.train_method, self.config.mode)
 
     @torch.no_grad()
     def make_batch(self, pipe, generator):
@@ -53,10 +53,7 @@ class ESD(WeightEditMethod):
         t_encs, cond = t_encs * config.batch_size, cond[:1]  # the latents come trajectory after trajectory
         # The target's anchor: the empty prompt, or the context without the concept.
         anchor = self._prompts(pipe, info["anchor"])
-        timesteps = training_timesteps(
-            t_encs, config.ddim_steps, generator,
-            pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
-        ).to(pipe.device)
+        timesteps = trajectory_timesteps(pipe, t_encs, config.ddim_steps)  # each latent at its own noise level
         batch = latents.shape[0]
         cond, anchor = cond.expand(batch, -1, -1), anchor.expand(batch, -1, -1)
         with self.disabled(pipe):

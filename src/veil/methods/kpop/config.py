@@ -9,7 +9,8 @@ from .model import LAYERS
 
 # ``paper``: the authors' training (docs/methods/kpop.md) with veil's choices where it is open: key learning rate
 # 1e-3 (the authors' 1e-5 barely moves unit-scale embeddings), losses on noise; no preservation.
-# ``tuned``: the same plus the preservation term over retain concepts.
+# ``tuned``: the same plus the preservation term over retain concepts. Both start the key at E(c)[:m] plus secret
+# noise (key_init_noise, 1 by default): from E(c)[:m] alone, the public config trains the same key again.
 PRESETS = {
     "paper": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=1e-3, hide_weight=1.0,
                   recover_weight=0.1, loss_space="eps", retain_weight=0.0, key_retain_weight=0.0, decoy_weight=0.0),
@@ -68,7 +69,9 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
         default=0.0, metadata={"help": "Share of decoy keys made from decoy_words' text states instead of random (0: none)."}
     )
     key_init_noise: float = field(
-        default=0.0, metadata={"help": "Secret noise of this many token norms added to the key's start E(c)[:m] (0: none)."}
+        default=1.0,
+        metadata={"help": "Secret noise of this many token norms, from the operating system, added to the key's start "
+                  "E(c)[:m], so that the public config cannot train the same key again; above 0 (default 1)."}
     )
     decoy_words: typing.List[str] = field(
         default_factory=list,

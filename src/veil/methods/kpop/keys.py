@@ -152,10 +152,15 @@ def key_file_bytes(key, *, artifact=None, passphrase=None, scrypt_n=SCRYPT_N):
         "method": "kpop",
         "concepts": key.concepts,
         "key_fingerprint": key.fingerprints(),
-        "encrypted": passphrase is not None,
     }
     if artifact is not None:
         header["base_model_fingerprint"] = artifact.manifest["base_model"]["fingerprint"]
+    return _pack(header, payload, passphrase, scrypt_n)
+
+
+def _pack(header, payload, passphrase, scrypt_n):
+    """MAGIC, the header's length, the header, and ``payload`` (sealed under ``passphrase`` when given)."""
+    header = dict(header, encrypted=passphrase is not None)
     if passphrase is not None:
         if not isinstance(passphrase, str) or not passphrase:
             raise VeilError("The passphrase is empty; write a non-empty passphrase in the passphrase file.")
@@ -172,6 +177,31 @@ def key_file_bytes(key, *, artifact=None, passphrase=None, scrypt_n=SCRYPT_N):
     return MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes + payload
 
 
+def sealed_tensors_bytes(tensors, passphrase, scrypt_n=SCRYPT_N):
+    """``{name: tensor}`` sealed as a key file is (scrypt, then AES-256-GCM), for the key's part of a training
+    checkpoint: bytes to keep as a ``uint8`` tensor beside the public tensors. See :func:`open_sealed_tensors`."""
+    from safetensors.torch import save as safetensors_bytes
+
+    payload = safetensors_bytes({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()})
+    return _pack({"format": "veil-sealed-tensors", "format_version": FORMAT_VERSION}, payload, passphrase, scrypt_n)
+
+
+def open_sealed_tensors(data, where, passphrase=None):
+    """The tensors of :func:`sealed_tensors_bytes`; ``where`` names them in errors as a phrase ("The key in the
+    checkpoint ..."). ``passphrase`` ``None`` falls back to ``VEIL_KEY_PASSPHRASE``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as safetensors_load
+
+    where = _Phrase(where)
+    header, header_bytes, payload = _split(bytes(data), where, "veil-sealed-tensors")
+    if header.get("encrypted"):
+        payload = _decrypt(where, header, header_bytes, payload, passphrase)
+    try:
+        return safetensors_load(payload)
+    except (SafetensorError, ValueError, RuntimeError):
+        raise _damaged(where) from None
+
+
 def save_key(key, path, *, artifact=None, passphrase=None, overwrite=False, scrypt_n=SCRYPT_N):
     """Write ``key`` to ``path`` atomically (see :func:`key_file_bytes`); refuses an existing file unless ``overwrite``."""
     data = key_file_bytes(key, artifact=artifact, passphrase=passphrase, scrypt_n=scrypt_n)
@@ -181,8 +211,17 @@ def save_key(key, path, *, artifact=None, passphrase=None, overwrite=False, scry
     return path
 
 
-def _damaged(path):
-    return VeilError(f"The key file {path!r} is truncated or damaged; use an intact copy of the key.")
+def _label(where):
+    """How errors name what they read: a key file's path, or a phrase given as such (a checkpoint's key)."""
+    return where if isinstance(where, _Phrase) else f"The key file {where!r}"
+
+
+class _Phrase(str):
+    """A description for errors, used as it is (see :func:`_label`)."""
+
+
+def _damaged(where):
+    return VeilError(f"{_label(where)} is truncated or damaged; use an intact copy of the key.")
 
 
 def read_key_header(path):
@@ -194,30 +233,33 @@ def read_key_header(path):
         raise VeilError(f"The key file {path!r} does not exist; pass the file written by veil hide --key-out.") from None
     except OSError as error:
         raise VeilError(f"Could not read the key file {path!r} ({error.strerror}).") from None
-    if not data.startswith(MAGIC):
-        if len(data) < len(MAGIC) and MAGIC.startswith(data):
-            raise _damaged(path)
+    if not data.startswith(MAGIC) and not (len(data) < len(MAGIC) and MAGIC.startswith(data)):
         raise VeilError(f"{path!r} is not a veil key file; pass the .veilkey file written by veil hide --key-out.")
-    if len(data) < len(MAGIC) + 8:
-        raise _damaged(path)
+    return _split(data, path, "veil-key")
+
+
+def _split(data, where, kind):
+    """``(header, header bytes, payload)`` of sealed or plain bytes of ``kind``, checked for shape."""
+    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 8:
+        raise _damaged(where)
     (length,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])
     start = len(MAGIC) + 8
     if length > _MAX_HEADER_BYTES or len(data) < start + length:
-        raise _damaged(path)
+        raise _damaged(where)
     header_bytes, payload = data[start : start + length], data[start + length :]
     try:
         header = json.loads(header_bytes.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _damaged(path) from None
-    if not isinstance(header, dict) or header.get("format") != "veil-key":
-        raise _damaged(path)
+        raise _damaged(where) from None
+    if not isinstance(header, dict) or header.get("format") != kind:
+        raise _damaged(where)
     if header.get("format_version") != FORMAT_VERSION:
         raise VeilError(
-            f"The key file {path!r} has format version {header.get('format_version')!r}, which this veil does not "
+            f"{_label(where)} has format version {header.get('format_version')!r}, which this veil does not "
             f"know (it reads version {FORMAT_VERSION}); upgrade veil."
         )
     if header.get("payload_bytes") != len(payload):
-        raise _damaged(path)
+        raise _damaged(where)
     return header, header_bytes, payload
 
 
@@ -263,7 +305,7 @@ def _decrypt(path, header, header_bytes, payload, passphrase):
         passphrase = os.environ.get(PASSPHRASE_ENV) or None
     if passphrase is None:
         raise VeilError(
-            f"The key file {path!r} is encrypted; give its passphrase with --passphrase-file or the {PASSPHRASE_ENV} environment variable."
+            f"{_label(path)} is encrypted; give its passphrase with --passphrase-file or the {PASSPHRASE_ENV} environment variable."
         )
     try:
         kdf, cipher = header["kdf"], header["cipher"]
@@ -277,7 +319,7 @@ def _decrypt(path, header, header_bytes, payload, passphrase):
     try:
         return AESGCM(secret).decrypt(nonce, payload, header_bytes)
     except InvalidTag:
-        raise VeilError(f"The key file {path!r} could not be decrypted: wrong passphrase or tampered file.") from None
+        raise VeilError(f"{_label(path)} could not be decrypted: wrong passphrase or tampered file.") from None
 
 
 def read_passphrase_file(path):

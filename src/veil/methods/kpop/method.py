@@ -6,6 +6,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ...architectures.sdxl import is_sdxl, token_states
 from ...errors import VeilError
 from ...registry import register_method
 from ...training.hardware import latent_size
@@ -15,9 +16,10 @@ from ...training.sampling import (
     TrajectoryPool,
     encode_prompts,
     negative_guidance_target,
-    training_timesteps,
+    trajectory_timesteps,
 )
 from ..base import Stage, phrasings
+from ..gate import GateSettings, PromptGate
 from ..weights import WeightEditMethod, select_unet_parameters
 from .config import KPOPConfig
 from .model import KeyPrompts, install_keyed_attention, keyed_attention, select_key_sites
@@ -30,7 +32,14 @@ def token_noise(tokens, scale, generator):
     return noise * (scale * tokens.norm(dim=-1, keepdim=True) / noise.norm(dim=-1, keepdim=True))
 
 
+def secret_generator():
+    """A generator seeded from the operating system's randomness: what a key starts from must not follow from
+    anything the public artifact records (its config holds ``seed``)."""
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+
+
 STAGES = ("main", "key_finish")
+SEALED = "key_sealed"  # a checkpoint's key part, sealed under the passphrase (KPOP.checkpoint_state_dict)
 
 
 @register_method("kpop")
@@ -62,6 +71,8 @@ class KPOP(WeightEditMethod):
         self._retain = None
         self._pending = []  # undo callbacks of the current training phase (see loss / after_step)
         self._resumed_without_key = False
+        # The passphrase that seals the key's part of training checkpoints (veil hide --passphrase-file); None: kept plain.
+        self.checkpoint_passphrase = None
         self.last_losses = {}
         self._trajectories = TrajectoryPool(self.config.trajectory_batch)
         self._prompts = PromptCache()  # the phrasings, their contexts and anchors
@@ -93,13 +104,19 @@ class KPOP(WeightEditMethod):
         super().detach(pipe)
 
     @contextlib.contextmanager
-    def unlocked(self, pipe, key=None):
+    def unlocked(self, pipe, key=None, routed=False, gate=None):
         """Inside the block, ``pipe`` draws with ``key`` attached to its cross-attention.
 
         Args:
             key: a :class:`veil.methods.kpop.keys.Key` (from :func:`veil.methods.kpop.keys.load_key_for`), a mapping
                 ``{concept: (P_k, P_v)}``, or ``None`` for this method's own trained key. Several
                 concepts' keys are appended one after another.
+            routed: attach the key only to the prompts about its concepts (or their synonyms), told from each
+                prompt's text states as DuMo's gate tells them (:class:`veil.methods.gate.PromptGate`); every
+                other prompt is drawn by the public model bit for bit. A key attached to every prompt turns
+                other prompts into its concept, so with ``routed`` the key holder's pipeline draws as the
+                original model did. A prompt about any of a key's concepts gets all of them.
+            gate: the gate's numbers for ``routed`` (:class:`veil.methods.gate.GateSettings`; default: its defaults).
         """
         from .keys import Key
 
@@ -115,14 +132,48 @@ class KPOP(WeightEditMethod):
                 f"The key holds concept {strangers[0]!r}, which this artifact does not hide "
                 f"({', '.join(map(repr, self.config.concepts))}); pass the key written with this artifact."
             )
-        width = pipe.text_encoder.config.hidden_size
+        width = pipe.unet.config.cross_attention_dim  # the prompt states' width (two encoders' together on SDXL)
         pairs = [key[c] for c in self.config.concepts if c in key]
         if any(k.shape[-1] != width for k, _ in pairs):
-            raise VeilError(f"The key's width does not match this text encoder's ({width}); was it made for another model?")
+            raise VeilError(f"The key's width does not match this model's prompt states ({width}); was it made for another model?")
         key_tokens = torch.cat([k for k, _ in pairs]).to(pipe.device, pipe.unet.dtype)
         value_tokens = torch.cat([v for _, v in pairs]).to(pipe.device, pipe.unet.dtype)
-        with keyed_attention(pipe.unet, select_key_sites(pipe.unet, self.config.layers), key_tokens, value_tokens):
-            yield
+        sites = select_key_sites(pipe.unet, self.config.layers)
+        if not routed:
+            with keyed_attention(pipe.unet, sites, key_tokens, value_tokens):
+                yield
+            return
+        with self._routed(pipe, [c for c in self.config.concepts if c in key], gate or GateSettings()) as route:
+            with keyed_attention(pipe.unet, sites, key_tokens, value_tokens):
+                route([pipe.unet.attn_processors[name] for name in sites])
+                yield
+
+    @contextlib.contextmanager
+    def _routed(self, pipe, concepts, settings):
+        """Yields ``route(processors)``: from then on each UNet call sets the processors' ``key_rows`` to the
+        samples whose prompt is about one of ``concepts`` (``None``: all of them)."""
+        prompt_gate = PromptGate(lambda: settings)
+        with torch.no_grad():
+            prompt_gate.attach(pipe, {c: phrasings(self.config, c) for c in concepts},
+                              lambda phrase: token_states(pipe, encode_prompts(pipe, [phrase]))[0], remember_tokens=not is_sdxl(pipe))
+        processors = []
+
+        def hook(module, args, kwargs):
+            sample = args[0] if args else kwargs["sample"]
+            context = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
+            rows = None
+            if context is not None:
+                about = torch.stack([g > 0 for g in prompt_gate.gates(sample, context).values()]).any(0)
+                rows = None if bool(about.all()) else about
+            for processor in processors:
+                processor.key_rows = rows
+
+        handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            yield processors.extend
+        finally:
+            handle.remove()
+            prompt_gate.detach()
 
     # the key ----------------------------------------------------------------------------------------------
     @property
@@ -142,14 +193,18 @@ class KPOP(WeightEditMethod):
         if pipe is None:
             raise VeilError("Attach the method to a pipeline before training its key.")
         config = self.config
-        embeds = encode_prompts(pipe, config.concepts)  # (concepts, tokens, width)
+        embeds = token_states(pipe, encode_prompts(pipe, config.concepts))  # (concepts, tokens, width)
         # P_k = P_v = E(c)[:m]; a context shorter than m tokens is repeated.
         index = torch.arange(config.num_key_tokens) % embeds.shape[1]
         start = embeds[:, index].float().cpu()
-        if config.key_init_noise > 0:
-            # A secret starting point: the OS's randomness, since the artifact's config (public) holds the seed.
-            secret = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
-            start = start + token_noise(start, config.key_init_noise, secret)
+        if not config.key_init_noise > 0:
+            # Checked here rather than in the config, so that artifacts saved with 0 still load.
+            raise VeilError(
+                "key_init_noise is 0, so the key would start at the concept's own text states and anyone could train "
+                "the same key again from the public artifact's settings; set key_init_noise above 0 (default 1)."
+            )
+        # A secret starting point: the OS's randomness, since the artifact's config (public) holds the seed.
+        start = start + token_noise(start, config.key_init_noise, secret_generator())
         self.key_prompts = KeyPrompts(config.concepts, start).to(pipe.device)
 
     def bench_keys(self, concept):
@@ -237,9 +292,7 @@ class KPOP(WeightEditMethod):
         t_encs, cond = t_encs * config.batch_size, cond[:1]  # the latents come trajectory after trajectory
         # The hiding target's anchor: the empty prompt, or the context with context_guide (or nothing) in the concept's place.
         anchor = self._prompts(pipe, info["anchor"])
-        timesteps = training_timesteps(
-            t_encs, config.ddim_steps, generator, pipe.scheduler.config.num_train_timesteps, config.timestep_mapping,
-        ).to(pipe.device)
+        timesteps = trajectory_timesteps(pipe, t_encs, config.ddim_steps)  # each latent at its own noise level
         batch = latents.shape[0]
         cond, anchor = cond.expand(batch, -1, -1), anchor.expand(batch, -1, -1)
         out = {"latents": latents, "timesteps": timesteps, "cond": cond, "concept": concept}
@@ -374,14 +427,28 @@ class KPOP(WeightEditMethod):
     # persistence: state_dict() is the public part only, the ``unet.`` tensors; the key goes to its own file
     # (:func:`veil.methods.kpop.keys.save_key`) --------------------------------------------------------------------
     def checkpoint_state_dict(self):
-        """What a training checkpoint must hold to resume exactly: the public part and the key (``key.``)."""
+        """What a training checkpoint must hold to resume exactly: the public part and the key (``key.``). With
+        :attr:`checkpoint_passphrase` set, the key's part is sealed under it as a key file is (one ``uint8`` tensor,
+        ``key_sealed``), so that a checkpoint left on disk does not give the key away."""
         state = self.state_dict()
         if self.key_prompts is not None:
-            for name, tensor in self.key_prompts.to_key().tensors().items():
-                state[f"key.{name}"] = tensor
+            secret = {f"key.{name}": tensor for name, tensor in self.key_prompts.to_key().tensors().items()}
+            if self.checkpoint_passphrase is None:
+                state.update(secret)
+            else:
+                from .keys import sealed_tensors_bytes
+
+                sealed = sealed_tensors_bytes(secret, self.checkpoint_passphrase)
+                state[SEALED] = torch.frombuffer(bytearray(sealed), dtype=torch.uint8)
         return state
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict, where="this checkpoint"):
+        state_dict = dict(state_dict)
+        if SEALED in state_dict:
+            from .keys import open_sealed_tensors
+
+            sealed = state_dict.pop(SEALED).numpy().tobytes()
+            state_dict.update(open_sealed_tensors(sealed, f"The key in {where}", self.checkpoint_passphrase))
         key_part = {k[len("key."):]: v for k, v in state_dict.items() if k.startswith("key.")}
         # Artifacts hold no key; only a training loop resuming calls optimizer_groups() after this.
         self._resumed_without_key = not key_part and self.key_prompts is None

@@ -83,7 +83,8 @@ class KeyedCrossAttnProcessor(nn.Module):
         key_tokens, value_tokens: ``(m, width)`` tensors (or ``(batch, m, width)``, a key per sample),
             or ``None`` for no key.
         key_rows: optional ``(batch,)`` booleans: the samples that see the key (training runs the
-            hiding and recovery predictions as one batch); the others attend to the text alone.
+            hiding and recovery predictions as one batch; a routed key, the prompts about its concept); the
+            others attend to the text alone. With no sample chosen the call is the replaced processor's, bit for bit.
     """
 
     def __init__(self, original, key_tokens=None, value_tokens=None, key_rows=None):
@@ -99,7 +100,8 @@ class KeyedCrossAttnProcessor(nn.Module):
         return self._original[0]
 
     def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        if self.key is None or encoder_hidden_states is None:
+        rows = self.key_rows
+        if self.key is None or encoder_hidden_states is None or (rows is not None and not bool(rows.any())):
             return self.original(
                 attn, hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask, temb=temb, **kwargs
             )

@@ -1,17 +1,15 @@
 """SLD: Safe Latent Diffusion (Schramowski et al., CVPR 2023), as a hook on a stock pipeline."""
 
-import contextlib
-
 import torch
 
 from ...registry import register_method
 from ...training.sampling import encode_prompts
-from ..base import Method
+from ..base import HookMethod
 from .config import SLDConfig
 
 
 @register_method("sld")
-class SLD(Method):
+class SLD(HookMethod):
     """Safe Latent Diffusion (Schramowski et al., CVPR 2023, arXiv 2211.05105).
 
     Inference-time guidance away from the concept text during sampling; nothing is trained and the
@@ -20,14 +18,12 @@ class SLD(Method):
     SLD's ``eps_u + s_g·(eps_c − eps_u − γ_S)``.
     """
 
-    kind = "inference"
     config_class = SLDConfig
+    pipeline_export_refusal = "steers each sampling step instead of changing weights"
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        self._handle = None
         self._concept_embeds = None
-        self._bypass = False
         self._state = None
 
     def attach(self, pipe):
@@ -36,7 +32,7 @@ class SLD(Method):
         self._concept_embeds = encode_prompts(pipe, [", ".join(self.config.concepts)])
         # A forward hook, because no public pipeline door exposes the noise prediction between the
         # UNet call and the guidance formula (callbacks see only latents).
-        self._handle = pipe.unet.register_forward_hook(self._hook, with_kwargs=True)
+        self._handles = [pipe.unet.register_forward_hook(self._hook, with_kwargs=True)]
         self._pipe = pipe
         self._state = None
         self.attached_to = pipe
@@ -44,24 +40,14 @@ class SLD(Method):
     def detach(self, pipe):
         if self.attached_to is not pipe:
             return
-        self._handle.remove()
-        self._handle = None
-        self.attached_to = None
+        self.remove_hooks()
 
-    @contextlib.contextmanager
-    def disabled(self, pipe):
-        self._bypass = True
-        try:
-            yield
-        finally:
-            self._bypass = False
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state_dict):
-        if state_dict:
-            raise ValueError("SLD stores no tensors.")
+    def sampling_warning(self, num_inference_steps):
+        warmup = self.config.warmup_steps
+        if num_inference_steps <= warmup:
+            return (f"SLD starts after {warmup} warm-up steps, so with {num_inference_steps} sampling steps it never acts; "
+                    f"sample with more than {warmup} steps or set warmup_steps lower.")
+        return None
 
     @torch.no_grad()
     def _hook(self, unet, args, kwargs, output):

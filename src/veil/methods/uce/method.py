@@ -2,6 +2,8 @@
 
 import torch
 
+from ...architectures.sdxl import token_states
+from ...errors import VeilError
 from ...registry import register_method
 from ...training.sampling import encode_prompts
 from ..base import phrasings
@@ -50,16 +52,28 @@ class UCE(WeightEditMethod):
         projections = ("to_k", "to_v") if self.config.edit_keys else ("to_v",)
         return [n for n, _ in unet.named_parameters() if any(f"attn2.{p}.weight" in n for p in projections)]
 
+    @staticmethod
+    def _encode(pipe, prompts):
+        """Token states ``(n, tokens, cross_attention_dim)``; on SDXL the two text encoders' side by side."""
+        states = token_states(pipe, encode_prompts(pipe, prompts))
+        width = pipe.unet.config.cross_attention_dim
+        if states.shape[-1] != width:
+            raise VeilError(
+                f"The prompt states are {states.shape[-1]} wide but the UNet's cross-attention reads {width}; "
+                "load the model as one pipeline (an SDXL folder as StableDiffusionXLPipeline)."
+            )
+        return states
+
     def _rows(self, pipe, phrases, guides, preserve):
         """``(erase, guide, preserve)`` token states, row-aligned erase/guide, as ``token_selection`` picks them."""
         width = pipe.unet.config.cross_attention_dim
         selection = self.config.token_selection
         if selection == "all":  # every position after [CLS]/<bos> (words, end token, padding), position by position
-            states = lambda prompts: (encode_prompts(pipe, prompts)[:, 1:].reshape(-1, width) if prompts  # noqa: E731
+            states = lambda prompts: (self._encode(pipe, prompts)[:, 1:].reshape(-1, width) if prompts  # noqa: E731
                                       else torch.zeros(0, width, device=pipe.device))
             return states(phrases), states(guides), states(preserve)
         texts = list(dict.fromkeys(phrases + guides + preserve + ([""] if selection == "last_token_to_end" else [])))
-        encoded = dict(zip(texts, encode_prompts(pipe, texts)))  # text -> (tokens, width)
+        encoded = dict(zip(texts, self._encode(pipe, texts)))  # text -> (tokens, width)
         last = dict(zip(texts, last_subject_tokens(pipe, texts)))
         if selection == "last_token":
             rows = lambda prompts: (torch.stack([encoded[p][last[p]] for p in prompts]) if prompts  # noqa: E731
@@ -76,19 +90,22 @@ class UCE(WeightEditMethod):
         kept = torch.cat([encoded[p] for p in [""] + preserve])
         return torch.cat(erase), torch.cat(guide), kept
 
+    def edit_prompts(self):
+        """``(erase, guide, preserve)`` prompts of the edit: each phrasing of each concept in every template, its
+        guide in the same template (token states are compared position by position), the preserve concepts."""
+        config = self.config
+        phrases = [p for c in config.concepts for p in phrasings(config, c)]
+        erase = [t.format(p) for p in phrases for t in config.templates]
+        guide = [t.format(config.guide).strip() for _ in phrases for t in config.templates]
+        preserve = [t.format(p) for p in config.preserve_concepts for t in config.templates]
+        return erase, guide, preserve
+
     @torch.no_grad()
     def fit(self, pipe):
         config = self.config
         if self.attached_to is pipe:
             self.detach(pipe)
-        phrases = [p for c in config.concepts for p in phrasings(config, c)]
-        # Each phrase and its guide in the same template.
-        erase, guide, preserve = self._rows(
-            pipe,
-            [t.format(p) for p in phrases for t in config.templates],
-            [t.format(config.guide).strip() for _ in phrases for t in config.templates],
-            [t.format(p) for p in config.preserve_concepts for t in config.templates],
-        )
+        erase, guide, preserve = self._rows(pipe, *self.edit_prompts())
         edited = {}
         params = dict(pipe.unet.named_parameters())
         preserve_scale = config.effective_preserve_scale()
