@@ -1,16 +1,12 @@
-"""Assemble the headline bench from committed runs of the current presets, without refitting anything.
+"""Assemble the headline bench from committed rows of the current presets, without refitting anything.
 
     python bench/headline_assemble.py --out bench/results/headline/bench.json
 
-``make bench`` rebuilds bench/results/headline from scratch (over an hour on one CPU thread); this script
-is the stand-in when that is not possible: it takes, per method, the committed rows that were made with
-the method's current shapes preset and the bench's protocol (seeds 0 and 1, DDIM 20, guidance 3), and
-writes them as one ``bench.json`` whose rows each name their ``source``:
-
-- ESD, UCE, SLD: bench/results/attacks/shapes (their presets have not changed since that bench);
-- KPOP: bench/results/kpop/preset/seed-1;
-- DuMo: the preset's trained artifacts of bench/results/attacks/shapes, measured with the preset's skip rule
-  in bench/results/dumo/gate-thresholds/either-{concept}.json (no short prompts there).
+``make bench`` rebuilds bench/results/headline from scratch (over an hour on one CPU thread). This script is the
+stand-in when that is not possible: it takes each method's rows from bench/results/shapes/preset-rows, written by
+``bench/preset_rows.py`` (every preset fitted again and drawn on the bench's after-fit prompt sets at seed 0, with the
+base rates of bench/results/attacks/shapes), and writes them as one ``bench.json`` in the bench's row format, each row
+naming its ``source``.
 """
 
 import argparse
@@ -21,9 +17,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = "bench/results"
-ROWS = {"esd": "attacks/shapes", "uce": "attacks/shapes", "sld": "attacks/shapes", "kpop": "kpop/preset/seed-1"}
-DUMO_TRAINED = "attacks/shapes"
-DUMO_MEASURED = "dumo/gate-thresholds/either-{concept}.json"
+ROWS = {"esd": "shapes/preset-rows/esd.json", "uce": "shapes/preset-rows/uce-sld.json",
+        "sld": "shapes/preset-rows/uce-sld.json", "kpop": "shapes/preset-rows/kpop.json",
+        "dumo": "shapes/preset-rows/dumo.json"}
+BASE = "attacks/shapes/bench.json"
+PROTOCOL = ("model", "seeds", "num_inference_steps", "guidance_scale")
+# preset_rows.py's field names -> the bench's
+RENAMED = {"canonical_rate": "target_rate", "base_canonical_rate": "base_target_rate",
+           "synonyms_rate": "synonym_rate", "base_synonyms_rate": "base_synonym_rate"}
 
 
 def read(relative):
@@ -31,40 +32,16 @@ def read(relative):
         return json.load(handle)
 
 
-PROTOCOL = ("model", "seeds", "num_inference_steps", "guidance_scale")
-
-
-def bench_row(folder, method, concept):
-    bench = read(f"{folder}/bench.json")
-    reference = read(f"{ROWS['esd']}/bench.json")
-    if any(bench[k] != reference[k] for k in PROTOCOL):
-        raise SystemExit(f"error: {RESULTS}/{folder}/bench.json was made with another protocol; rebuild the headline with make bench.")
-    rows = [r for r in bench["rows"] if r["method"] == method and r["concept"] == concept]
+def row_of(relative, method, concept, protocol):
+    record = read(relative)
+    if any(record[k] != protocol[k] for k in PROTOCOL):
+        raise SystemExit(f"error: {RESULTS}/{relative} was made with another protocol than the other rows; "
+                         "rebuild the headline with make bench.")
+    rows = [r for r in record["rows"] if r["method"] == method and r["concept"] == concept]
     if not rows:
-        raise SystemExit(f"error: {RESULTS}/{folder}/bench.json has no {method} row for {concept}.")
-    row = {k: v for k, v in rows[0].items() if k not in ("attacks", "artifact")}
-    return dict(row, source=f"{RESULTS}/{folder}")
-
-
-def dumo_row(concept):
-    """DuMo's row: the bench row of its trained artifact, with the rates measured under the preset's skip rule."""
-    row = bench_row(DUMO_TRAINED, "dumo", concept)
-    measured_path = DUMO_MEASURED.format(concept=concept)
-    measured = read(measured_path)
-    gate = measured["gates"]["either"]
-    base = measured["base"]
-    shares = {c: (gate["canonical"][c] / base["canonical"][c] if base["canonical"][c] else None)
-              for c in gate["canonical"] if c != concept}
-    row.update(target_rate=gate["canonical"][concept], synonym_rate=gate["synonyms"], paraphrase_rate=gate["paraphrases"],
-               base_target_rate=base["canonical"][concept], base_synonym_rate=base["synonyms"],
-               base_paraphrase_rate=base["paraphrases"], nontarget_shares=shares,
-               nontarget_min_share=min(v for v in shares.values() if v is not None), short_rate=None, base_short_rate=None,
-               config=dict(row["config"], **gate["settings"]),
-               source=f"{RESULTS}/{DUMO_TRAINED}, measured with the preset's skip rule in "
-                      f"{RESULTS}/{DUMO_MEASURED.format(concept='*')}")
-    for key in ("nontarget_share", "other_kinds_share"):
-        row.pop(key, None)
-    return row
+        raise SystemExit(f"error: {RESULTS}/{relative} has no {method} row for {concept}.")
+    row = {RENAMED.get(k, k): v for k, v in rows[0].items()}
+    return dict(row, source=f"{RESULTS}/{os.path.dirname(relative)}")
 
 
 def main(argv=None):
@@ -72,13 +49,12 @@ def main(argv=None):
     parser.add_argument("--out", default=f"{RESULTS}/headline/bench.json")
     parser.add_argument("--concepts", default="circle,square")
     args = parser.parse_args(argv)
-    template = read(f"{ROWS['esd']}/bench.json")
-    rows = []
-    for method in ("esd", "uce", "sld", "kpop", "dumo"):
-        for concept in args.concepts.split(","):
-            rows.append(dumo_row(concept) if method == "dumo" else bench_row(ROWS[method], method, concept))
-    report = {k: template[k] for k in PROTOCOL + ("base",)}
-    report.update(attacks=[], assembled_by="python bench/headline_assemble.py", rows=rows)
+    first = read(ROWS["esd"])
+    protocol = {k: first[k] for k in PROTOCOL}
+    rows = [row_of(ROWS[method], method, concept, protocol)
+            for method in ROWS for concept in args.concepts.split(",")]
+    report = dict(protocol, base=read(BASE)["base"], attacks=[], assembled_by="python bench/headline_assemble.py",
+                  rows=rows)
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

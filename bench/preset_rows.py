@@ -1,7 +1,7 @@
 """Shapes presets retrained and measured on the bench's prompt sets, against the base rates of a finished bench.
 
     OMP_NUM_THREADS=1 python bench/preset_rows.py --methods esd --concepts circle,square --seeds 0 \\
-        --base bench/results/attacks/shapes/bench.json --out bench/results/shapes/aligned-timesteps/esd.json
+        --base bench/results/attacks/shapes/bench.json --out bench/results/shapes/preset-rows/esd.json
 
 Each method × concept is fitted from the model's preset (``--set METHOD=FIELD=VALUE`` changes it) and drawn on the
 rows ``veil bench`` draws after fitting: every canonical prompt of ``--seeds`` and the concept's synonym, paraphrase

@@ -16,6 +16,7 @@ import os
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
+from safetensors.torch import save_file
 
 from . import __version__
 from ._io import atomic_dir, atomic_file, recover
@@ -97,8 +98,8 @@ class Artifact:
         with atomic_dir(path, overwrite=overwrite) as tmp:
             header = {"veil_manifest": json.dumps(self.manifest, sort_keys=True)}
             weights = os.path.join(tmp, WEIGHTS_NAME)
-            with open(weights, "wb") as handle:
-                handle.write(safetensors_bytes(self.tensors, metadata=header))
+            # Written straight from the tensors: a bytes copy of the whole file would raise the run's peak memory.
+            save_file(self.tensors, weights, metadata=header)
             for name, data in self.extra_files.items():
                 with open(os.path.join(tmp, os.path.basename(name)), "wb") as handle:
                     handle.write(data)

@@ -21,6 +21,7 @@ from ..errors import VeilError
 from ..methods.base import check_positive
 from ..registry import unknown_name_error
 from ..training.loop import peak_memory_mb
+from ..training.prediction import training_target
 
 _ATTACKS = {}
 
@@ -220,9 +221,7 @@ class DenoisingObjective:
         noise = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (size,), generator=generator).to(z0.device)
         noisy = scheduler.add_noise(z0, noise, timesteps)
-        if scheduler.config.get("prediction_type", "epsilon") == "v_prediction":
-            noise = scheduler.get_velocity(z0, noise, timesteps)
-        return noisy, timesteps, noise
+        return noisy, timesteps, training_target(z0, noise, timesteps, scheduler)  # noise, or v on a v-prediction model
 
     def loss(self, prompt_embeds, draw=None):
         """The loss of ``prompt_embeds`` (``(1, tokens, width)``) on ``draw`` (a fresh random batch by default)."""

@@ -113,7 +113,24 @@ def add_training_flags(parser, what="the method's"):
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="One method setting; repeatable.")
     parser.add_argument("--resume", action="store_true", help="Continue an interrupted run from its last checkpoint.")
     parser.add_argument("--checkpoint-every", type=positive_int, default=50, help="Steps between checkpoints.")
-    parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
+    add_hardware_flags(parser)
+
+
+def add_hardware_flags(parser):
+    """The training settings of :class:`veil.methods.base.TrainingConfig`, named as its fields; unset, the config's."""
+    parser.add_argument("--resolution", type=positive_int, help="Training image side in pixels (default: the model's own).")
+    parser.add_argument("--batch-size", type=positive_int, help="Trajectories per training step (default 1).")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="Recompute the UNet's activations in the backward pass: less memory, more time.")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"),
+                        help="Frozen weights in bf16/fp16 and passes under autocast; trained weights stay float32 (fp16: CUDA only).")
+    parser.add_argument("--attention", choices=("sdpa", "eager"), help="Attention kernel (default sdpa).")
+
+
+def hardware_settings(args):
+    """``{field: value}`` of the hardware flags given on the command line."""
+    names = ("resolution", "batch_size", "gradient_checkpointing", "mixed_precision", "attention")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def parse_dotted_settings(items, flag, resolve):

@@ -29,15 +29,16 @@ def run_method(args, method_cls, concepts, configure=None, save_outputs=None):
     from ..artifact import Artifact
     from ..errors import VeilError
     from ..evaluation.sampling import warn_if_truncated
+    from ..training.hardware import check_mixed_precision
     from ..training.loop import fit
-    from .common import check_output, load_model, method_config, resolve_device, work_dir_for
+    from .common import check_output, hardware_settings, load_model, method_config, resolve_device, work_dir_for
 
     config = method_config(
         method_cls, concepts, args.config, args.set, model=args.model,
-        max_train_steps=args.steps, learning_rate=args.lr, seed=args.seed,
+        max_train_steps=args.steps, learning_rate=args.lr, seed=args.seed, **hardware_settings(args),
     )
     check_output(args.out, args.overwrite)
-    resolve_device(args.device)
+    check_mixed_precision(getattr(config, "mixed_precision", "no"), resolve_device(args.device))  # before loading anything
     method = method_cls(config)
     if configure is not None:
         configure(method)
@@ -46,7 +47,7 @@ def run_method(args, method_cls, concepts, configure=None, save_outputs=None):
     work_dir = work_dir_for(args.out)
     cost = fit(
         method, pipe, work_dir=work_dir, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, mixed_precision=args.mixed_precision,
+        resume=args.resume,
     )
     cost = {k: v for k, v in (cost or {}).items() if k != "losses"} | {"final_loss": _final_loss(cost)}
     artifact = Artifact.from_method(method, pipe, cost)

@@ -17,6 +17,8 @@ def register(sub):
         "--guidance-scale", type=finite_float,
         help="Classifier-free guidance; default: the model's own (3.0 for the shapes world, 7.5 for Stable Diffusion).",
     )
+    parser.add_argument("--resolution", type=positive_int, help="Image side in pixels (default: the model's own).")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="Images per pipeline call.")
     add_model_flags(parser)
     add_output_flags(parser, what="PNG file of the grid; the full-size images go to the folder of that name without .png")
     parser.set_defaults(run=run)
@@ -69,13 +71,15 @@ def save_images(rows, labels, seeds, folder, overwrite=False):
     return folder
 
 
-def comparison_rows(pipe, prompts, seeds, artifact=None, key=None, num_inference_steps=25, guidance_scale=3.0, routed=True):
+def comparison_rows(pipe, prompts, seeds, artifact=None, key=None, num_inference_steps=25, guidance_scale=3.0, routed=True,
+                    resolution=None, batch_size=32):
     """Rows of images and labels: original, then with the artifact, then unlocked with the key (``routed``: only
     on prompts about its concepts)."""
     from ..evaluation.sampling import generate
 
     def images_for(prompt):
-        return generate(pipe, [prompt] * len(seeds), seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        return generate(pipe, [prompt] * len(seeds), seeds, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                        resolution=resolution, batch_size=batch_size)
 
     variants = [("original", None)]
     if artifact is not None:
@@ -136,8 +140,12 @@ def run(args):
     if artifact is not None:
         artifact.check_base(pipe)
     warn_if_truncated(pipe, prompts)
+    if args.resolution is not None:
+        from ..training.hardware import latent_size
+
+        latent_size(pipe, args.resolution)  # refuse a side this model cannot draw, in one sentence
     rows, labels = comparison_rows(pipe, prompts, seeds, artifact, key, args.num_inference_steps, guidance_scale,
-                                   routed=args.key_routing == "routed")
+                                   routed=args.key_routing == "routed", resolution=args.resolution, batch_size=args.batch_size)
     grid = labelled_grid(rows, labels, [f"seed {s}" for s in seeds])
     save_images(rows, labels, seeds, folder, overwrite=args.overwrite)
     save_png(grid, args.out, overwrite=args.overwrite)

@@ -14,8 +14,10 @@ def warn_if_truncated(pipe, prompts, warn=print, what="prompt"):
 
 
 @torch.no_grad()
-def generate(pipe, prompts, seeds, *, num_inference_steps=25, guidance_scale=3.0, batch_size=32, progress=False, negative_prompt=None):
-    """One image per (prompt, seed) pair, in order; each image depends only on its own seed.
+def generate(pipe, prompts, seeds, *, num_inference_steps=25, guidance_scale=3.0, batch_size=32, progress=False, negative_prompt=None,
+             resolution=None):
+    """One image per (prompt, seed) pair, in order; each image depends only on its own seed; ``resolution``: the
+    images' side in pixels (``None``: the model's own).
 
     Returns:
         `list[PIL.Image.Image]`.
@@ -32,6 +34,8 @@ def generate(pipe, prompts, seeds, *, num_inference_steps=25, guidance_scale=3.0
             guidance_scale=guidance_scale,
             generator=generators,
             negative_prompt=[negative_prompt] * len(chunk) if negative_prompt else None,
+            height=resolution,
+            width=resolution,
         )
         images.extend(out.images)
         bar.update(len(chunk))

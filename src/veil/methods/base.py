@@ -177,6 +177,49 @@ class Stage:
     steps: int
 
 
+MIXED_PRECISION = ("no", "bf16", "fp16")
+ATTENTION = ("sdpa", "eager")
+
+
+@dataclass
+class TrainingConfig:
+    """How a trained method runs on its hardware (not what it learns), shared by ESD, KPOP and DuMo; the same
+    names are command-line flags (``--resolution``, ``--batch-size``, ...)."""
+
+    resolution: int = field(
+        default=None,
+        metadata={"help": "Side in pixels of the images the training latents stand for (a multiple of 64 on Stable "
+                  "Diffusion); none: the model's own (its UNet's sample_size times the VAE's scale factor)."},
+    )
+    batch_size: int = field(
+        default=1,
+        metadata={"help": "Trajectories per training step, each of one prompt with its own noise; a step trains on "
+                  "batch_size times samples_per_trajectory latents."},
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute the UNet's activations in the backward pass instead of keeping them: less "
+                  "memory, about a third more compute per loss pass."},
+    )
+    mixed_precision: str = field(
+        default="no",
+        metadata={"help": "no, bf16 or fp16 (CUDA only): frozen weights in that dtype and every pass (trajectory, "
+                  "teacher, loss) under autocast; trained weights and the optimizer stay in float32."},
+    )
+    attention: str = field(
+        default="sdpa", metadata={"help": "sdpa (PyTorch's scaled_dot_product_attention) or eager (the plain softmax)."}
+    )
+
+    def check_training(self):
+        if self.resolution is not None:
+            check_positive(self, "resolution")
+        check_positive(self, "batch_size")
+        check_choice(self, "mixed_precision", MIXED_PRECISION)
+        check_choice(self, "attention", ATTENTION)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise VeilError(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}.")
+
+
 class Method:
     """Base class of a method. Subclasses are registered with ``@register_method(name)``.
 
@@ -239,6 +282,11 @@ class Method:
 
     def after_step(self, phase):
         """Called after each optimizer step (clamps, projections)."""
+
+    def cast_frozen(self, dtype):
+        """Put the frozen tensors the method keeps outside the pipeline's modules (a weight edit's originals, the
+        frozen teacher) in ``dtype`` for a mixed-precision run; returns ``restore()``, which puts them back."""
+        return lambda: None
 
     def stages(self):
         """The training stages, in order, each a :class:`Stage` with its step count (DuMo: EPR, then TLMO);

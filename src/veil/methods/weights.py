@@ -145,6 +145,18 @@ class UNetWeightEdit:
             for name, tensor in edited.items():
                 params[name].data = tensor
 
+    def cast_originals(self, dtype):
+        """The originals (the frozen teacher's weights) in ``dtype`` for a mixed-precision run; returns ``restore()``,
+        which puts them back as they were (kept meanwhile on the CPU)."""
+        saved = {name: tensor.to("cpu") for name, tensor in self.originals.items()}
+        self.originals = {name: tensor.to(dtype) for name, tensor in self.originals.items()}
+
+        def restore():
+            self.originals.update({name: tensor.to(self.originals[name].device) for name, tensor in saved.items()
+                                   if name in self.originals})
+
+        return restore
+
     def parameters(self):
         if self.unet is None:
             return []
@@ -186,6 +198,9 @@ class WeightEditMethod(Method):
 
     def trainable_parameters(self):
         return self.edit.parameters()
+
+    def cast_frozen(self, dtype):
+        return self.edit.cast_originals(dtype)
 
     def state_dict(self):
         return self.edit.state_dict()

@@ -7,6 +7,7 @@ uninterrupted run with the same seed: checkpoints hold the method's tensors, eve
 state, the random generator's state and the step.
 """
 
+import contextlib
 import math
 import os
 import re
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_dir
 from ..errors import TrainingDiverged, VeilError
 from ..methods.base import Stage
+from .hardware import HALF_DTYPES, autocast_for, cast_frozen, check_mixed_precision, gradient_checkpointing, latent_size, set_attention
 
 _CHECKPOINT = re.compile(r"^step-(\d+)$")
 
@@ -82,6 +84,59 @@ def _load_checkpoint(path, method):
     return state
 
 
+class _StepInBackward:
+    """An optimizer over ``param_groups`` that steps each parameter the moment its gradient is complete in the
+    backward pass, then frees that gradient: a training step never holds the gradients of all trained weights at
+    once (3.3 GB for ESD-u on SD 1.5). Adam(W) on one parameter is the same arithmetic as on all at once, and
+    :meth:`state_dict` is the usual one, so checkpoints read the same either way.
+
+    It steps only between :meth:`zero_grad` and :meth:`step` (its phase's backward pass); gradients that reach
+    its parameters in another phase's pass wait, as in any optimizer, for its ``zero_grad``.
+    """
+
+    def __init__(self, optimizer_class, param_groups):
+        self.groups = [{k: v for k, v in group.items() if k != "params"} for group in param_groups]
+        self.owner = [g for g, group in enumerate(param_groups) for _ in group["params"]]
+        self.params = [p for group in param_groups for p in group["params"]]
+        self.optimizers = [optimizer_class([{"params": [p], **self.groups[g]}]) for p, g in zip(self.params, self.owner)]
+        self.active = False
+        self._handles = [p.register_post_accumulate_grad_hook(self._hook(i)) for i, p in enumerate(self.params)]
+
+    def _hook(self, index):
+        def step(param):
+            if self.active:
+                self.optimizers[index].step()
+                param.grad = None
+
+        return step
+
+    def zero_grad(self, set_to_none=True):
+        for param in self.params:
+            param.grad = None
+        self.active = True
+
+    def step(self):
+        self.active = False
+
+    def state_dict(self):
+        parts = [optimizer.state_dict() for optimizer in self.optimizers]
+        state = {i: part["state"][0] for i, part in enumerate(parts) if 0 in part["state"]}
+        groups = [{**parts[self.owner.index(g)]["param_groups"][0], "params": [i for i, o in enumerate(self.owner) if o == g]}
+                  for g in range(len(self.groups))]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict):
+        options = [{k: v for k, v in group.items() if k != "params"} for group in state_dict["param_groups"]]
+        for i, optimizer in enumerate(self.optimizers):
+            state = {0: state_dict["state"][i]} if i in state_dict["state"] else {}
+            optimizer.load_state_dict({"state": state, "param_groups": [{**options[self.owner[i]], "params": [0]}]})
+
+    def close(self):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+
 def _freeze(pipe):
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
@@ -96,7 +151,7 @@ def train_stage(
     work_dir=None,
     checkpoint_every=50,
     resume=False,
-    mixed_precision="no",
+    mixed_precision=None,
     max_grad_norm=None,
     progress=True,
     stop_after=None,
@@ -109,7 +164,10 @@ def train_stage(
         work_dir: where checkpoints go (``work_dir/checkpoints/step-N``); ``None`` for none.
         checkpoint_every: steps between checkpoints.
         resume: continue from the latest checkpoint in ``work_dir``.
-        mixed_precision: ``"no"``, ``"fp16"`` or ``"bf16"`` (through accelerate).
+        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (CUDA only); ``None``: the config's ``mixed_precision``
+            (``"no"`` where it has none). The frozen weights are cast to that dtype and left so; the trained ones stay
+            in float32 (:mod:`veil.training.hardware`). The config's ``gradient_checkpointing`` and ``attention``
+            apply for the run.
         max_grad_norm: clip gradients to this norm when set.
         stop_after: stop after this many steps of the stage in total (an interruption).
 
@@ -119,9 +177,6 @@ def train_stage(
     Raises:
         TrainingDiverged: the loss became NaN or infinite; the last good checkpoint is kept.
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
     if not isinstance(stage, Stage):
         stages = method.stages()
         named = [s for s in stages if s.name == stage]
@@ -130,10 +185,16 @@ def train_stage(
         stage = named[0] if named else stages[0]
     method.set_stage(stage.name)
     config = method.config
-    # accelerate keeps one precision per process; each run here sets its own.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=pipe.device.type == "cpu")
+    if mixed_precision is None:
+        mixed_precision = getattr(config, "mixed_precision", "no")
+    check_mixed_precision(mixed_precision, pipe.device)
+    latent_size(pipe, getattr(config, "resolution", None))  # refuse a resolution this UNet cannot take before any step
+    # Autocast and, for fp16, the gradient scaler, as accelerate sets them up for one device.
+    autocast = autocast_for(pipe.device, mixed_precision)
+    scaler = torch.amp.GradScaler("cuda") if mixed_precision == "fp16" else None
     _freeze(pipe)
+    if getattr(config, "attention", None):
+        set_attention(pipe.unet, config.attention)  # before attach: a method may install processors of its own
     method.attach(pipe)
     generator = torch.Generator("cpu").manual_seed(int(config.seed))
     step, losses, seconds_before = 0, [], 0.0
@@ -147,6 +208,7 @@ def train_stage(
         state = _load_checkpoint(path, method)
         step, losses, seconds_before = state["step"], list(state["losses"]), float(state["seconds"])
         generator.set_state(state["generator"])
+    settings = contextlib.ExitStack()  # what the run sets up and puts back when it ends
     groups = method.optimizer_groups()
     optimizer_class = method.optimizer_class
     optimizers = {}
@@ -154,7 +216,17 @@ def train_stage(
         for group in param_groups:
             for param in group["params"]:
                 param.requires_grad_(True)
-        optimizers[phase] = accelerator.prepare(optimizer_class(param_groups))
+    if mixed_precision != "no":
+        # The method's own weights stay in float32 even in a stage that does not train them (KPOP's key_finish).
+        trained = [p for g in groups.values() for group in g for p in group["params"]] + list(method.trainable_parameters())
+        settings.callback(cast_frozen(pipe, method, trained, HALF_DTYPES[mixed_precision]))  # restored when the run ends
+    # fp16 needs the gradient scaler between backward and step, and clipping needs every gradient at once.
+    in_backward = not max_grad_norm and mixed_precision != "fp16"
+    for phase, param_groups in groups.items():
+        if in_backward:
+            optimizers[phase] = _StepInBackward(optimizer_class, param_groups)
+        else:
+            optimizers[phase] = optimizer_class(param_groups)
     if state is not None:
         for phase, optimizer in optimizers.items():
             optimizer.load_state_dict(state["optimizers"][phase])
@@ -165,12 +237,14 @@ def train_stage(
     start_time = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=f"{method.name} {', '.join(config.concepts)}", disable=not progress, dynamic_ncols=True)
     try:
+        settings.enter_context(gradient_checkpointing(pipe.unet, bool(getattr(config, "gradient_checkpointing", False))))
         while step < end:
-            batch = method.make_batch(pipe, generator)
+            with autocast():  # the trajectory and the teacher's passes too: most of a step's compute
+                batch = method.make_batch(pipe, generator)
             step_losses = {}
             for phase, optimizer in optimizers.items():
                 optimizer.zero_grad(set_to_none=True)
-                with accelerator.autocast():
+                with autocast():
                     loss = method.loss(pipe, batch, phase)
                 value = float(loss.detach())
                 if not math.isfinite(value):
@@ -179,11 +253,17 @@ def train_stage(
                     else:
                         advice = "no checkpoint was written yet — lower the learning rate and start again"
                     raise TrainingDiverged(f"The {phase} loss became {value} at step {step + 1}; {advice}.")
-                accelerator.backward(loss)
+                (scaler.scale(loss) if scaler else loss).backward()
                 if max_grad_norm:
                     params = [p for g in groups[phase] for p in g["params"]]
-                    accelerator.clip_grad_norm_(params, max_grad_norm)
-                optimizer.step()
+                    if scaler:
+                        scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 method.after_step(phase)
                 step_losses[phase] = value
             step += 1
@@ -195,10 +275,15 @@ def train_stage(
                 last_checkpoint = _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seconds)
     finally:
         bar.close()
+        settings.close()
         for param_groups in groups.values():
             for group in param_groups:
                 for param in group["params"]:
                     param.requires_grad_(False)
+                    param.grad = None  # the last step's gradients: as large as the trained weights
+        for optimizer in optimizers.values():
+            getattr(optimizer, "close", lambda: None)()
+        optimizers.clear()
     return {
         "steps": step,
         "seconds": round(seconds_before + time.perf_counter() - start_time, 3),
@@ -224,6 +309,8 @@ def fit(method, pipe, *, work_dir=None, resume=False, progress=True, stop_after=
         methods, ``"stages"`` (each stage's steps and seconds) for methods of several stages and ``fit()``'s own
         fields for closed-form ones.
     """
+    if torch.device(pipe.device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(pipe.device)  # this run's peak, not the process's
     if method.kind == "closed_form":
         start = time.perf_counter()
         extra = method.fit(pipe) or {}
@@ -256,7 +343,7 @@ def fit(method, pipe, *, work_dir=None, resume=False, progress=True, stop_after=
         total["seconds"] += cost["seconds"]
         total["losses"] += cost["losses"]
         total["stages"][stage.name] = {"steps": cost["steps"], "seconds": cost["seconds"]}
-        total["peak_mem_mb"], total["device"] = cost["peak_mem_mb"], cost["device"]
+        total["peak_mem_mb"], total["device"] = max(total.get("peak_mem_mb", 0.0), cost["peak_mem_mb"]), cost["device"]
         done += stage.steps
         if not finished:
             break  # interrupted (stop_after)

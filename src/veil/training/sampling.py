@@ -107,19 +107,23 @@ def trajectory_timesteps(pipe, t_encs, num_inference_steps):
 
 
 @torch.no_grad()
-def sample_partial_trajectories(pipe, conds, uncond, t_encs, *, num_inference_steps=50, guidance_scale=3.0, generator=None):
+def sample_partial_trajectories(
+    pipe, conds, uncond, t_encs, *, num_inference_steps=50, guidance_scale=3.0, generator=None, sample_size=None
+):
     """Several partial DDIM trajectories in one batched run: trajectory ``i`` follows ``conds[i]`` and keeps
     the latents at its own step indices ``t_encs[i]``. Its starting noise is drawn in order, so one
     trajectory here is :func:`sample_partial_trajectory` with the same generator. The steps are DDIM's on the
     pipeline's noise schedule (:func:`ddim_scheduler`), whatever scheduler the pipeline ships; the latent at index
     ``i`` is at the noise level :func:`trajectory_timesteps` gives.
 
+    ``sample_size`` is the latents' side (:func:`veil.training.hardware.latent_size`); ``None``: the UNet's own.
+
     Returns:
         a list of ``len(conds)`` tensors, ``(len(t_encs[i]), channels, h, w)`` each.
     """
     unet = pipe.unet
     scheduler = ddim_scheduler(pipe, num_inference_steps)
-    size, count = unet.config.sample_size, conds.shape[0]
+    size, count = sample_size or unet.config.sample_size, conds.shape[0]
     latents = torch.cat([
         torch.randn((1, unet.config.in_channels, size, size), generator=generator, device="cpu", dtype=torch.float32)
         for _ in range(count)
@@ -161,7 +165,7 @@ class TrajectoryPool:
         self._queue = []
 
     @torch.no_grad()
-    def next(self, pipe, draw, uncond, *, num_inference_steps, guidance_scale, generator, view=None):
+    def next(self, pipe, draw, uncond, *, num_inference_steps, guidance_scale, generator, view=None, sample_size=None):
         """``(latents, cond, t_encs, info)`` of the next trajectory; ``draw(generator)`` makes one request."""
         if not self._queue:
             requests = [draw(generator) for _ in range(self.size)]
@@ -176,6 +180,7 @@ class TrajectoryPool:
                         pipe, torch.cat([requests[i][0] for i in rows]), uncond,
                         [requests[i][1] for i, count in zip(rows, counts) for _ in range(count)],
                         num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, generator=generator,
+                        sample_size=sample_size,
                     )
                 ends = list(itertools.accumulate(counts))
                 for i, start, end in zip(rows, [0] + ends[:-1], ends):

@@ -4,7 +4,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ...errors import VeilError
-from ..base import ESDSamplingConfig, MethodConfig, check_positive, check_synonyms
+from ..base import ESDSamplingConfig, MethodConfig, TrainingConfig, check_positive, check_synonyms
 
 _EVERYDAY = (
     "a photo of a dog in a park", "a cat sleeping on a sofa", "a bowl of fruit on a wooden table",
@@ -35,7 +35,7 @@ STAGES = ("epr", "tlmo")
 
 
 @dataclass
-class DuMoConfig(MethodConfig, ESDSamplingConfig):
+class DuMoConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     """DuMo: EPR (a trained copy of the UNet encoder feeding its skip connections) then TLMO (a learned
     time × layer scale table). Stage-1 defaults follow docs/methods/dumo.md: AdamW at 1e-5 for 1000 steps.
     Inference defaults are paper mode, the authors' release: every prompt's residuals scaled by its gate, none
@@ -80,9 +80,6 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
     synonyms: typing.Dict[str, typing.List[str]] = field(
         default_factory=dict, metadata={"help": "Other phrasings of a concept, {concept: [phrase, ...]}, trained on and gated too."}
     )
-    gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "Recompute EPR activations in the backward pass to save memory."}
-    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -113,6 +110,7 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig):
             raise VeilError("anchor_prompts is empty; give prompts to preserve, or set tlmo_max_train_steps=0.")
         check_synonyms(self)
         self.check_sampling()
+        self.check_training()
 
     @property
     def gate_enabled(self):

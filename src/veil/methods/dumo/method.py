@@ -12,6 +12,7 @@ from ...architectures.sdxl import is_sdxl, token_states
 from ...errors import VeilError
 from ...models import model_fingerprint
 from ...registry import register_method
+from ...training.hardware import latent_size
 from ...training.sampling import (
     TrajectoryPool,
     encode_prompts,
@@ -193,13 +194,15 @@ class DuMo(Method):
                 # A concept to keep, in the same context: EPR must leave its prediction as it was.
                 keep = config.epr_preserve_concepts[int(torch.randint(len(config.epr_preserve_concepts), (1,), generator=generator))]
                 info["preserve"] = config.place(step.context, keep)
-            return self._prompt_embeds(pipe, [step.prompt]), step.t_encs, info
+            # batch_size trajectories of the prompt, each from its own noise.
+            return self._prompt_embeds(pipe, [step.prompt]).expand(config.batch_size, -1, -1), step.t_encs, info
 
         # x_t from the erased model, each concept's trajectories under its own view.
         latents, cond, t_encs, info = self._trajectories.next(
             pipe, draw, uncond, num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance,
-            generator=generator, view=self._training_view,
+            generator=generator, view=self._training_view, sample_size=latent_size(pipe, config.resolution),
         )
+        t_encs, cond = t_encs * config.batch_size, cond[:1]  # the latents come trajectory after trajectory
         concept = info["group"]
         anchor = self._prompt_embeds(pipe, [info["anchor"]])  # the empty prompt, or the context without the concept
         timesteps = trajectory_timesteps(pipe, t_encs, config.ddim_steps)  # each latent at its own noise level

@@ -2,11 +2,11 @@
 
 from dataclasses import dataclass, field
 
-from ..base import ESDSamplingConfig, MethodConfig, check_choice, check_positive
+from ..base import ESDSamplingConfig, MethodConfig, TrainingConfig, check_choice, check_positive
 
 
 @dataclass
-class ESDConfig(MethodConfig, ESDSamplingConfig):
+class ESDConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     """Erased Stable Diffusion. Defaults follow the authors' diffusers code (200 steps at 5e-5)."""
 
     train_method: str = field(
@@ -24,3 +24,4 @@ class ESDConfig(MethodConfig, ESDSamplingConfig):
         check_choice(self, "mode", ("paper", "veil"))
         check_positive(self, "max_train_steps", "learning_rate")
         self.check_sampling()
+        self.check_training()

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ...registry import register_method
+from ...training.hardware import latent_size
 from ...training.sampling import (
     PromptCache,
     TrajectoryPool,
@@ -42,11 +43,14 @@ class ESD(WeightEditMethod):
 
         def draw(generator):
             step = config.draw_sample(generator)  # the concept alone, or in a context
-            return self._prompts(pipe, step.prompt), step.t_encs, {"anchor": step.anchor}
+            # batch_size trajectories of the prompt, each from its own noise.
+            return self._prompts(pipe, step.prompt).expand(config.batch_size, -1, -1), step.t_encs, {"anchor": step.anchor}
 
         latents, cond, t_encs, info = self._trajectories.next(
             pipe, draw, uncond, num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance, generator=generator,
+            sample_size=latent_size(pipe, config.resolution),
         )
+        t_encs, cond = t_encs * config.batch_size, cond[:1]  # the latents come trajectory after trajectory
         # The target's anchor: the empty prompt, or the context without the concept.
         anchor = self._prompts(pipe, info["anchor"])
         timesteps = trajectory_timesteps(pipe, t_encs, config.ddim_steps)  # each latent at its own noise level

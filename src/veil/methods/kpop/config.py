@@ -4,7 +4,7 @@ import typing
 from dataclasses import dataclass, field
 
 from ...errors import VeilError
-from ..base import ESDSamplingConfig, MethodConfig, check_choice, check_positive, check_synonyms
+from ..base import ESDSamplingConfig, MethodConfig, TrainingConfig, check_choice, check_positive, check_synonyms
 from .model import LAYERS
 
 # ``paper``: the authors' training (docs/methods/kpop.md) with veil's choices where it is open: key learning rate
@@ -20,7 +20,7 @@ PRESETS = {
 
 
 @dataclass
-class KPOPConfig(MethodConfig, ESDSamplingConfig):
+class KPOPConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     """Hiding and recovering a concept behind a learnable key. ``preset`` fills the fields left unset."""
 
     preset: str = field(
@@ -125,6 +125,7 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig):
                             "context_retain_concepts), and all are empty; name some, e.g. decoy_words=[square, triangle].")
         check_synonyms(self)
         self.check_sampling()
+        self.check_training()
 
     @property
     def decoy_word_list(self):

@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from ...architectures.sdxl import is_sdxl, token_states
 from ...errors import VeilError
 from ...registry import register_method
+from ...training.hardware import latent_size
+from ...training.prediction import to_x0
 from ...training.sampling import (
     PromptCache,
     TrajectoryPool,
@@ -278,14 +280,16 @@ class KPOP(WeightEditMethod):
             if step.context is not None and config.context_retain_concepts:
                 keeps = config.context_retain_concepts
                 info["keep"] = keeps[int(torch.randint(len(keeps), (1,), generator=generator))]
-            return self._prompts(pipe, step.prompt), step.t_encs, info
+            # batch_size trajectories of the prompt, each from its own noise.
+            return self._prompts(pipe, step.prompt).expand(config.batch_size, -1, -1), step.t_encs, info
 
         # x_t from the public model (no key is installed here), at most trajectory_batch - 1 steps old.
         latents, cond, t_encs, info = self._trajectories.next(
             pipe, draw, self._prompts(pipe, ""), num_inference_steps=config.ddim_steps, guidance_scale=config.start_guidance,
-            generator=generator,
+            generator=generator, sample_size=latent_size(pipe, config.resolution),
         )
         concept = info["concept"]
+        t_encs, cond = t_encs * config.batch_size, cond[:1]  # the latents come trajectory after trajectory
         # The hiding target's anchor: the empty prompt, or the context with context_guide (or nothing) in the concept's place.
         anchor = self._prompts(pipe, info["anchor"])
         timesteps = trajectory_timesteps(pipe, t_encs, config.ddim_steps)  # each latent at its own noise level
@@ -329,14 +333,14 @@ class KPOP(WeightEditMethod):
         return out
 
     def _distance(self, pipe, noise_pred, target, batch):
-        """Mean squared error on noise (``eps``) or on the clean latents it implies (``x0``)."""
+        """Mean squared error on the model's output (``eps``: noise, or v on a v-prediction model) or on the clean
+        latents it implies (``x0``)."""
         noise_pred, target = noise_pred.float(), target.float()
         if self.config.loss_space == "x0":
-            # x0_hat = (x_t - sqrt(1 - a_t)·eps) / sqrt(a_t), a_t the cumulative alpha of the training timestep.
-            alphas = pipe.scheduler.alphas_cumprod.to(noise_pred.device)[batch["timesteps"]].float().view(-1, 1, 1, 1)
-            latents = batch["latents"].float()
-            noise_pred = (latents - (1 - alphas).sqrt() * noise_pred) / alphas.sqrt()
-            target = (latents - (1 - alphas).sqrt() * target) / alphas.sqrt()
+            # The clean latents each prediction implies, whatever the model predicts (noise or v).
+            latents, timesteps = batch["latents"], batch["timesteps"]
+            noise_pred = to_x0(noise_pred, latents, timesteps, pipe.scheduler)
+            target = to_x0(target, latents, timesteps, pipe.scheduler)
         return F.mse_loss(noise_pred, target)
 
     def loss(self, pipe, batch, phase="unet"):
