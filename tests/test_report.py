@@ -45,7 +45,7 @@ def folders(tmp_path_factory):
         pipe = veil.load_pipeline("tiny")
         artifact = veil.load_artifact(save_esd_artifact(pipe, root / "erased"))
         method = artifact.build_method()
-        method.unlocked = lambda pipe, key: contextlib.nullcontext()  # stands in for a KPOP key's unlocking
+        method.unlocked = lambda pipe, key, **kwargs: contextlib.nullcontext()  # stands in for a KPOP key's unlocking
         evaluate("shapes_concepts", str(root / "results"), pipe=pipe, artifact=artifact, key=object(), seeds=[0], limit=10,
                  num_inference_steps=2, scorers={"classifier": fake_classify}, progress=False)
     (root / "bench").mkdir()

@@ -188,23 +188,19 @@ class TrainingConfig:
 
     resolution: int = field(
         default=None,
-        metadata={"help": "Side in pixels of the images the training latents stand for (a multiple of 64 on Stable "
-                  "Diffusion); none: the model's own (its UNet's sample_size times the VAE's scale factor)."},
+        metadata={"help": "Training image side in pixels (SD: a multiple of 64); none: the model's own."},
     )
     batch_size: int = field(
         default=1,
-        metadata={"help": "Trajectories per training step, each of one prompt with its own noise; a step trains on "
-                  "batch_size times samples_per_trajectory latents."},
+        metadata={"help": "Trajectories per training step, each with its own noise (x samples_per_trajectory latents)."},
     )
     gradient_checkpointing: bool = field(
         default=False,
-        metadata={"help": "Recompute the UNet's activations in the backward pass instead of keeping them: less "
-                  "memory, about a third more compute per loss pass."},
+        metadata={"help": "Recompute UNet activations in the backward pass: less memory, about 1/3 more compute."},
     )
     mixed_precision: str = field(
         default="no",
-        metadata={"help": "no, bf16 or fp16 (CUDA only): frozen weights in that dtype and every pass (trajectory, "
-                  "teacher, loss) under autocast; trained weights and the optimizer stay in float32."},
+        metadata={"help": "no, bf16 or fp16 (CUDA only): frozen weights and every pass in it; trained ones stay float32."},
     )
     attention: str = field(
         default="sdpa", metadata={"help": "sdpa (PyTorch's scaled_dot_product_attention) or eager (the plain softmax)."}

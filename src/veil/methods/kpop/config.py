@@ -70,8 +70,7 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     )
     key_init_noise: float = field(
         default=1.0,
-        metadata={"help": "Secret noise of this many token norms, from the operating system, added to the key's start "
-                  "E(c)[:m], so that the public config cannot train the same key again; above 0 (default 1)."}
+        metadata={"help": "Secret OS-random noise (in token norms) added to the key's start E(c)[:m]; above 0."}
     )
     decoy_words: typing.List[str] = field(
         default_factory=list,
