@@ -44,6 +44,9 @@ def _one_iteration(tiny_pipe, record, monkeypatch):
 
     monkeypatch.setattr(method, "make_batch", at_the_reference_draw)
     originals = {name: p.detach().clone() for name, p in tiny_pipe.unet.named_parameters()}
+    # One thread, as the reference was made: float32 sums in another order differ by ~1e-5 on the smallest gradients.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     # The loop may step each weight inside the backward pass and free its gradient: keep a copy as it lands.
     grads = {}
     handles = [p.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.detach().clone()))
@@ -51,6 +54,7 @@ def _one_iteration(tiny_pipe, record, monkeypatch):
     try:
         cost = veil.fit(method, tiny_pipe, progress=False)
     finally:
+        torch.set_num_threads(threads)
         for handle in handles:
             handle.remove()
     return method, cost, originals, grads
