@@ -128,7 +128,7 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
         raise VeilError(f"--num-inference-steps must be greater than 0, got {settings['num_inference_steps']}.")
     if limit is not None and int(limit) < 1:  # rows[:-1] would quietly drop the last row; rows[:0] record an empty run
         raise VeilError(f"--limit must be a whole number greater than 0, got {limit}.")
-    rows = task.rows(prompts=prompts, seeds=seeds)
+    rows = task.rows(prompts=prompts, seeds=seeds, model=model)
     if guidance_scale is not None:  # an explicit scale overrides the rows' own
         for row in rows:
             row.pop("guidance_scale", None)
