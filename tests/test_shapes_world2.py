@@ -337,3 +337,25 @@ def test_build_slice_unet_resumes_to_the_same_weights(tmp_path, monkeypatch):
     resumed = weights(train.stage_unet(args, tmp_path / "b" / "work", rec, y, lat, cap, 0.9))
     assert rec["unet"]["steps"] == 4 and rec["unet"]["config"]["caption_mix"]["sts"] == W.CAPTION_SHARES["sts"]
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_build_folder_loads_as_a_model_with_its_own_classifier(tmp_path):
+    """``--model`` may name a shapes build's output folder (or its pipeline/): MiniLM is injected, and a
+    concept-rate task defaults to the build's classifier."""
+    import shutil
+
+    import veil
+    from veil.evaluation.harness import _build_classifier
+    from veil.evaluation.tasks import load_task
+    from veil.shapes import PIPELINE_DIR
+
+    shutil.copytree(PIPELINE_DIR, tmp_path / "pipeline")
+    (tmp_path / "world.json").write_text(json.dumps({"version": 1}))
+    for model in (tmp_path, tmp_path / "pipeline"):
+        pipe = veil.load_pipeline(str(model))
+        assert pipe.text_encoder.config.use_attention_mask is True and pipe.tokenizer.model_max_length == 32
+    task = load_task("shapes_concepts")
+    assert _build_classifier(task, str(tmp_path), None) == {"classifier": str(tmp_path / "classifier.safetensors")}
+    assert _build_classifier(task, str(tmp_path), {"classifier": "mine.safetensors"}) == {"classifier": "mine.safetensors"}
+    assert _build_classifier(task, "shapes", None) is None
+    assert _build_classifier(load_task("i2p_nudity"), str(tmp_path), None) is None
