@@ -306,8 +306,8 @@ def _style_alpha(mask: Image.Image, style: str, rng: np.random.Generator) -> np.
         shade = 1.0 + rng.uniform(-0.12, 0.12, size=blocks.shape)
         big = np.repeat(np.repeat(blocks * shade, cell, 0), cell, 1)
         return big[oy:oy + SIZE, ox:ox + SIZE]
-    if style == "soft-edged":  # a gaussian edge of sigma 1.5 px
-        return down(np.asarray(mask.filter(ImageFilter.GaussianBlur(1.5 * k)), dtype=np.float64) / 255.0)
+    if style == "soft-edged":  # a gaussian edge of sigma 1 px (more blurs thin shapes, a diamond, away)
+        return down(np.asarray(mask.filter(ImageFilter.GaussianBlur(1.0 * k)), dtype=np.float64) / 255.0)
     raise ValueError(f"unknown style {style!r}")
 
 
