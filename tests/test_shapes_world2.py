@@ -361,25 +361,31 @@ def test_a_build_folder_loads_as_a_model_with_its_own_classifier(tmp_path):
     assert _build_classifier(load_task("i2p_nudity"), str(tmp_path), None) is None
 
 
-def test_build_slice_end_to_end(tmp_path, monkeypatch):
-    """``python -m veil.shapes.train --world 2`` through every stage on a tiny slice: a tiny UNet, stand-in caption
-    states and stand-in samples (drawing thousands of images is the real build's job), the real everything else.
-    A second run finds every stage done."""
+def _stub_heavy_parts(monkeypatch):
+    """A tiny UNet, stand-in caption states and stand-in samples (drawing thousands of images is the real build's
+    job); the real everything else."""
     from veil.shapes import train
 
     monkeypatch.setattr(train, "UNET2_CONFIG", dict(train.UNET2_CONFIG, block_out_channels=(32, 32, 32), attention_head_dim=2))
+    monkeypatch.setattr(train, "UNET_CONFIG", dict(train.UNET_CONFIG, block_out_channels=(32, 32, 32), attention_head_dim=2))
     monkeypatch.setattr(train, "encode_texts", lambda texts, tok, te: torch.randn(len(texts), 4, 384).half())
-    drawn = []
+    monkeypatch.setattr(train, "generate", lambda pipe, rows, **kwargs: np.random.default_rng(len(rows)).integers(
+        0, 256, (len(rows), 32, 32, 3), dtype=np.uint8))
+    return train
 
-    def generate(pipe, rows, **kwargs):
-        drawn.append(len(rows))
-        return np.random.default_rng(len(rows)).integers(0, 256, (len(rows), 32, 32, 3), dtype=np.uint8)
 
-    monkeypatch.setattr(train, "generate", generate)
-    argv = ["--world", "2", "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--threads", "1",
+def _slice_argv(tmp_path, world):
+    return ["--world", str(world), "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--threads", "1",
             "--n-train", "48", "--n-val", "16", "--n-roundtrip", "16", "--vae-steps", "2", "--vae-batch", "4",
             "--clf-steps", "2", "--clf-batch", "8", "--unet-steps", "2", "--unet-batch", "2", "--unet-warmup", "2",
             "--captions-per-combo", "1", "--eval-seeds", "1", "--para-per-phrasing", "1", "--resume"]
+
+
+def test_build_slice_end_to_end(tmp_path, monkeypatch):
+    """``python -m veil.shapes.train --world 2`` through every stage on a tiny slice; a second run finds every
+    stage done."""
+    train = _stub_heavy_parts(monkeypatch)
+    argv = _slice_argv(tmp_path, 2)
     rec = train.main(argv)
     out = tmp_path / "out"
     assert json.loads((out / "world.json").read_text())["version"] == 2
@@ -395,3 +401,14 @@ def test_build_slice_end_to_end(tmp_path, monkeypatch):
     assert (out / "pipeline" / "model_index.json").is_file() and not (out / "pipeline" / "text_encoder").exists()
     again = train.main(argv + ["--no-eval"])
     assert all(again["stages"][k].get("cached") for k in ("data", "vae", "latents", "classifier", "captions", "unet"))
+
+
+def test_world1_build_slice_still_runs(tmp_path, monkeypatch):
+    train = _stub_heavy_parts(monkeypatch)
+    train.main(_slice_argv(tmp_path, 1))
+    out = tmp_path / "out"
+    assert json.loads((out / "world.json").read_text())["version"] == 1
+    assert set(json.loads((out / "classifier.json").read_text())["labels"]) == {"shape", "colour", "background"}
+    ev = json.loads((out / "train_log.json").read_text())["stages"]["eval"]
+    assert ev["canonical"]["n"] == 120 and "style" not in ev["canonical"] and "bars" not in ev
+    assert (out / "paraphrase_prompts.csv").read_text().splitlines()[0] == "prompt,seed,shape,colour,background"
