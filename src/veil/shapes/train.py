@@ -70,7 +70,7 @@ WORLD_DEFAULTS = {
             clf_steps=700, captions_per_combo=64, unet_minutes=33.0, unet_steps=10 ** 9, eval_seeds=2,
             para_per_phrasing=12),
     2: dict(n_train=60000, n_val=3000, n_roundtrip=12000, vae_minutes=None, vae_steps=2000, clf_minutes=None,
-            clf_steps=1500, captions_per_combo=8, unet_minutes=None, unet_steps=12000, eval_seeds=2,
+            clf_steps=1500, captions_per_combo=8, unet_minutes=None, unet_steps=9000, eval_seeds=2,
             para_per_phrasing=4),
 }
 

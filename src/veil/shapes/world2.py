@@ -30,7 +30,9 @@ from .data import COLOUR_JITTER, COLOUR_RGB, COLOURS, BACKGROUNDS, SIZE, SUPERSA
 
 VERSION = 2
 
-SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "hexagon", "heart", "crescent",
+# No hexagon: at 32x32 it is within a pixel of a circle, and pixelated hexagons and circles could not be told
+# apart (bench/results/shapes_world2/classifier-renders); the oval takes its place.
+SHAPES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "oval", "heart", "crescent",
                            "arrow", "diamond", "ring", "pentagon")
 STYLES: Tuple[str, ...] = ("filled", "outlined", "hatched", "pixelated", "soft-edged")
 KINDS: Tuple[str, ...] = ("shape", "colour", "background", "style")
@@ -38,8 +40,8 @@ AXES: Dict[str, Tuple[str, ...]] = {"shape": SHAPES, "colour": COLOURS, "backgro
 SLOTS: Dict[str, str] = {"shape": "s", "colour": "c", "background": "b", "style": "st"}
 CONCEPT_KIND: Dict[str, str] = {v: k for k, values in AXES.items() for v in values}
 
-# Object size: radius 8-11 px (world 1: 7-10) so that the hexagon's and pentagon's corners survive
-# the pixelated and soft-edged styles; centre jitter +-3 px keeps every shape inside the frame.
+# Object size: radius 8-11 px (world 1: 7-10) so that the pentagon's corners survive the pixelated and
+# soft-edged styles; centre jitter +-3 px keeps every shape inside the frame.
 RADIUS = (8.0, 11.0)
 CENTRE_JITTER = 3.0
 ROTATION = 0.25
@@ -47,8 +49,7 @@ PIXEL = 2  # block side of the pixelated style, px
 
 SYNONYMS: Dict[str, Dict[str, List[str]]] = {
     **{c: _w1.SYNONYMS[c] for c in (*_w1.SHAPES, *COLOURS, *BACKGROUNDS)},
-    "hexagon": {"train": ["hexagon", "hex", "six-sided shape", "hexagonal shape"],
-                "heldout": ["six-cornered shape", "hexagonal form"]},
+    "oval": {"train": ["oval", "ellipse", "ovoid", "egg shape"], "heldout": ["elliptical form", "ovate shape"]},
     "heart": {"train": ["heart", "love heart", "heart shape", "valentine heart"],
               "heldout": ["love symbol", "cardioid"]},
     "crescent": {"train": ["crescent", "crescent shape", "sickle shape", "lunula"],
@@ -79,8 +80,7 @@ OBJECTS: Dict[str, Dict[str, List[str]]] = {
              "heldout": ["anise pod", "christmas ornament"]},
     "cross": {"train": ["first-aid sign", "hospital sign", "pharmacy sign", "swiss flag"],
               "heldout": ["ambulance emblem", "medic patch"]},
-    "hexagon": {"train": ["honeycomb cell", "lug nut", "bolt head", "pencil end"],
-                "heldout": ["beehive cell", "basalt column"]},
+    "oval": {"train": ["egg", "rugby ball", "grape", "jelly bean"], "heldout": ["avocado", "pebble"]},
     "heart": {"train": ["valentine", "love emoji", "cupid symbol", "romance sticker"],
               "heldout": ["locket", "wedding sticker"]},
     "crescent": {"train": ["croissant", "banana", "sickle", "toenail clipping"],
@@ -223,10 +223,11 @@ def _shape_points(shape: str) -> List[Tuple[float, float]]:
     """Unit-size outline (radius ~1) of a polygonal shape, centred at the origin, y pointing down."""
     if shape in ("square", "triangle", "star", "cross"):
         return _w1._shape_points(shape)
-    if shape in ("hexagon", "pentagon"):
-        n = 6 if shape == "hexagon" else 5
-        return [(1.05 * math.cos(-math.pi / 2 + 2 * math.pi * k / n), 1.05 * math.sin(-math.pi / 2 + 2 * math.pi * k / n))
-                for k in range(n)]
+    if shape == "pentagon":
+        return [(1.05 * math.cos(-math.pi / 2 + 2 * math.pi * k / 5), 1.05 * math.sin(-math.pi / 2 + 2 * math.pi * k / 5))
+                for k in range(5)]
+    if shape == "oval":  # upright, 0.62 as wide as tall
+        return [(0.62 * math.cos(a), 1.0 * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 48, endpoint=False)]
     if shape == "heart":
         ts = np.linspace(0, 2 * math.pi, 64, endpoint=False)
         x = 16 * np.sin(ts) ** 3 / 16.0
@@ -252,9 +253,9 @@ def _shape_mask(shape: str, cx: float, cy: float, radius: float, rot: float) -> 
 
     if shape == "circle":
         disc(X, Y, 0.9 * R, 255)
-    elif shape == "ring":
+    elif shape == "ring":  # a band about 4-5 px wide: three times an outline's
         disc(X, Y, 0.95 * R, 255)
-        disc(X, Y, 0.55 * R, 0)
+        disc(X, Y, 0.5 * R, 0)
     elif shape == "crescent":  # a disc with an offset disc cut out, the cut turned with the rotation
         disc(X, Y, R, 255)
         disc(X + 0.5 * R * math.cos(rot), Y + 0.5 * R * math.sin(rot), 0.85 * R, 0)
