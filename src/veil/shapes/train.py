@@ -246,7 +246,7 @@ def stage_vae(args, wd: Path, rec: dict, xtr, xva):
     pbar = tqdm(total=args.vae_steps if args.vae_steps < 10 ** 8 else None, initial=step, desc="vae", mininterval=10,
                 file=sys.stdout)
     vae.train()
-    tuner = ThreadTuner(args.threads, first_probe=step + 20)
+    tuner = ThreadTuner(args.threads, first_probe=step + 20, stage="vae")
     while step < args.vae_steps and time.time() - t0 < limit:
         t_step = time.time()
         frac = max((time.time() - t0) / limit, step / args.vae_steps)
@@ -370,7 +370,7 @@ def train_classifier(args, heads: Dict[str, Sequence[str]], sources, ck: "Checkp
     t0 = time.time() - elapsed
     model.train()
     pbar = tqdm(total=args.clf_steps, initial=step, desc="classifier", mininterval=10, file=sys.stdout)
-    tuner = ThreadTuner(args.threads, first_probe=step + 20)
+    tuner = ThreadTuner(args.threads, first_probe=step + 20, stage="classifier")
     while step < args.clf_steps and time.time() - t0 < limit:
         t_step = time.time()
         frac = max(step / args.clf_steps, (time.time() - t0) / limit)
@@ -548,13 +548,14 @@ def sample_caption_ids(labels: torch.Tensor, idx: dict, gen: torch.Generator) ->
 class ThreadTuner:
     """Every ``every`` steps, run ``n`` steps with the other thread count; keep the faster one."""
 
-    def __init__(self, max_threads: int, first_probe: int, every: int = 250, n: int = 12):
+    def __init__(self, max_threads: int, first_probe: int, every: int = 250, n: int = 12, stage: str = "unet"):
         self.options = sorted({1, max(1, max_threads)})
         self.cur = max(1, max_threads)
         self.every, self.n, self.next_probe = every, n, first_probe
         self.dts: List[float] = []
         self.probing, self.base, self.probe_start = False, 0.0, 0
         self.switches: List[dict] = []
+        self.stage = stage
         torch.set_num_threads(self.cur)
 
     def record(self, step: int, dt: float) -> None:
@@ -573,7 +574,7 @@ class ThreadTuner:
                 self.cur = alt
             torch.set_num_threads(self.cur)
             self.switches.append({"step": step, "threads": self.cur, "s_per_step": min(probe, self.base)})
-            log(f"unet threads: {alt} -> {probe:.2f}s/step vs {self.base:.2f}s/step; using {self.cur}")
+            log(f"{self.stage} threads: {alt} -> {probe:.2f}s/step vs {self.base:.2f}s/step; using {self.cur}")
             self.probing = False
             self.next_probe = step + self.every
             self.dts = []
