@@ -15,6 +15,7 @@ from veil.methods.kpop.keys import (
     Key,
     key_file_bytes,
     load_key_for,
+    open_sealed_tensors,
     random_key_like,
     read_key,
     save_key,
@@ -246,6 +247,15 @@ def test_checkpoints_seal_the_key_under_the_passphrase_and_resume_with_it(tmp_pa
     assert "key_sealed" in tensors and not any(name.startswith(("key.", "key_start.")) for name in tensors)
     assert not _leaks(checkpoint.read_bytes(), interrupted.key)
     assert _leaks(interrupted.key.tensors()["P_k.0"].numpy().tobytes(), interrupted.key)  # the scan does find it
+    # The key's Adam moments follow the key: sealed with it, not in state.pt beside it.
+    sealed = open_sealed_tensors(tensors["key_sealed"].numpy().tobytes(), "The key", "open sesame")
+    moments = {name: t for name, t in sealed.items() if name.startswith("private.key.") and t.dim() == 2}
+    assert {name.rsplit(".", 1)[1] for name in moments} == {"exp_avg", "exp_avg_sq"} and len(moments) == 4
+    state = (checkpoint.parent / "state.pt").read_bytes()
+    for moment in moments.values():
+        raw = moment.numpy().tobytes()
+        assert not any(raw[i : i + 16] in state for i in range(0, len(raw) - 16, 16))
+    assert not torch.load(checkpoint.parent / "state.pt", weights_only=True)["optimizers"]["key"]["state"]
 
     for passphrase, refusal in ((None, "is encrypted; give its passphrase"), ("guess", "could not be decrypted")):
         resumed = KPOP(**settings)
