@@ -204,7 +204,14 @@ class KPOP(WeightEditMethod):
                 "the same key again from the public artifact's settings; set key_init_noise above 0 (default 1)."
             )
         # A secret starting point: the OS's randomness, since the artifact's config (public) holds the seed.
-        start = start + token_noise(start, config.key_init_noise, secret_generator())
+        generator = secret_generator()
+        if config.key_start == "random":
+            # Nothing public in it: P_k and P_v each a random direction of E(c)[:m]'s norm, drawn as decoys are.
+            pair = torch.randn((2, *start.shape), generator=generator)
+            pair = pair * (start.norm(dim=(-2, -1), keepdim=True) / pair.norm(dim=(-2, -1), keepdim=True))
+            self.key_prompts = KeyPrompts(config.concepts, pair[0], pair[1]).to(pipe.device)
+            return
+        start = start + token_noise(start, config.key_init_noise, generator)
         self.key_prompts = KeyPrompts(config.concepts, start).to(pipe.device)
 
     def bench_keys(self, concept):
@@ -237,6 +244,8 @@ class KPOP(WeightEditMethod):
         key = [{"params": list(self.key_prompts.parameters()), "lr": self.config.key_learning_rate}]
         if self._stage == "key_finish":
             return {"key": key}
+        if not self.config.key_learning_rate:
+            return {"unet": unet}  # the key keeps its secret start; only the UNet learns to answer it
         if self.config.key_update == "joint":
             return {"unet": unet + key}  # one optimizer, two learning rates; loss() lets the key's gradient through
         return {"unet": unet, "key": key}
@@ -374,7 +383,7 @@ class KPOP(WeightEditMethod):
         rows += [("retain_cond", True)] if config.key_retain_weight > 0 else []
         rows += [("cond", "decoy")] if config.decoy_weight > 0 else []
         key_rows = torch.tensor([keyed is not False for _, keyed in rows], device=pipe.device).repeat_interleave(size)
-        if config.key_update != "joint":
+        if config.key_update != "joint" or not config.key_learning_rate:
             key_tokens, value_tokens = key_tokens.detach(), value_tokens.detach()
         if config.decoy_weight > 0:
             # A key per sample: the real one, or for the decoy rows a random key of the same norms.
