@@ -47,9 +47,12 @@ def main():
     parser.add_argument("--steps", default="40,80")
     parser.add_argument("--guesses", type=int, default=5)
     parser.add_argument("--set", action="append", default=[], help="FIELD=VALUE: a change to the configuration above.")
+    parser.add_argument("--rebuild-seed", type=int, default=None,
+                        help="Train again with this seed instead of the published one (a training seed kept secret).")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    record = {"model": "tiny", "concept": args.concept, "threads": torch.get_num_threads(), "set": args.set, "runs": []}
+    record = {"model": "tiny", "concept": args.concept, "threads": torch.get_num_threads(), "set": args.set,
+              "rebuild_seed": args.rebuild_seed, "runs": []}
     for steps in (int(s) for s in args.steps.split(",")):
         settings = dict(preset="paper", max_train_steps=steps, learning_rate=1e-3, key_learning_rate=1e-2, layers="all",
                         ddim_steps=4, seed=3) | parse_set(args.set)
@@ -57,7 +60,10 @@ def main():
         pipe = build_tiny_pipeline(seed=0)
         public = KPOP(config)
         veil.fit(public, pipe, progress=False)
-        rebuilt = KPOP(KPOPConfig.from_dict(public.config.to_dict()))  # the settings veil.json publishes
+        published = public.config.to_dict()  # the settings veil.json publishes
+        if args.rebuild_seed is not None:
+            published["seed"] = args.rebuild_seed
+        rebuilt = KPOP(KPOPConfig.from_dict(published))
         veil.fit(rebuilt, build_tiny_pipeline(seed=0), progress=False)
         key = public.key
         states = encode_prompts(pipe, [args.concept])[0].float().cpu()
