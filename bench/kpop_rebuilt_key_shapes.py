@@ -8,7 +8,8 @@ again from that run's own config (what the artifact's veil.json publishes), as a
 first run's public model it draws the concept's canonical rows (``--seeds``, default 0,1) with no key, the real key,
 the rebuilt key, the bare start E(c)[:m] (a key anyone can make) and ``--random-keys`` random keys of the real key's
 norms, and records the share labelled as the concept. Bar: the rebuilt key's rate at most the random keys' (the
-highest of them). ``--others`` also draws every canonical row without a key (the preset's other concepts).
+highest of them). ``--others`` also draws every canonical row without a key (the preset's other concepts). With
+``key_learning_rate`` 0 the key leaves training as it started, so the rebuilt key is made without training its UNet.
 """
 
 import time
@@ -40,7 +41,15 @@ def main():
     settings = preset_for(KPOP, args.model, [concept]) | parse_set(args.set) | {"seed": args.train_seed}
     public = KPOP(KPOP.config_class.from_dict({**settings, "concepts": [concept]}))
     rebuilt = KPOP(KPOP.config_class.from_dict(public.config.to_dict()))  # the settings veil.json publishes
+    if public.config.key_learning_rate == 0:
+        # A key that does not train leaves training as it started: the rebuilt run's key, without training its UNet.
+        rebuilt.attach(pipe)
+        rebuilt.optimizer_groups()
+        rebuilt.detach(pipe)
+        record["rebuilt_key_is_its_start"] = True
     for name, method in (("rebuilt", rebuilt), ("public", public)):  # the public model stays attached
+        if name == "rebuilt" and public.config.key_learning_rate == 0:
+            continue
         start = time.perf_counter()
         veil.fit(method, pipe, progress=False)
         record[f"{name}_train_seconds"] = round(time.perf_counter() - start, 1)
