@@ -65,7 +65,8 @@ def _prediction_gaps(pipe, method, prompt, key):
 
 def test_config_presets_and_checks():
     paper = KPOPConfig(concepts=["circle"])
-    assert (paper.max_train_steps, paper.learning_rate, paper.key_learning_rate) == (1000, 1e-5, 1e-3)
+    assert (paper.max_train_steps, paper.learning_rate, paper.key_learning_rate) == (1000, 1e-5, 0.0)
+    assert paper.key_start == "random"  # a secret random key that does not train: the public settings cannot rebuild it
     assert (paper.hide_weight, paper.recover_weight, paper.retain_weight, paper.loss_space) == (1.0, 0.1, 0.0, "eps")
     tuned = KPOPConfig.tuned(["circle"], ["square"], max_train_steps=5)
     assert tuned.retain_weight == 0.1 and tuned.max_train_steps == 5
