@@ -5,6 +5,8 @@ presets (``veil/methods/<method>/presets.py``) name them, and :func:`veil.method
 calls them with the run's concepts.
 """
 
+import itertools
+
 from .data import AXES, CAPTION_SHARES, CONCEPT_KIND, PARTIAL_TEMPLATES, TRAIN_TEMPLATES, fill
 
 
@@ -53,3 +55,13 @@ def contexts_and_partials(concepts):
         partials += [fill(PARTIAL_TEMPLATES[name], s="{}", **f) for f in fills] * repeats
     # The bare word was never a caption, but it is what people type: as often as 'a {}'.
     return full + partials + ["{}"] * partials.count("a {}")
+
+
+def captions_without(concepts):
+    """The model's own training captions ('a red square on a dotted background', every template × shape × colour ×
+    background) that name none of the concepts: what a user of the shapes world would list as prompts to keep."""
+    slot = {"shape": "s", "colour": "c", "background": "b"}
+    combos = [dict(zip(AXES, values)) for values in itertools.product(*AXES.values())]
+    return [fill(t, **{slot[k]: v for k, v in combo.items()})
+            for combo in combos if not set(combo.values()) & set(concepts) for t in TRAIN_TEMPLATES]
+
