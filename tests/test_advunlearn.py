@@ -157,3 +157,25 @@ def test_cli_refuses_bad_settings_and_sdxl(tmp_path, capsys):
 
     with pytest.raises(VeilError, match="SDXL's two encoders are not supported"):
         AdvUnlearn(concepts=["cat"]).attach(build_random_pipeline("sdxl", reduced=True))
+
+
+def test_plain_weight_unlearns_the_prompt_without_its_adversarial_tokens_too(tiny_pipe):
+    generator = torch.Generator().manual_seed(0)
+    method = AdvUnlearn(concepts=["circle"], **{**FAST, "warmup_steps": 0, "plain_weight": 2.0})
+    method.attach(tiny_pipe)
+    try:
+        batch = method.make_batch(tiny_pipe, generator)
+        assert batch["plain"] is not None and batch["plain"].slots.numel() == 0 and batch["template"].slots.numel() == 1
+        with_plain = float(method.loss(tiny_pipe, batch).detach())
+        without = float(method.loss(tiny_pipe, {**batch, "plain": None}).detach())
+        # The plain term is the same negative-guidance loss on the same latents, under the plain prompt's states.
+        from veil.token_slots import encode
+
+        n = batch["n"]
+        with torch.no_grad():
+            states = encode(tiny_pipe, batch["plain"]).expand(n, -1, -1)
+            pred = tiny_pipe.unet(batch["latents"][:n], batch["timesteps"][:n], encoder_hidden_states=states).sample
+        plain = float(torch.nn.functional.mse_loss(pred, batch["target"]))
+        assert with_plain == pytest.approx(without + 2.0 * plain, rel=1e-4)
+    finally:
+        method.detach(tiny_pipe)

@@ -54,6 +54,9 @@ class AdvUnlearnConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     )
     attack_every: int = field(default=1, metadata={"help": "Unlearning steps between two attacks (1: before every step)."})
     warmup_steps: int = field(default=200, metadata={"help": "First steps unlearn the plain prompt, without an attack."})
+    plain_weight: float = field(
+        default=0.0, metadata={"help": "After the warm-up, weight of unlearning the prompt without its adversarial tokens too (0: the paper)."}
+    )
     retain_prompts: typing.List[str] = field(
         default_factory=coco_object_prompts,
         metadata={"help": "Prompts whose predictions must stay the original's (those naming a concept are left out)."},
@@ -72,8 +75,10 @@ class AdvUnlearnConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise VeilError(f"{name.replace('_', ' ')} must be a whole number of 0 or more, got {value!r}.")
-        if isinstance(self.retain_weight, bool) or not isinstance(self.retain_weight, (int, float)) or self.retain_weight < 0:
-            raise VeilError(f"retain weight must be 0 or more, got {self.retain_weight!r}.")
+        for name in ("retain_weight", "plain_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise VeilError(f"{name.replace('_', ' ')} must be 0 or more, got {value!r}.")
         check_choice(self, "component", ("all", "attn", "mlp"))
         check_choice(self, "attack_method", ("pgd", "fast_at"))
         check_choice(self, "attack_init", ("random", "latest"))

@@ -147,22 +147,32 @@ class AdvUnlearn(WeightEditMethod):
         batch = {
             "latents": latents, "timesteps": timesteps, "n": n, "k": k, "retain": retain,
             "target": negative_guidance_target(noise_anchor, noise_cond, config.negative_guidance),
-            "retain_target": noise_retain, "template": self._template(pipe, sample.prompt), "adversary": None,
+            "retain_target": noise_retain, "template": self._template(pipe, sample.prompt), "adversary": None, "plain": None,
         }
         # After the warm-up the prompt carries the adversarial tokens: a new attack's, or between attacks the last one's.
         if step >= config.warmup_steps and (self._attacking(step) or self._adversary is not None):
             template = self._template(pipe, sample.prompt, config.attack_tokens)
             if self._attacking(step):
                 batch["attack_loss"] = self._attack(pipe, template, latents[:n], timesteps[:n], noise_cond, generator)
+            if config.plain_weight > 0:
+                batch["plain"] = batch["template"]  # the prompt without the adversarial tokens, unlearned too
             batch["template"], batch["adversary"] = template, self._adversary
         return batch
 
     def loss(self, pipe, batch, phase="main"):
-        n, k, retain = batch["n"], batch["k"], batch["retain"]
+        n, k, retain, plain = batch["n"], batch["k"], batch["retain"], batch["plain"]
+        latents, timesteps = batch["latents"], batch["timesteps"]
         states = [encode(pipe, batch["template"], vectors=batch["adversary"]).expand(n, -1, -1)]
+        if plain is not None:  # the prompt's latents once more, under the plain prompt
+            states.append(encode(pipe, plain).expand(n, -1, -1))
+            latents, timesteps = torch.cat([latents[:n], latents]), torch.cat([timesteps[:n], timesteps])
         states += [encode(pipe, self._template(pipe, r)).expand(k, -1, -1) for r in retain]
-        noise_pred = pipe.unet(batch["latents"], batch["timesteps"], encoder_hidden_states=torch.cat(states)).sample.float()
-        loss = F.mse_loss(noise_pred[:n], batch["target"].float())
+        noise_pred = pipe.unet(latents, timesteps, encoder_hidden_states=torch.cat(states)).sample.float()
+        target = batch["target"].float()
+        loss = F.mse_loss(noise_pred[:n], target)
+        if plain is not None:
+            loss = loss + self.config.plain_weight * F.mse_loss(noise_pred[n : 2 * n], target)
+            noise_pred = noise_pred[n:]
         if retain:
             loss = loss + self.config.retain_weight * F.mse_loss(noise_pred[n:], batch["retain_target"].float())
         return loss
