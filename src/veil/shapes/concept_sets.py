@@ -66,3 +66,13 @@ def contexts_and_partials(concepts):
         partials += [W.fill(template, s="{}", **f) for f in fills] * repeats
     # The bare word was never a caption, but it is what people type: as often as 'a {}'.
     return full + partials + ["{}"] * partials.count("a {}")
+
+
+def captions_without(concepts):
+    """The model's own training captions ('a red square on a dotted background', every template × shape × colour ×
+    background) that name none of the concepts: what a user of the shapes world would list as prompts to keep."""
+    W = _world()
+    combos = [dict(zip(W.AXES, values)) for values in itertools.product(*W.AXES.values())]
+    return [W.fill(t, **{W.SLOTS[k]: v for k, v in combo.items()})
+            for combo in combos if not set(combo.values()) & set(concepts) for t in W.TRAIN_TEMPLATES]
+
