@@ -90,7 +90,10 @@ def fit_row(args):
     loaded_mb = peak_mb()
     cls = veil.get_method(args.row)
     overrides = parse_dotted_settings(args.set, "--set", lambda name: veil.get_method(name).name).get(cls.name, {})
-    method = cls(cls.config_class.from_dict({**preset_for(cls, args.model, concepts), **overrides, "concepts": concepts}))
+    settings = {**preset_for(cls, args.model, concepts), **overrides}
+    if args.steps_per_concept and "max_train_steps" in settings:  # each concept keeps the steps one concept has
+        settings["max_train_steps"] = int(settings["max_train_steps"]) * len(concepts)
+    method = cls(cls.config_class.from_dict({**settings, "concepts": concepts}))
     start = time.perf_counter()
     with RSSPeak() as memory:
         cost = veil.fit(method, pipe, progress=False)
@@ -158,7 +161,8 @@ def memory(row):
 
 def table(record):
     lines = [f"Model `{record['model']}`, canonical prompts, seeds {record['seeds']}, DDIM {record['num_inference_steps']} "
-             f"steps, guidance {record['guidance_scale']}; each row one artifact fitted on all its concepts at once.", "",
+             f"steps, guidance {record['guidance_scale']}; each row one artifact fitted on all its concepts at once"
+             + ("; the preset's max_train_steps times the number of concepts." if record.get("steps_per_concept") else "."), "",
              "| method | concepts | target (mean) | each erased concept | lowest other concept (share of base) | "
              "KPOP: whole key / own key / random key | fit seconds | memory during the fit, MB (added by the fit) | artifact MB |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -181,6 +185,8 @@ def main():
     parser.add_argument("--num-inference-steps", type=int, default=20)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE", help="Override a preset; repeatable.")
+    parser.add_argument("--steps-per-concept", action="store_true",
+                        help="Multiply the preset's max_train_steps by the number of concepts (trained methods share their steps).")
     parser.add_argument("--out", default="bench/results/multi-concept/shapes")
     parser.add_argument("--row", help=argparse.SUPPRESS)  # the child process: fit this method
     parser.add_argument("--concepts", help=argparse.SUPPRESS)
@@ -194,7 +200,8 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "multi_concept.json")
     protocol = {"model": args.model, "seeds": [int(s) for s in args.seeds.split(",")],
-                "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale}
+                "num_inference_steps": args.num_inference_steps, "guidance_scale": args.guidance_scale,
+                **({"steps_per_concept": True} if args.steps_per_concept else {})}
     record = json.load(open(path)) if os.path.isfile(path) else {**protocol, "base": None, "rows": []}
     if any(record.get(k) != v for k, v in protocol.items()):
         raise SystemExit(f"{path} was measured with another protocol; use another --out")
@@ -214,7 +221,7 @@ def main():
             child = [sys.executable, __file__, "--row", method, "--concepts", ",".join(concepts), "--row-out", row_out,
                      "--model", args.model, "--seeds", args.seeds, "--num-inference-steps", str(args.num_inference_steps),
                      "--guidance-scale", str(args.guidance_scale), "--out", args.out]
-            child += [f"--set={item}" for item in args.set]
+            child += [f"--set={item}" for item in args.set] + (["--steps-per-concept"] if args.steps_per_concept else [])
             if subprocess.run(child).returncode != 0:
                 print(f"{method} × {count}: failed; its row is missing", flush=True)
                 continue
