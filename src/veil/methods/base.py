@@ -309,10 +309,23 @@ class Method:
         """Tensors the artifact stores, keys prefixed by component (``unet.``, ``dumo.<concept>.``)."""
         return {}
 
-    def checkpoint_state_dict(self):
+    def secret_parameters(self):
+        """Trained parameters that are secret (KPOP's key): a checkpoint keeps their optimizer state (Adam's moments
+        follow the parameter) with the method's secrets, in ``checkpoint_state_dict(private)``, not beside it."""
+        return []
+
+    def checkpoint_state_dict(self, private=None):
         """Tensors a training checkpoint holds to resume exactly: ``state_dict()`` plus anything private
-        to training (KPOP's key); never written to the artifact."""
-        return self.state_dict()
+        to training (KPOP's key) and ``private`` (``{name: tensor}``, the optimizer state of
+        :meth:`secret_parameters`) as ``private.<name>``, kept as the method keeps its secrets; never written to the
+        artifact."""
+        return {**self.state_dict(), **{f"private.{name}": t for name, t in (private or {}).items()}}
+
+    def load_checkpoint(self, tensors, where="this checkpoint"):
+        """Load ``checkpoint_state_dict()`` tensors; returns their ``private`` part, ``{name: tensor}``."""
+        private = {name[len("private."):]: t for name, t in tensors.items() if name.startswith("private.")}
+        self.load_state_dict({name: t for name, t in tensors.items() if not name.startswith("private.")})
+        return private
 
     def load_state_dict(self, state_dict):
         """Load ``state_dict()`` or ``checkpoint_state_dict()`` tensors."""

@@ -37,13 +37,14 @@ class KeyPrompts(nn.Module):
         init: ``(len(concepts), m, width)`` text-encoder states to start from (``E(c)[:m]``, docs/methods/kpop.md).
     """
 
-    def __init__(self, concepts, init):
+    def __init__(self, concepts, init, value_init=None):
         super().__init__()
         self.concepts = list(concepts)
         init = init.detach().to(torch.float32)
-        # P_k = P_v = E(c)[:m] at the start, as two independent parameters.
+        value_init = init if value_init is None else value_init.detach().to(torch.float32)
+        # P_k = P_v = init at the start unless value_init is given, as two independent parameters.
         self.key_tokens = nn.ParameterList([nn.Parameter(init[i].clone()) for i in range(len(self.concepts))])
-        self.value_tokens = nn.ParameterList([nn.Parameter(init[i].clone()) for i in range(len(self.concepts))])
+        self.value_tokens = nn.ParameterList([nn.Parameter(value_init[i].clone()) for i in range(len(self.concepts))])
 
     def __repr__(self):
         return f"KeyPrompts(concepts={self.concepts!r})"  # never the values
