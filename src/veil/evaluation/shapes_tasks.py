@@ -77,5 +77,6 @@ def task_rows(task, seeds=(0, 1), model="shapes"):
 
 
 def rows_naming(rows, concept):
-    """The rows whose prompt names ``concept`` (on any axis)."""
-    return [r for r in rows if concept in (r.get("shape"), r.get("colour"), r.get("background"), r.get("style"))]
+    """The rows whose prompt names ``concept`` (on any axis), or any of a list of concepts."""
+    wanted = {concept} if isinstance(concept, str) else set(concept)
+    return [r for r in rows if wanted & {r.get("shape"), r.get("colour"), r.get("background"), r.get("style")}]

@@ -45,6 +45,9 @@ class MethodConfig(Settings):
         self.concepts = [str(c).strip() for c in self.concepts]
         if not self.concepts or any(not c for c in self.concepts):
             raise VeilError("The concept is empty; give the word or phrase to erase, e.g. --concept circle.")
+        twice = next((c for i, c in enumerate(self.concepts) if c in self.concepts[:i]), None)
+        if twice is not None:
+            raise VeilError(f"The concept {twice!r} is given twice; name each concept once.")
 
 
 def check_synonyms(config):
@@ -230,6 +233,13 @@ class Method:
     model_presets = {}
     #: The optimizer the loop builds for each phase of :meth:`optimizer_groups`.
     optimizer_class = torch.optim.Adam
+    #: One sentence: how several concepts (``concepts=[a, b]``, ``--concept a --concept b``) go into one artifact;
+    #: ``veil ls methods -v`` shows it. A method that takes one concept only leaves it ``None`` and sets
+    #: ``single_concept_refusal`` instead.
+    multi_concept = None
+    #: One sentence refusing several concepts (with what to do instead), for a method that takes one concept only;
+    #: the method's constructor raises it for a config of several concepts.
+    single_concept_refusal = None
     #: Why a stock diffusers pipeline folder cannot hold what the method does (``veil export --format
     #: pipeline`` refuses with it); ``None`` when the method's whole effect is an edit of the weights.
     pipeline_export_refusal = None
@@ -239,6 +249,8 @@ class Method:
             config = self.config_class(**kwargs)
         elif kwargs:
             raise TypeError("Pass either a config or keyword arguments, not both.")
+        if self.single_concept_refusal and len(config.concepts) > 1:
+            raise VeilError(self.single_concept_refusal)
         self.config = config
         self.attached_to = None
 

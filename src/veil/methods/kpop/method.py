@@ -62,6 +62,10 @@ class KPOP(WeightEditMethod):
     """
 
     config_class = KPOPConfig
+    multi_concept = (
+        "One key per concept, which the UNet learns to answer on the steps that draw its concept, written "
+        "together to one key file that can be split per concept (Key.subset)."
+    )
     model_presets = MODEL_PRESETS
 
     def __init__(self, config=None, **kwargs):
@@ -115,7 +119,8 @@ class KPOP(WeightEditMethod):
                 prompt's text states as DuMo's gate tells them (:class:`veil.methods.gate.PromptGate`); every
                 other prompt is drawn by the public model bit for bit. A key attached to every prompt turns
                 other prompts into its concept, so with ``routed`` the key holder's pipeline draws as the
-                original model did. A prompt about any of a key's concepts gets all of them.
+                original model did. Each prompt gets the keys of the concepts it is about (each key was trained
+                alone, on its own concept); without ``routed`` every prompt gets every key.
             gate: the gate's numbers for ``routed`` (:class:`veil.methods.gate.GateSettings`; default: its defaults).
         """
         from .keys import Key
@@ -143,15 +148,17 @@ class KPOP(WeightEditMethod):
             with keyed_attention(pipe.unet, sites, key_tokens, value_tokens):
                 yield
             return
-        with self._routed(pipe, [c for c in self.config.concepts if c in key], gate or GateSettings()) as route:
+        with self._routed(pipe, [c for c in self.config.concepts if c in key], [k.shape[0] for k, _ in pairs],
+                          gate or GateSettings()) as route:
             with keyed_attention(pipe.unet, sites, key_tokens, value_tokens):
                 route([pipe.unet.attn_processors[name] for name in sites])
                 yield
 
     @contextlib.contextmanager
-    def _routed(self, pipe, concepts, settings):
-        """Yields ``route(processors)``: from then on each UNet call sets the processors' ``key_rows`` to the
-        samples whose prompt is about one of ``concepts`` (``None``: all of them)."""
+    def _routed(self, pipe, concepts, sizes, settings):
+        """Yields ``route(processors)``: from then on each UNet call sets the processors' ``key_rows`` to the key
+        tokens each sample sees: those of the ``concepts`` its prompt is about (``sizes``: each concept's number of
+        key tokens, in the key's order; ``None``: every sample sees every key)."""
         prompt_gate = PromptGate(lambda: settings)
         with torch.no_grad():
             prompt_gate.attach(pipe, {c: phrasings(self.config, c) for c in concepts},
@@ -163,8 +170,9 @@ class KPOP(WeightEditMethod):
             context = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
             rows = None
             if context is not None:
-                about = torch.stack([g > 0 for g in prompt_gate.gates(sample, context).values()]).any(0)
-                rows = None if bool(about.all()) else about
+                about = torch.stack([g > 0 for g in prompt_gate.gates(sample, context).values()], dim=1)  # (batch, concepts)
+                if not bool(about.all()):
+                    rows = about.repeat_interleave(torch.tensor(sizes, device=about.device), dim=1)  # (batch, key tokens)
             for processor in processors:
                 processor.key_rows = rows
 
@@ -214,15 +222,18 @@ class KPOP(WeightEditMethod):
         start = start + token_noise(start, config.key_init_noise, generator)
         self.key_prompts = KeyPrompts(config.concepts, start).to(pipe.device)
 
-    def bench_keys(self, concept):
-        """Keys for the bench's rows: the right one, another concept's, and a random one of matched norm."""
+    def bench_keys(self, concepts):
+        """Keys for the bench's rows about ``concepts`` (one concept, or several hidden together): the right one,
+        other concepts' keys relabelled as theirs (when this artifact hides enough others), and a random one of
+        matched norm."""
         from .keys import Key, random_key_like
 
-        key = self.key.subset([concept])
+        concepts = [concepts] if isinstance(concepts, str) else list(concepts)
+        key = self.key.subset(concepts)
         keys = {"with_key": key}
-        others = [c for c in self.config.concepts if c != concept]
-        if others:
-            keys["wrong_key"] = Key({concept: self.key[others[0]]})
+        others = [c for c in self.config.concepts if c not in concepts]
+        if len(others) >= len(concepts):
+            keys["wrong_key"] = Key({c: self.key[other] for c, other in zip(concepts, others)})
         keys["random_key"] = random_key_like(key, torch.Generator().manual_seed(int(self.config.seed) + 1))
         return keys
 

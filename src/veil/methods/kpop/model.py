@@ -86,6 +86,8 @@ class KeyedCrossAttnProcessor(nn.Module):
         key_rows: optional ``(batch,)`` booleans: the samples that see the key (training runs the
             hiding and recovery predictions as one batch; a routed key, the prompts about its concept); the
             others attend to the text alone. With no sample chosen the call is the replaced processor's, bit for bit.
+            ``(batch, m)`` booleans choose key tokens per sample (a routed key of several concepts: each prompt
+            sees only the keys of the concepts it is about).
     """
 
     def __init__(self, original, key_tokens=None, value_tokens=None, key_rows=None):
@@ -168,11 +170,12 @@ class KeyedCrossAttnProcessor(nn.Module):
 
     def _hide_key_from_rows(self, attention_mask, batch_size, text_length, num_key_tokens, dtype, device):
         """An additive mask ``(batch, heads or 1, 1 or queries, text + m)`` with the key columns at -inf
-        for the samples outside ``key_rows`` (softmax then gives them exactly zero weight)."""
-        rows = self.key_rows.to(device).view(batch_size, 1, 1, 1)
+        where ``key_rows`` hides them (softmax then gives them exactly zero weight)."""
+        rows = self.key_rows.to(device)
+        rows = rows.view(batch_size, 1).expand(batch_size, num_key_tokens) if rows.ndim == 1 else rows  # (batch, m)
         columns = torch.zeros(batch_size, 1, 1, text_length + num_key_tokens, dtype=dtype, device=device)
-        columns[..., text_length:] = float("-inf")
-        columns = torch.where(rows, torch.zeros_like(columns), columns)
+        hidden = torch.full((batch_size, 1, 1, num_key_tokens), float("-inf"), dtype=dtype, device=device)
+        columns[..., text_length:] = torch.where(rows.view(batch_size, 1, 1, num_key_tokens), torch.zeros_like(hidden), hidden)
         if attention_mask is None:
             return columns
         if attention_mask.dtype == torch.bool:
