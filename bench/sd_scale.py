@@ -154,6 +154,7 @@ def measure(spec):
     pipe = veil.load_pipeline(spec.get("model", "sd15-random"))
     out = {key: spec[key] for key in ("kind", "model", "latent", "tag", "ddim_steps", "steps", "gradient_checkpointing",
                                       "mixed_precision") if key in spec}
+    out["resolution"] = latent * int(pipe.vae_scale_factor)
     if kind in ("reference", "reference-20"):
         n = spec["ddim_steps"]
         if kind == "reference":
@@ -235,15 +236,27 @@ def count_scheduler_steps():
     return calls
 
 
+def first_to_go():
+    """In the measured process: were memory to run out, the kernel ends it before any other job on the machine."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write("1000")
+    except OSError:
+        pass
+
+
 def run(spec, log):
     """``spec`` measured in a fresh Python process; its JSON result (or the error)."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
+                          preexec_fn=first_to_go)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode == 0 and lines:
         result = json.loads(lines[-1])
     else:  # a process killed for memory (-9) leaves no traceback
-        result = {**spec, "returncode": proc.returncode, "error": proc.stderr.strip().splitlines()[-1:]}
+        errors = [line for line in proc.stderr.splitlines() if "Error" in line][-1:]
+        killed = [f"killed by signal {-proc.returncode} (9: the kernel's out-of-memory killer)"] if proc.returncode < 0 else []
+        result = {**spec, "returncode": proc.returncode, "error": killed + errors}
     result["process_seconds"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result), file=log, flush=True)
     return result
@@ -292,7 +305,7 @@ def summary(runs):
         compared = r["method"] == "esd-x" and reference is not None and "error" not in r
         ratio = lambda field: round(r[field] / reference[field], 3) if compared and field in r and field in reference else None  # noqa: E731
         rows.append({
-            "method": label, "model": _model(r), "resolution": r["latent"] * 8, "mixed_precision": _precision(r),
+            "method": label, "model": _model(r), "resolution": r.get("resolution", r["latent"] * 8), "mixed_precision": _precision(r),
             "seconds_per_step": r.get("seconds_per_step"), "cpu_seconds_per_step": r.get("cpu_seconds_per_step"),
             "peak_mem_mb": r.get("peak_mem_mb"),
             "reference_seconds_per_step": reference["seconds_per_step"] if compared else None,
@@ -311,7 +324,8 @@ def summary(runs):
             if not (ref20 and veil20):
                 continue
             ref20, veil20 = ref20[-1], veil20[-1]
-            row = {"model": model, "resolution": latent * 8, "ddim_steps": ref20["ddim_steps"], "training_latents": 20,
+            row = {"model": model, "latent": latent, "resolution": ref20.get("resolution"), "ddim_steps": ref20["ddim_steps"],
+                   "training_latents": 20,
                    "reference_seconds": ref20["seconds"], "reference_trajectory_calls": ref20["trajectory_calls"],
                    "veil_seconds": veil20["seconds"], "veil_steps": veil20["steps"],
                    "veil_trajectory_calls": veil20["trajectory_calls"], "ratio": round(veil20["seconds"] / ref20["seconds"], 3)}
