@@ -78,13 +78,15 @@ def plain_conditioning(pipe, latent):
 
 
 def reference_esd_x(pipe, steps, ddim_steps, t_encs_per_step, latent, guidance=3.0, lr=1e-5, seed=0,
-                    gradient_checkpointing=False, mixed_precision="no"):
+                    gradient_checkpointing=False, mixed_precision="no", teacher="copy"):
     """``steps`` ESD-x iterations as the authors' diffusers script runs them: a frozen copy of the UNet as the
     teacher, a DDIM trajectory from noise with the trained UNet to the deepest ``t_enc``, the teacher's
     predictions for the concept and the empty prompt, one Adam step on the MSE to the negative-guidance target.
     ``t_encs_per_step(generator)`` gives one step's indices. With ``mixed_precision="bf16"``, as diffusers' training
     scripts do it: the frozen weights (the teacher, the student's untrained ones) in bf16, the trained ones and Adam
     in float32, every pass under autocast. The text encoders and the VAE are dropped once the prompts are encoded.
+    ``teacher="swap"``, where a second UNet does not fit in memory (SDXL on a 24 GB machine): the teacher passes run
+    the student with a frozen copy of the trained tensors swapped in, the same computation as a copy's.
     Returns (the :class:`StepClock` of the iterations, trajectory UNet calls)."""
     from diffusers import DDIMScheduler
 
@@ -100,9 +102,24 @@ def reference_esd_x(pipe, steps, ddim_steps, t_encs_per_step, latent, guidance=3
         trained = {id(p) for p in params}
         for p in student.parameters():
             p.data = p.data.float() if id(p) in trained else p.data.to(half)
-    teacher = copy.deepcopy(student).requires_grad_(False)
-    if half is not None:
-        teacher.to(half)
+    if teacher == "copy":
+        frozen = copy.deepcopy(student).requires_grad_(False)
+        if half is not None:
+            frozen.to(half)
+        teacher_passes = lambda: contextlib.nullcontext(frozen)  # noqa: E731
+    else:
+        originals = [p.detach().to(half or p.dtype, copy=True) for p in params]
+
+        @contextlib.contextmanager
+        def teacher_passes():
+            trained = [p.data for p in params]
+            for p, original in zip(params, originals):
+                p.data = original
+            try:
+                yield student
+            finally:
+                for p, tensor in zip(params, trained):
+                    p.data = tensor
     for p in params:
         p.requires_grad_(True)
     if gradient_checkpointing:
@@ -131,8 +148,9 @@ def reference_esd_x(pipe, steps, ddim_steps, t_encs_per_step, latent, guidance=3
                                                         generator=generator)) for i in t_encs])
             batch = x_t.shape[0]
             extra = lambda pooled: added(pooled, batch) if pooled is not None else None  # noqa: E731
-            e_0 = teacher(x_t, timesteps, encoder_hidden_states=uncond.expand(batch, -1, -1), added_cond_kwargs=extra(uncond_pooled)).sample
-            e_p = teacher(x_t, timesteps, encoder_hidden_states=cond.expand(batch, -1, -1), added_cond_kwargs=extra(cond_pooled)).sample
+            with teacher_passes() as unet:
+                e_0 = unet(x_t, timesteps, encoder_hidden_states=uncond.expand(batch, -1, -1), added_cond_kwargs=extra(uncond_pooled)).sample
+                e_p = unet(x_t, timesteps, encoder_hidden_states=cond.expand(batch, -1, -1), added_cond_kwargs=extra(cond_pooled)).sample
             target = e_0 - 1.0 * (e_p - e_0)
         optimizer.zero_grad()
         with autocast():
@@ -153,7 +171,7 @@ def measure(spec):
     latent, kind = spec["latent"], spec["kind"]
     pipe = veil.load_pipeline(spec.get("model", "sd15-random"))
     out = {key: spec[key] for key in ("kind", "model", "latent", "tag", "ddim_steps", "steps", "gradient_checkpointing",
-                                      "mixed_precision") if key in spec}
+                                      "mixed_precision", "teacher") if key in spec}
     out["resolution"] = latent * int(pipe.vae_scale_factor)
     if kind in ("reference", "reference-20"):
         n = spec["ddim_steps"]
@@ -163,7 +181,7 @@ def measure(spec):
             pick = lambda g: [int(torch.randint(n, (1,), generator=g))]  # the authors': one t_enc per iteration
         clock, calls = reference_esd_x(
             pipe, spec["steps"], n, pick, latent, gradient_checkpointing=spec.get("gradient_checkpointing", False),
-            mixed_precision=spec.get("mixed_precision", "no"))
+            mixed_precision=spec.get("mixed_precision", "no"), teacher=spec.get("teacher", "copy"))
         out.update(**clock.record(), trajectory_calls=calls, peak_mem_mb=round(peak_rss_mb(), 1))
         return out
     name, settings = METHODS[spec["method"]]
@@ -311,6 +329,7 @@ def summary(runs):
             "reference_seconds_per_step": reference["seconds_per_step"] if compared else None,
             "reference_cpu_seconds_per_step": reference.get("cpu_seconds_per_step") if compared else None,
             "reference_peak_mem_mb": reference["peak_mem_mb"] if compared else None,
+            "reference_teacher": reference.get("teacher", "copy") if compared else None,
             "ratio": ratio("seconds_per_step"), "cpu_ratio": ratio("cpu_seconds_per_step"),
             "ddim_steps": settings.get("ddim_steps"), "steps": r.get("steps"), "error": r.get("error"),
             "returncode": r.get("returncode"),
@@ -351,6 +370,9 @@ def main():
     parser.add_argument("--checkpointing", default="off,on", help="Gradient checkpointing of the ESD-x/reference pairs "
                         "('off,on', 'on' or 'off'); the other methods train with it on.")
     parser.add_argument("--no-reference", action="store_true", help="Skip the reference and the ESD-x pairs.")
+    parser.add_argument("--reference-teacher", default="copy", choices=("copy", "swap"), help="The reference's teacher: "
+                        "a frozen copy of the UNet (the authors'), or the trained tensors' originals swapped in (the same "
+                        "computation, one UNet in memory: SDXL on a 24 GB machine).")
     parser.add_argument("--reuse-ddim-steps", type=int, default=50, help="N of the 20-iteration comparison (ESD's default).")
     parser.add_argument("--reuse-latent", type=int, default=0, help="Latent side of the 20-iteration comparison (0: skip it).")
     parser.add_argument("--reuse-model", default="sd15-random", help="Model of the 20-iteration comparison (any name "
@@ -371,7 +393,7 @@ def main():
             pairs = [] if args.no_reference else [c == "on" for c in args.checkpointing.split(",") if c]
             for checkpointing in pairs:
                 run({**common, "kind": "reference", "ddim_steps": n, "gradient_checkpointing": checkpointing,
-                     "mixed_precision": precision}, log)
+                     "mixed_precision": precision, "teacher": args.reference_teacher}, log)
                 run({**common, "kind": "method", "method": "esd-x", "settings": {**equal, "gradient_checkpointing": checkpointing}}, log)
             for name in [m for m in args.methods.split(",") if m]:
                 if name == "esd-x" and True in pairs:
