@@ -45,9 +45,10 @@ def run_method(args, method_cls, concepts, configure=None, save_outputs=None):
     pipe = load_model(args)
     warn_if_truncated(pipe, config.concepts, what="concept")
     work_dir = work_dir_for(args.out)
+    # The pipeline is dropped after the run: a mixed-precision run keeps no float32 copy of the frozen weights.
     cost = fit(
         method, pipe, work_dir=work_dir, checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
+        resume=args.resume, restore_frozen=False,
     )
     cost = {k: v for k, v in (cost or {}).items() if k != "losses"} | {"final_loss": _final_loss(cost)}
     artifact = Artifact.from_method(method, pipe, cost)

@@ -291,9 +291,10 @@ class Method:
     def after_step(self, phase):
         """Called after each optimizer step (clamps, projections)."""
 
-    def cast_frozen(self, dtype):
+    def cast_frozen(self, dtype, keep=True):
         """Put the frozen tensors the method keeps outside the pipeline's modules (a weight edit's originals, the
-        frozen teacher) in ``dtype`` for a mixed-precision run; returns ``restore()``, which puts them back."""
+        frozen teacher) in ``dtype`` for a mixed-precision run; returns ``restore()``, which puts them back (with
+        ``keep=False`` no copy is kept and they stay in ``dtype``)."""
         return lambda: None
 
     def stages(self):

@@ -185,6 +185,7 @@ def train_stage(
     max_grad_norm=None,
     progress=True,
     stop_after=None,
+    restore_frozen=True,
 ):
     """Train one stage of ``method`` on ``pipe`` for the stage's steps; :func:`fit` runs every stage.
 
@@ -200,6 +201,9 @@ def train_stage(
             apply for the run.
         max_grad_norm: clip gradients to this norm when set.
         stop_after: stop after this many steps of the stage in total (an interruption).
+        restore_frozen: after a mixed-precision run, put the frozen weights back as loaded (a copy is kept meanwhile);
+            ``False`` leaves them in the half dtype and keeps no copy, for a caller that drops the pipeline (on a CPU,
+            the only way the half dtype lowers the memory a run holds).
 
     Returns:
         `dict`: the cost record ``{"steps", "seconds", "peak_mem_mb", "device", "losses"}``.
@@ -249,7 +253,8 @@ def train_stage(
     if mixed_precision != "no":
         # The method's own weights stay in float32 even in a stage that does not train them (KPOP's key_finish).
         trained = [p for g in groups.values() for group in g for p in group["params"]] + list(method.trainable_parameters())
-        settings.callback(cast_frozen(pipe, method, trained, HALF_DTYPES[mixed_precision]))  # restored when the run ends
+        restore = cast_frozen(pipe, method, trained, HALF_DTYPES[mixed_precision], keep=restore_frozen)
+        settings.callback(restore)  # restored when the run ends (unless restore_frozen is False)
     # fp16 needs the gradient scaler between backward and step, and clipping needs every gradient at once.
     in_backward = not max_grad_norm and mixed_precision != "fp16"
     for phase, param_groups in groups.items():
@@ -332,7 +337,8 @@ def fit(method, pipe, *, work_dir=None, resume=False, progress=True, stop_after=
             stage leaves ``<stage>/done.safetensors`` (with its checkpoint tensors) for ``resume``.
         resume: continue from the latest checkpoint (or finished stage) in ``work_dir``.
         stop_after: stop after this many training steps over all stages (an interruption).
-        **train_kwargs: ``checkpoint_every``, ``mixed_precision``, ``max_grad_norm`` of :func:`train_stage`.
+        **train_kwargs: ``checkpoint_every``, ``mixed_precision``, ``max_grad_norm``, ``restore_frozen`` of
+            :func:`train_stage`.
 
     Returns:
         `dict`: the cost record ``{"steps", "seconds", "peak_mem_mb", "device"}``, with ``"losses"`` for trained

@@ -8,14 +8,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...architectures.sdxl import is_sdxl, token_states
+from ...architectures.sdxl import token_states
 from ...errors import VeilError
 from ...models import model_fingerprint
 from ...registry import register_method
 from ...training.hardware import latent_size
 from ...training.sampling import (
     TrajectoryPool,
-    encode_prompts,
+    encode_guidance_prompts,
     negative_guidance_target,
     trajectory_timesteps,
 )
@@ -95,11 +95,9 @@ class DuMo(Method):
         # `mid_block_additional_residual`; removing the hook restores the original exactly.
         self._handles = [pipe.unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True)]
         if self.config.gate_enabled:
-            # SDXL's prompt states carry a pooled row, and its two tokenizers' ids are not remembered: the
-            # gate compares token states, and its token overlap stays off there.
+            # SDXL's prompt states carry a pooled row: the gate compares token states.
             self._gate.attach(pipe, {c: phrasings(self.config, c) for c in self.config.concepts},
-                              lambda phrase: token_states(pipe, self._prompt_embeds(pipe, [phrase]))[0],
-                              remember_tokens=not is_sdxl(pipe))
+                              lambda phrase: token_states(pipe, self._prompt_embeds(pipe, [phrase]))[0])
         self.attached_to = pipe
 
     def detach(self, pipe):
@@ -172,7 +170,7 @@ class DuMo(Method):
         key = tuple(prompts)
         if key not in self._embeds:
             with self.disabled(pipe):
-                self._embeds[key] = encode_prompts(pipe, list(prompts))
+                self._embeds[key] = encode_guidance_prompts(pipe, list(prompts))
         return self._embeds[key]
 
     def anchor_pool(self, concept):

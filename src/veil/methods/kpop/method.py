@@ -6,7 +6,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ...architectures.sdxl import is_sdxl, token_states
+from ...architectures.sdxl import token_states
 from ...errors import VeilError
 from ...registry import register_method
 from ...training.hardware import latent_size
@@ -162,7 +162,7 @@ class KPOP(WeightEditMethod):
         prompt_gate = PromptGate(lambda: settings)
         with torch.no_grad():
             prompt_gate.attach(pipe, {c: phrasings(self.config, c) for c in concepts},
-                              lambda phrase: token_states(pipe, encode_prompts(pipe, [phrase]))[0], remember_tokens=not is_sdxl(pipe))
+                              lambda phrase: token_states(pipe, encode_prompts(pipe, [phrase]))[0])
         processors = []
 
         def hook(module, args, kwargs):
