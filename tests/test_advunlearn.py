@@ -179,3 +179,30 @@ def test_plain_weight_unlearns_the_prompt_without_its_adversarial_tokens_too(tin
         assert with_plain == pytest.approx(without + 2.0 * plain, rel=1e-4)
     finally:
         method.detach(tiny_pipe)
+
+
+def test_unconditional_weight_keeps_the_empty_prompts_prediction(tiny_pipe):
+    generator = torch.Generator().manual_seed(0)
+    method = AdvUnlearn(concepts=["circle"], **{**FAST, "unconditional_weight": 3.0})
+    method.attach(tiny_pipe)
+    try:
+        batch = method.make_batch(tiny_pipe, generator)
+        n = batch["n"]
+        with torch.no_grad(), method.disabled(tiny_pipe):
+            empty = veil.training.sampling.encode_prompts(tiny_pipe, [""]).expand(n, -1, -1)
+            wanted = tiny_pipe.unet(batch["latents"][:n], batch["timesteps"][:n], encoder_hidden_states=empty).sample
+        torch.testing.assert_close(batch["uncond_target"], wanted, rtol=1e-4, atol=1e-5)
+        assert float(method.loss(tiny_pipe, batch).detach()) == pytest.approx(
+            float(method.loss(tiny_pipe, {**batch, "uncond_target": None}).detach()), rel=1e-5)  # untrained: the term is 0
+        with torch.no_grad():
+            for param in method.trainable_parameters():
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))  # an edit that moves the empty prompt
+        moved = float(method.loss(tiny_pipe, batch).detach()) - float(method.loss(tiny_pipe, {**batch, "uncond_target": None}).detach())
+        from veil.token_slots import PromptTemplate, encode
+
+        with torch.no_grad():
+            states = encode(tiny_pipe, PromptTemplate(tiny_pipe.tokenizer)).expand(n, -1, -1)
+            pred = tiny_pipe.unet(batch["latents"][:n], batch["timesteps"][:n], encoder_hidden_states=states).sample
+        assert moved > 0 and moved == pytest.approx(3.0 * float(torch.nn.functional.mse_loss(pred, wanted)), rel=1e-3)
+    finally:
+        method.detach(tiny_pipe)

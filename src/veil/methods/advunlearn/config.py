@@ -57,6 +57,10 @@ class AdvUnlearnConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     plain_weight: float = field(
         default=0.0, metadata={"help": "After the warm-up, weight of unlearning the prompt without its adversarial tokens too (0: the paper)."}
     )
+    unconditional_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of keeping the empty prompt's prediction (guidance's unconditional half) the original's (0: the paper)."},
+    )
     retain_prompts: typing.List[str] = field(
         default_factory=coco_object_prompts,
         metadata={"help": "Prompts whose predictions must stay the original's (those naming a concept are left out)."},
@@ -75,7 +79,7 @@ class AdvUnlearnConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise VeilError(f"{name.replace('_', ' ')} must be a whole number of 0 or more, got {value!r}.")
-        for name in ("retain_weight", "plain_weight"):
+        for name in ("retain_weight", "plain_weight", "unconditional_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise VeilError(f"{name.replace('_', ' ')} must be 0 or more, got {value!r}.")

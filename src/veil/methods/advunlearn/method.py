@@ -139,15 +139,19 @@ class AdvUnlearn(WeightEditMethod):
             n = k * config.batch_size  # the prompt's latents
             timesteps = trajectory_timesteps(pipe, t_encs * cond.shape[0], config.ddim_steps)
             anchor = self._teacher(pipe, sample.anchor)
-            # The teacher's passes in one call: the anchor and the prompt on its latents, each retain prompt on its own.
-            states = torch.cat([anchor.expand(n, -1, -1), cond.repeat_interleave(k, dim=0)])
-            noise = pipe.unet(torch.cat([latents[:n], latents]), torch.cat([timesteps[:n], timesteps]),
+            # The teacher's passes in one call: the anchor and the prompt on its latents, each retain prompt on its own,
+            # and the empty prompt on the prompt's latents when the unconditional term is on.
+            extra = n if config.unconditional_weight > 0 else 0
+            states = torch.cat([anchor.expand(n, -1, -1), cond.repeat_interleave(k, dim=0), uncond.expand(extra, -1, -1)])
+            noise = pipe.unet(torch.cat([latents[:n], latents, latents[:extra]]), torch.cat([timesteps[:n], timesteps, timesteps[:extra]]),
                               encoder_hidden_states=states).sample
-        noise_anchor, noise_cond, noise_retain = noise[:n], noise[n : 2 * n], noise[2 * n :]
+        noise_anchor, noise_cond = noise[:n], noise[n : 2 * n]
+        noise_retain, noise_uncond = noise[2 * n : len(noise) - extra], noise[len(noise) - extra :]
         batch = {
             "latents": latents, "timesteps": timesteps, "n": n, "k": k, "retain": retain,
             "target": negative_guidance_target(noise_anchor, noise_cond, config.negative_guidance),
-            "retain_target": noise_retain, "template": self._template(pipe, sample.prompt), "adversary": None, "plain": None,
+            "retain_target": noise_retain, "uncond_target": noise_uncond if extra else None,
+            "template": self._template(pipe, sample.prompt), "adversary": None, "plain": None,
         }
         # After the warm-up the prompt carries the adversarial tokens: a new attack's, or between attacks the last one's.
         if step >= config.warmup_steps and (self._attacking(step) or self._adversary is not None):
@@ -167,7 +171,15 @@ class AdvUnlearn(WeightEditMethod):
             states.append(encode(pipe, plain).expand(n, -1, -1))
             latents, timesteps = torch.cat([latents[:n], latents]), torch.cat([timesteps[:n], timesteps])
         states += [encode(pipe, self._template(pipe, r)).expand(k, -1, -1) for r in retain]
+        if batch["uncond_target"] is not None:  # the empty prompt on the prompt's latents, last
+            states.append(encode(pipe, self._template(pipe, "")).expand(n, -1, -1))
+            latents, timesteps = torch.cat([latents, latents[:n]]), torch.cat([timesteps, timesteps[:n]])
         noise_pred = pipe.unet(latents, timesteps, encoder_hidden_states=torch.cat(states)).sample.float()
+        if batch["uncond_target"] is not None:
+            noise_pred, uncond = noise_pred[:-n], noise_pred[-n:]
+            loss_uncond = self.config.unconditional_weight * F.mse_loss(uncond, batch["uncond_target"].float())
+        else:
+            loss_uncond = 0.0
         target = batch["target"].float()
         loss = F.mse_loss(noise_pred[:n], target)
         if plain is not None:
@@ -175,7 +187,7 @@ class AdvUnlearn(WeightEditMethod):
             noise_pred = noise_pred[n:]
         if retain:
             loss = loss + self.config.retain_weight * F.mse_loss(noise_pred[n:], batch["retain_target"].float())
-        return loss
+        return loss + loss_uncond
 
     # persistence -----------------------------------------------------------------------------------------
     def checkpoint_state_dict(self):
