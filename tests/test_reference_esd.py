@@ -1,6 +1,8 @@
 """ESD's paper mode against the authors' released diffusers script (esd_sd.py), run once by
 bench/reference/esd/make_reference.py on the tiny pipeline: one iteration of esd-x and esd-u, its loss, gradients
 and edited weights. veil takes the same DDIM index and starting noise and must reproduce them within 1e-5 relative.
+Both run in float64, so the fixture holds on every CPU (in float32 the smallest gradients differ by ~3e-5 relative
+between CPUs, whoever computes them).
 
 The authors' ``negative_guidance`` counts the concept's own prediction once more than veil's ``eta``: their default 2
 is veil's 1. Their script samples the trajectory with the frozen original, veil with the model being trained; the
@@ -43,10 +45,9 @@ def _one_iteration(tiny_pipe, record, monkeypatch):
             return make_batch(pipe, torch.Generator().manual_seed(record["noise_seed"]))
 
     monkeypatch.setattr(method, "make_batch", at_the_reference_draw)
+    assert REFERENCE["dtype"] == "float64"
+    tiny_pipe.to(torch.float64)
     originals = {name: p.detach().clone() for name, p in tiny_pipe.unet.named_parameters()}
-    # One thread, as the reference was made: float32 sums in another order differ by ~1e-5 on the smallest gradients.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     # The loop may step each weight inside the backward pass and free its gradient: keep a copy as it lands.
     grads = {}
     handles = [p.register_post_accumulate_grad_hook(lambda p, name=name: grads.__setitem__(name, p.grad.detach().clone()))
@@ -54,7 +55,6 @@ def _one_iteration(tiny_pipe, record, monkeypatch):
     try:
         cost = veil.fit(method, tiny_pipe, progress=False)
     finally:
-        torch.set_num_threads(threads)
         for handle in handles:
             handle.remove()
     return method, cost, originals, grads

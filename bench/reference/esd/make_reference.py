@@ -7,7 +7,9 @@ produced: the loss, every trained parameter's gradient norm and edited weight no
 edited weights) for esd-x and for the time embedding, input and output convolutions of esd-u. The script is run
 unchanged; only what it loads is swapped:
 
-* its hub loads return the tiny pipeline in float32 (the script asks for bfloat16 on a GPU);
+* its hub loads return the tiny pipeline in float64 (the script asks for bfloat16 on a GPU). float64 makes the
+  fixture the same on every CPU: in float32 the smallest gradients move by ~3e-5 relative from one CPU (or BLAS
+  build) to another, more than the 1e-5 the test allows;
 * its fixed 1024 px height is an 8 x 8 latent (the tiny UNet's size) through the pipeline's ``vae_scale_factor``;
 * the pipeline's scheduler is the DDIM one it ships (veil's trajectories are DDIM on the model's schedule);
 * Python's ``random`` is seeded (--seed), which fixes the script's DDIM index and noise seed; both are recorded.
@@ -42,17 +44,17 @@ def run_authors(authors, variant, seed, workdir):
     """One iteration of the authors' script; returns (loss, {name: grad}, {name: edited weight}, draws)."""
     import diffusers
 
-    pipe = build_tiny_pipeline(seed=0)
+    pipe = build_tiny_pipeline(seed=0).to(torch.float64)
     pipe.vae_scale_factor = 1024 // LATENT
     state = {name: tensor.clone() for name, tensor in pipe.unet.state_dict().items()}
     recorded = {"loss": [], "grads": {}, "draws": []}
 
-    class Float32UNet(diffusers.UNet2DConditionModel):
-        def to(self, *args, **kwargs):  # keep float32 where the script asks for bfloat16
+    class Float64UNet(diffusers.UNet2DConditionModel):
+        def to(self, *args, **kwargs):  # keep float64 where the script asks for bfloat16
             return super().to(*[a for a in args if not isinstance(a, torch.dtype)])
 
     def unet_from_pretrained(*args, **kwargs):
-        unet = Float32UNet.from_config(pipe.unet.config)
+        unet = Float64UNet.from_config(pipe.unet.config).double()
         unet.load_state_dict(state)
         return unet.eval()
 
@@ -113,7 +115,7 @@ def main():
     if not os.path.isfile(os.path.join(authors, "esd_sd.py")):
         sys.exit(f"{authors!r} holds no esd_sd.py; give the folder of a checkout of rohitgandikota/erasing.")
     tensors, record = {}, {"authors_repository": "https://github.com/rohitgandikota/erasing", "authors_commit": args.commit,
-                           "authors_script": "esd_sd.py", "model": "veil.models.build_tiny_pipeline(seed=0)",
+                           "authors_script": "esd_sd.py", "model": "veil.models.build_tiny_pipeline(seed=0)", "dtype": "float64",
                            "concept": CONCEPT, "python_random_seed": args.seed, "variants": {}}
     for variant, train_method in VARIANTS.items():
         with tempfile.TemporaryDirectory() as workdir:

@@ -26,17 +26,24 @@ def prediction_type(scheduler):
     return kind
 
 
+def at_least_float32(x):
+    """``x`` in float32, or as it is where it is already wider (a float64 run stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _scales(scheduler, timesteps, like):
-    """``(sqrt(a_t), sqrt(1 − a_t))`` shaped to broadcast over ``like`` ``(batch, channels, h, w)``, in float32."""
-    alphas = scheduler.alphas_cumprod.to(like.device)[timesteps.to(like.device).long()].float()
+    """``(sqrt(a_t), sqrt(1 − a_t))`` shaped to broadcast over ``like`` ``(batch, channels, h, w)``, in float32 or wider."""
+    alphas = scheduler.alphas_cumprod.to(like.device)[timesteps.to(like.device).long()]
+    alphas = alphas.to(torch.promote_types(alphas.dtype, like.dtype) if like.is_floating_point() else alphas.dtype)
+    alphas = at_least_float32(alphas)
     shape = (-1,) + (1,) * (like.ndim - 1)
     return alphas.sqrt().view(shape), (1 - alphas).sqrt().view(shape)
 
 
 def to_x0(model_output, latents, timesteps, scheduler):
-    """The clean latents ``x0`` that ``model_output`` at ``(latents, timesteps)`` implies (float32)."""
+    """The clean latents ``x0`` that ``model_output`` at ``(latents, timesteps)`` implies (float32 or wider)."""
     s, c = _scales(scheduler, timesteps, latents)
-    out, x_t = model_output.float(), latents.float()
+    out, x_t = at_least_float32(model_output), at_least_float32(latents)
     kind = prediction_type(scheduler)
     if kind == "epsilon":
         return (x_t - c * out) / s
@@ -46,9 +53,9 @@ def to_x0(model_output, latents, timesteps, scheduler):
 
 
 def to_eps(model_output, latents, timesteps, scheduler):
-    """The noise ``eps`` that ``model_output`` at ``(latents, timesteps)`` implies (float32)."""
+    """The noise ``eps`` that ``model_output`` at ``(latents, timesteps)`` implies (float32 or wider)."""
     s, c = _scales(scheduler, timesteps, latents)
-    out, x_t = model_output.float(), latents.float()
+    out, x_t = at_least_float32(model_output), at_least_float32(latents)
     kind = prediction_type(scheduler)
     if kind == "epsilon":
         return out
@@ -64,5 +71,5 @@ def training_target(x0, noise, timesteps, scheduler):
         return noise
     if kind == "v_prediction":
         s, c = _scales(scheduler, timesteps, x0)
-        return (s * noise.float() - c * x0.float()).to(noise.dtype)
+        return (s * at_least_float32(noise) - c * at_least_float32(x0)).to(noise.dtype)
     return x0

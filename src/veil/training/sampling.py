@@ -135,8 +135,11 @@ def sample_partial_trajectories(
     unet = pipe.unet
     scheduler = ddim_scheduler(pipe, num_inference_steps)
     size, count = sample_size or unet.config.sample_size, conds.shape[0]
+    # Drawn in float32 (a half-precision UNet gets float32 noise cast down) or in the UNet's own wider dtype, as
+    # diffusers' pipelines draw it: float32 and float64 draws of one generator differ.
+    draw_dtype = torch.promote_types(unet.dtype, torch.float32)
     latents = torch.cat([
-        torch.randn((1, unet.config.in_channels, size, size), generator=generator, device="cpu", dtype=torch.float32)
+        torch.randn((1, unet.config.in_channels, size, size), generator=generator, device="cpu", dtype=draw_dtype)
         for _ in range(count)
     ]).to(pipe.device, unet.dtype)
     latents = latents * scheduler.init_noise_sigma

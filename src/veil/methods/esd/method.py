@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from ...registry import register_method
 from ...training.hardware import latent_size
+from ...training.prediction import at_least_float32
 from ...training.sampling import (
     PromptCache,
     TrajectoryPool,
@@ -67,4 +68,4 @@ class ESD(WeightEditMethod):
 
     def loss(self, pipe, batch, phase="main"):
         noise_pred = pipe.unet(batch["latents"], batch["timesteps"], encoder_hidden_states=batch["cond"]).sample
-        return F.mse_loss(noise_pred.float(), batch["target"].float())
+        return F.mse_loss(at_least_float32(noise_pred), at_least_float32(batch["target"]))
