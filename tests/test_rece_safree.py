@@ -162,3 +162,28 @@ def test_several_concepts_make_one_artifact(tmp_path, capsys, method):
     code = main(["erase", "--method", method, "--concept", "circle", "--concept", " ", "--model", "tiny", "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("name", ["safree", "sld"])
+def test_hook_methods_let_a_gradient_step_through_the_model_unchanged(tiny_pipe, name):
+    # An attack differentiates a loss through the protected model: the hooks must pass such a call through
+    # (with its gradients), not treat its batch as a sampling step's guidance halves.
+    method = veil.get_method(name)(concepts=["circle"])
+    method.attach(tiny_pipe)
+    render(tiny_pipe, prompt="circle", steps=3)  # a sampling run first: the pipeline then guides, SAFREE has cached "circle"
+    states = encode_prompts(tiny_pipe, ["circle"])
+    sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    timestep = torch.tensor([999, 999])
+
+    def step():
+        context = states.detach().expand(2, -1, -1).clone().requires_grad_()
+        out = tiny_pipe.unet(sample, timestep, encoder_hidden_states=context).sample
+        out.square().mean().backward()
+        return out.detach(), context.grad
+
+    guarded, grad = step()
+    with method.disabled(tiny_pipe):
+        plain, plain_grad = step()
+    method.detach(tiny_pipe)
+    assert grad is not None and grad.abs().sum() > 0
+    assert torch.equal(guarded, plain) and torch.equal(grad, plain_grad)

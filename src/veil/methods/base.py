@@ -7,6 +7,7 @@ The training loop, the artifact and the command line know only this contract (do
 """
 
 import contextlib
+import functools
 import typing
 from dataclasses import dataclass, field
 
@@ -344,11 +345,25 @@ class Method:
         """A sentence when sampling with ``num_inference_steps`` leaves the method without effect, else ``None``."""
         return None
 
+def sampling_hook(hook):
+    """Make a :class:`HookMethod`'s hook act on sampling calls only. A call while gradients are on (an attack's
+    or a trainer's step through the model) passes through unchanged, so that a loss differentiated through the
+    model sees the model as it is; otherwise the hook runs as written. Returning ``None`` keeps a forward
+    hook's output, and a forward pre-hook's inputs, as they are. (A ``torch.no_grad`` decorator on the hook
+    would hide the caller's gradient mode from it.)"""
+
+    @functools.wraps(hook)
+    def wrapper(self, *args, **kwargs):
+        return None if torch.is_grad_enabled() else hook(self, *args, **kwargs)
+
+    return wrapper
+
+
 class HookMethod(Method):
     """An inference-time method installed as forward hooks on a stock pipeline (SLD, SAFREE): nothing is trained
     or stored, ``detach`` removes the hooks (the pipeline is bit for bit the original) and ``disabled()`` makes
-    them pass everything through. Subclasses put their hook handles in ``self._handles`` and honour
-    ``self._bypass``."""
+    them pass everything through. Subclasses put their hook handles in ``self._handles``, honour
+    ``self._bypass`` and wrap their hooks in :func:`sampling_hook`."""
 
     kind = "inference"
 

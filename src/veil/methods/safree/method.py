@@ -6,7 +6,7 @@ import math
 import torch
 
 from ...registry import register_method
-from ..base import HookMethod, phrasings
+from ..base import HookMethod, phrasings, sampling_hook
 from .config import SAFREEConfig
 from .presets import MODEL_PRESETS
 
@@ -155,7 +155,7 @@ class SAFREE(HookMethod):
         states = self._encode(pipe, ids, mask)
         return states[torch.arange(len(ids)), self._end_positions(pipe, ids)]
 
-    @torch.no_grad()
+    @sampling_hook
     def _text_hook(self, encoder, args, kwargs, output):
         if self._encoding or self._bypass:
             return output
@@ -184,11 +184,11 @@ class SAFREE(HookMethod):
         return None
 
     # sampling side ------------------------------------------------------------------------------
-    @torch.no_grad()
+    @sampling_hook
     def _unet_pre_hook(self, unet, args, kwargs):
         self._extended = None
         pipe = self._pipe
-        if self._bypass or torch.is_grad_enabled() or not getattr(pipe, "do_classifier_free_guidance", False):
+        if self._bypass or not getattr(pipe, "do_classifier_free_guidance", False):
             return None
         args = list(args)
         sample = args[0] if args else kwargs["sample"]
@@ -233,7 +233,7 @@ class SAFREE(HookMethod):
             kwargs["encoder_hidden_states"] = context
         return tuple(args), kwargs
 
-    @torch.no_grad()
+    @sampling_hook
     def _skip_hook(self, scale, block, args, kwargs):
         if self._extended is None or "res_hidden_states_tuple" not in kwargs:
             return None
@@ -250,7 +250,7 @@ class SAFREE(HookMethod):
         kwargs["res_hidden_states_tuple"] = tuple(skips)
         return args, kwargs
 
-    @torch.no_grad()
+    @sampling_hook
     def _unet_hook(self, unet, args, kwargs, output):
         if self._extended is None:
             return output

@@ -4,7 +4,7 @@ import torch
 
 from ...registry import register_method
 from ...training.sampling import encode_prompts
-from ..base import HookMethod
+from ..base import HookMethod, sampling_hook
 from .config import SLDConfig
 
 
@@ -52,10 +52,10 @@ class SLD(HookMethod):
                     f"sample with more than {warmup} steps or set warmup_steps lower.")
         return None
 
-    @torch.no_grad()
+    @sampling_hook
     def _hook(self, unet, args, kwargs, output):
         pipe = self._pipe
-        if self._bypass or not getattr(pipe, "do_classifier_free_guidance", False) or torch.is_grad_enabled():
+        if self._bypass or not getattr(pipe, "do_classifier_free_guidance", False):
             return output
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs["timestep"]
