@@ -100,6 +100,22 @@ def test_bf16_mixed_precision_keeps_trained_weights_in_float32():
     assert all(v.dtype == torch.float32 for v in method.state_dict().values())
 
 
+def test_bf16_run_that_keeps_no_copy_trains_the_same_and_leaves_frozen_weights_in_bf16():
+    """restore_frozen=False (the command line's): no float32 copy of the frozen weights is kept, so the pipeline stays
+    in bf16 after the run; what is trained is exactly what a restoring run trains."""
+    restoring, plain = _esd(mixed_precision="bf16"), _esd(mixed_precision="bf16")
+    veil.fit(restoring, build_tiny_pipeline(), progress=False)
+    pipe = build_tiny_pipeline()
+    veil.fit(plain, pipe, progress=False, restore_frozen=False)
+    trained = {id(p) for p in plain.trainable_parameters()}
+    assert {p.dtype for p in pipe.unet.parameters() if id(p) not in trained} == {torch.bfloat16}
+    assert {p.dtype for p in pipe.text_encoder.parameters()} == {torch.bfloat16}
+    assert {t.dtype for t in plain.edit.originals.values()} == {torch.bfloat16}
+    expected, actual = _weights(restoring), _weights(plain)
+    assert expected.keys() == actual.keys() and all(torch.equal(actual[k], v) for k, v in expected.items())
+    assert all(v.dtype == torch.float32 for v in actual.values())
+
+
 def test_fp16_on_cpu_is_refused():
     with pytest.raises(veil.VeilError, match="fp16 mixed precision needs a CUDA GPU"):
         veil.fit(_esd(mixed_precision="fp16"), build_tiny_pipeline(), progress=False)

@@ -145,6 +145,45 @@ def test_sdxl_prompt_states_carry_the_pooled_embedding_exactly(pipes):
     assert torch.equal(unpacked, explicit) and not torch.allclose(unpacked, other)
 
 
+@pytest.mark.parametrize("force_zeros", [True, False])
+def test_sdxl_training_unconditional_is_the_pipelines(pipes, force_zeros):
+    """ESD-family sampling guides with what SDXL's pipeline uses without a negative prompt: zeros where its config sets
+    force_zeros_for_empty_prompt (SDXL base's does), the empty prompt encoded where it does not."""
+    from veil.training.sampling import PromptCache
+
+    pipe = pipes["sdxl"]
+    assert pipe.config.force_zeros_for_empty_prompt  # the published configuration's
+    pipe.register_to_config(force_zeros_for_empty_prompt=force_zeros)
+    try:
+        _, negative, _, negative_pooled = pipe.encode_prompt(["a cat"], device="cpu", do_classifier_free_guidance=True)
+        uncond = PromptCache()(pipe, "")
+    finally:
+        pipe.register_to_config(force_zeros_for_empty_prompt=True)
+    assert torch.equal(token_states(pipe, uncond), negative)
+    assert torch.equal(pipeline_inputs(pipe, uncond)["pooled_prompt_embeds"], negative_pooled)
+    assert bool(negative.abs().sum() == 0) == force_zeros
+    assert not torch.equal(encode_prompts(pipe, [""]), PromptCache()(pipe, ""))  # UCE's "" stays the text encoded
+
+
+def test_dumo_token_gate_remembers_sdxl_prompts(pipes):
+    """The gate finds a prompt's tokens again on SDXL (the second encoder's states, the context's last columns): an
+    unrelated prompt's tokens skip the eraser, which unknown tokens would not."""
+    from veil.methods.dumo import DuMo
+
+    pipe = pipes["sdxl"]
+    method = DuMo(concepts=["cat"], skip_on="tokens", token_skip_threshold=0.999, gate_threshold=0.0)
+    method.attach(pipe)
+    try:
+        latents = torch.randn(2, 4, 8, 8)
+        states, _, _, _ = pipe.encode_prompt(["cat", "a red bicycle"], device="cpu", do_classifier_free_guidance=False)
+        gates = method.gates(latents, states)["cat"]
+        unknown = method.gates(latents, states * 1.001)["cat"]  # states the text encoder did not hand over
+    finally:
+        method.detach(pipe)
+    assert gates[0] > 0 and gates[1] == 0.0
+    assert unknown[1] > 0  # unknown tokens: erred on the side of the concept
+
+
 def test_attack_text_encoding_matches_the_pipeline_on_sdxl(pipes):
     from veil.token_slots import PromptTemplate, encode, input_table
 

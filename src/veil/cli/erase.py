@@ -8,7 +8,7 @@ from .common import add_model_flags, add_output_flags, add_training_flags
 def register(sub):
     parser = sub.add_parser("erase", help="Erase a concept with a registered method and write an artifact.")
     parser.add_argument("--method", default="esd", help="Registered method name (see `veil ls methods`).")
-    parser.add_argument("--concept", action="append", required=True, help="Concept to erase; repeat for several.")
+    parser.add_argument("--concept", action="append", help="Concept to erase; repeat for several (one artifact), or list them in --config as concepts: [a, b].")
     add_model_flags(parser)
     add_output_flags(parser)
     add_training_flags(parser)
@@ -45,9 +45,10 @@ def run_method(args, method_cls, concepts, configure=None, save_outputs=None):
     pipe = load_model(args)
     warn_if_truncated(pipe, config.concepts, what="concept")
     work_dir = work_dir_for(args.out)
+    # The pipeline is dropped after the run: a mixed-precision run keeps no float32 copy of the frozen weights.
     cost = fit(
         method, pipe, work_dir=work_dir, checkpoint_every=args.checkpoint_every,
-        resume=args.resume,
+        resume=args.resume, restore_frozen=False,
     )
     cost = {k: v for k, v in (cost or {}).items() if k != "losses"} | {"final_loss": _final_loss(cost)}
     artifact = Artifact.from_method(method, pipe, cost)

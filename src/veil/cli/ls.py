@@ -25,6 +25,7 @@ def run(args):
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:<{width}} {cls.kind:<12} {summary}")
         if args.verbose:
+            print(f"    several concepts: {cls.single_concept_refusal or cls.multi_concept or 'not described'}")
             config = cls.config_class
             for field, text in config.help().items():
                 print(f"    {field:<24} {text}")

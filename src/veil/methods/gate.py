@@ -8,7 +8,8 @@ content-token cosine is below ``token_skip_threshold``) gets a gate of exactly 0
 
 The UNet sees text states, not tokens: while attached, the gate remembers the text encoder's input
 ids beside its output and finds them again from the UNet's context (prompt states passed in directly
-fall back on the cosine alone).
+fall back on the cosine alone). On SDXL, whose UNet context is the two encoders' penultimate states side
+by side, it remembers the second encoder's and finds them in the context's last columns.
 """
 
 import collections
@@ -59,6 +60,8 @@ class PromptGate:
         self._concepts = {}  # concept -> [(flattened states, token ids, unit content-token states)], one per phrasing
         self._captured = collections.OrderedDict()  # signature -> [(text states, token ids, content positions)]
         self._special_ids = frozenset()
+        self._captured_ids = frozenset()  # the special ids of the tokenizer whose encoder is remembered
+        self._width = None  # SDXL: the remembered encoder's width, the context's last columns; None: all of them
         self._cache = None  # (text states, (their version, settings), gates) of the last call
         self._handle = None
 
@@ -70,8 +73,14 @@ class PromptGate:
         self._special_ids = frozenset(getattr(tokenizer, "all_special_ids", ()))
         self._concepts = {c: [self._phrase_info(tokenizer, p, encode(p)) for p in phrases] for c, phrases in phrasings.items()}
         self.detach()
-        if remember_tokens and getattr(pipe, "text_encoder", None) is not None:
-            self._handle = pipe.text_encoder.register_forward_hook(self._remember_tokens, with_kwargs=True)
+        # SDXL's UNet context ends with its second encoder's states (and its tokenizer pads with another token).
+        encoder, tokenizer = getattr(pipe, "text_encoder_2", None), getattr(pipe, "tokenizer_2", None)
+        self._width = encoder.config.hidden_size if encoder is not None else None
+        if encoder is None:
+            encoder, tokenizer = getattr(pipe, "text_encoder", None), getattr(pipe, "tokenizer", None)
+        self._captured_ids = frozenset(getattr(tokenizer, "all_special_ids", ())) | self._special_ids
+        if remember_tokens and encoder is not None:
+            self._handle = encoder.register_forward_hook(self._remember_tokens, with_kwargs=True)
 
     def detach(self):
         if self._handle is not None:
@@ -90,19 +99,26 @@ class PromptGate:
         input_ids = args[0] if args else kwargs.get("input_ids")
         if input_ids is None or not self._capturing():
             return
-        states = output[0].detach()  # (batch, tokens, width): what the pipeline hands the UNet
-        for row, ids in zip(states, input_ids.tolist()):
+        if self._width is None:
+            states = output[0]  # (batch, tokens, width): what the pipeline hands the UNet
+        elif getattr(output, "hidden_states", None) is not None:
+            states = output.hidden_states[-2]  # SDXL's pipeline hands the UNet the penultimate layer
+        else:
+            return
+        for row, ids in zip(states.detach(), input_ids.tolist()):
             key = _signature(row)
             entries = self._captured.setdefault(key, [])
             if not any(torch.equal(row, r) for r, _, _ in entries):
-                positions = [i for i, t in enumerate(ids) if t not in self._special_ids]
-                entries.append((row, frozenset(ids) - self._special_ids, positions))
+                positions = [i for i, t in enumerate(ids) if t not in self._captured_ids]
+                entries.append((row, frozenset(ids) - self._captured_ids, positions))
             self._captured.move_to_end(key)
         while len(self._captured) > _MAX_CAPTURED:
             self._captured.popitem(last=False)
 
     def _tokens_of(self, row):
         """``(token ids, content positions)`` of a captured prompt, or ``(None, None)``."""
+        if self._width is not None:
+            row = row[..., -self._width :]
         for stored, tokens, positions in self._captured.get(_signature(row), ()):
             if stored.shape == row.shape and torch.equal(stored, row.to(stored.dtype)):
                 return tokens, positions

@@ -148,10 +148,10 @@ class WeightEdit:
             for name, tensor in edited.items():
                 params[name].data = tensor
 
-    def cast_originals(self, dtype):
+    def cast_originals(self, dtype, keep=True):
         """The originals (the frozen teacher's weights) in ``dtype`` for a mixed-precision run; returns ``restore()``,
-        which puts them back as they were (kept meanwhile on the CPU)."""
-        saved = {name: tensor.to("cpu") for name, tensor in self.originals.items()}
+        which puts them back as they were (kept meanwhile on the CPU; ``keep=False``: not kept, left in ``dtype``)."""
+        saved = {name: tensor.to("cpu") for name, tensor in self.originals.items()} if keep else {}
         self.originals = {name: tensor.to(dtype) for name, tensor in self.originals.items()}
 
         def restore():
@@ -208,8 +208,8 @@ class WeightEditMethod(Method):
     def trainable_parameters(self):
         return self.edit.parameters()
 
-    def cast_frozen(self, dtype):
-        return self.edit.cast_originals(dtype)
+    def cast_frozen(self, dtype, keep=True):
+        return self.edit.cast_originals(dtype, keep=keep)
 
     def state_dict(self):
         return self.edit.state_dict()

@@ -61,29 +61,35 @@ def set_attention(unet, attention):
         unet.set_attn_processor({n: p if type(p) is wanted else wanted() for n, p in processors.items()})
 
 
-def cast_frozen(pipe, method, trained, dtype):
+def cast_frozen(pipe, method, trained, dtype, keep=True):
     """Frozen weights of ``pipe`` and of ``method`` in ``dtype``, the ``trained`` parameters in float32; returns
     ``restore()``, which puts the frozen weights back as they were (kept meanwhile on the CPU, off a GPU's memory),
-    so that after training the pipeline is the one the user loaded."""
+    so that after training the pipeline is the one the user loaded.
+
+    ``keep=False`` keeps no copy and ``restore()`` leaves the frozen weights in ``dtype``: for a caller that drops the
+    pipeline after training (the command line). On a CPU the kept copy is the loaded weights themselves, so only
+    ``keep=False`` lowers the memory a run holds."""
     model_fingerprint(pipe.unet)  # the base's fingerprint is of its weights as loaded, not as cast
-    keep = {id(p) for p in trained}
+    trained_ids = {id(p) for p in trained}
     saved = []  # (owner, name or None, tensor as it was, on the CPU)
     with torch.no_grad():
         for component in pipe.components.values():
             if not isinstance(component, torch.nn.Module):
                 continue
             for param in component.parameters():
-                if id(param) not in keep and param.is_floating_point() and param.dtype != dtype:
-                    saved.append((param, None, param.data.to("cpu")))
+                if id(param) not in trained_ids and param.is_floating_point() and param.dtype != dtype:
+                    if keep:
+                        saved.append((param, None, param.data.to("cpu")))
                     param.data = param.data.to(dtype)
             for module in component.modules():
                 for name, buffer in module.named_buffers(recurse=False):
                     if buffer is not None and buffer.is_floating_point() and buffer.dtype != dtype:
-                        saved.append((module, name, buffer.to("cpu")))
+                        if keep:
+                            saved.append((module, name, buffer.to("cpu")))
                         setattr(module, name, buffer.to(dtype))
         for param in trained:
             param.data = param.data.float()
-    restore_method = method.cast_frozen(dtype)
+    restore_method = method.cast_frozen(dtype, keep=keep)
 
     def restore():
         with torch.no_grad():

@@ -29,16 +29,27 @@ def encode_prompts(pipe, prompts):
     return prompt_embeds
 
 
+def encode_guidance_prompts(pipe, prompts):
+    """:func:`encode_prompts`, the empty prompt standing for guidance's unconditional input as the pipeline samples
+    it without a negative prompt: zeros (token states and pooled embedding) on an SDXL pipeline whose config sets
+    ``force_zeros_for_empty_prompt`` (SDXL base's does), the empty prompt encoded elsewhere."""
+    states = encode_prompts(pipe, prompts)
+    if is_sdxl(pipe) and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+        states[[i for i, prompt in enumerate(prompts) if prompt == ""]] = 0
+    return states
+
+
 class PromptCache:
-    """Text states of single prompts, each encoded once: training steps come back to the same few prompts."""
+    """Text states of single prompts, each encoded once: training steps come back to the same few prompts. The empty
+    prompt is guidance's unconditional input (:func:`encode_guidance_prompts`)."""
 
     def __init__(self):
         self._states = {}
 
     def __call__(self, pipe, text):
-        """``(1, tokens, width)`` states of ``text``, as :func:`encode_prompts` computes them."""
+        """``(1, tokens, width)`` states of ``text``, as :func:`encode_guidance_prompts` computes them."""
         if text not in self._states:
-            self._states[text] = encode_prompts(pipe, [text])
+            self._states[text] = encode_guidance_prompts(pipe, [text])
         return self._states[text]
 
     def prefetch(self, pipe, texts, batch_size=128):
@@ -47,7 +58,7 @@ class PromptCache:
         todo = sorted(set(texts) - set(self._states))
         for start in range(0, len(todo), batch_size):
             chunk = todo[start : start + batch_size]
-            for text, states in zip(chunk, encode_prompts(pipe, chunk)):
+            for text, states in zip(chunk, encode_guidance_prompts(pipe, chunk)):
                 self._states[text] = states[None]
 
 

@@ -194,9 +194,9 @@ class AdvUnlearn(WeightEditMethod):
         return loss + loss_uncond
 
     # persistence -----------------------------------------------------------------------------------------
-    def checkpoint_state_dict(self):
+    def checkpoint_state_dict(self, private=None):
         # The attack's last tokens and the step count resume the warm-up and attack schedule where it stopped.
-        state = {**self.state_dict(), "advunlearn.step": torch.tensor([self._step])}
+        state = {**super().checkpoint_state_dict(private), "advunlearn.step": torch.tensor([self._step])}
         if self._adversary is not None:
             state["advunlearn.adversary"] = self._adversary.clone()
         return state

@@ -8,14 +8,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...architectures.sdxl import is_sdxl, token_states
+from ...architectures.sdxl import token_states
 from ...errors import VeilError
 from ...models import model_fingerprint
 from ...registry import register_method
 from ...training.hardware import latent_size
 from ...training.sampling import (
     TrajectoryPool,
-    encode_prompts,
+    encode_guidance_prompts,
     negative_guidance_target,
     trajectory_timesteps,
 )
@@ -46,6 +46,10 @@ class DuMo(Method):
     """
 
     config_class = DuMoConfig
+    multi_concept = (
+        "One eraser per concept (its own EPR and time-scale table, behind its own gate), each trained on "
+        "the steps that draw its concept; their residuals add up when sampling."
+    )
     model_presets = MODEL_PRESETS
     pipeline_export_refusal = "adds a trained EPR network beside the UNet"
     optimizer_class = torch.optim.AdamW
@@ -91,11 +95,9 @@ class DuMo(Method):
         # `mid_block_additional_residual`; removing the hook restores the original exactly.
         self._handles = [pipe.unet.register_forward_pre_hook(self._unet_pre_hook, with_kwargs=True)]
         if self.config.gate_enabled:
-            # SDXL's prompt states carry a pooled row, and its two tokenizers' ids are not remembered: the
-            # gate compares token states, and its token overlap stays off there.
+            # SDXL's prompt states carry a pooled row: the gate compares token states.
             self._gate.attach(pipe, {c: phrasings(self.config, c) for c in self.config.concepts},
-                              lambda phrase: token_states(pipe, self._prompt_embeds(pipe, [phrase]))[0],
-                              remember_tokens=not is_sdxl(pipe))
+                              lambda phrase: token_states(pipe, self._prompt_embeds(pipe, [phrase]))[0])
         self.attached_to = pipe
 
     def detach(self, pipe):
@@ -168,7 +170,7 @@ class DuMo(Method):
         key = tuple(prompts)
         if key not in self._embeds:
             with self.disabled(pipe):
-                self._embeds[key] = encode_prompts(pipe, list(prompts))
+                self._embeds[key] = encode_guidance_prompts(pipe, list(prompts))
         return self._embeds[key]
 
     def anchor_pool(self, concept):

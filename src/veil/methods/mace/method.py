@@ -103,6 +103,10 @@ class MACE(WeightEditMethod):
 
     kind = "closed_form"
     config_class = MACEConfig
+    multi_concept = (
+        "One closed-form refinement over every concept, one LoRA per concept, and one closed-form fusion of "
+        "all the LoRAs (the paper's form, made for up to 100 concepts)."
+    )
     model_presets = MODEL_PRESETS
 
     def edited_parameter_names(self, unet):
