@@ -59,7 +59,7 @@ class AdvUnlearnConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     )
     unconditional_weight: float = field(
         default=0.0,
-        metadata={"help": "Weight of keeping the empty prompt's prediction (guidance's unconditional half) unchanged (0: paper)."},
+        metadata={"help": "Weight of keeping the empty prompt's prediction (guidance's unconditional half) unchanged; 0: off."},
     )
     retain_prompts: typing.List[str] = field(
         default_factory=coco_object_prompts,
