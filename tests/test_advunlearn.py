@@ -206,3 +206,18 @@ def test_unconditional_weight_keeps_the_empty_prompts_prediction(tiny_pipe):
         assert moved > 0 and moved == pytest.approx(3.0 * float(torch.nn.functional.mse_loss(pred, wanted)), rel=1e-3)
     finally:
         method.detach(tiny_pipe)
+
+
+def test_adversarial_tokens_stay_within_the_token_embeddings_norm(tiny_pipe):
+    from veil.token_slots import input_table
+
+    method = AdvUnlearn(concepts=["circle"], **{**FAST, "attack_init": "latest", "attack_steps": 30, "attack_learning_rate": 1.0})
+    method.attach(tiny_pipe)
+    try:
+        method._step = method.config.warmup_steps
+        for _ in range(3):
+            batch = method.make_batch(tiny_pipe, torch.Generator().manual_seed(0))
+        radius = float(input_table(tiny_pipe).norm(dim=1).max())
+        assert float(batch["adversary"].norm(dim=-1).max()) <= radius * (1 + 1e-5)
+    finally:
+        method.detach(tiny_pipe)

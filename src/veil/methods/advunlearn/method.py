@@ -69,7 +69,7 @@ class AdvUnlearn(WeightEditMethod):
         self._trajectories = TrajectoryPool(self.config.trajectory_batch)
         self._retain = self.config.kept_retain_prompts() if self.config.retain_weight > 0 else []
         self._adversary = None  # (attack_tokens, width): the last attack's token vectors
-        self._vocabulary = None
+        self._vocabulary, self._radius = None, None
         self._step = 0  # unlearning steps taken: the warm-up and the attacks' schedule follow it
 
     def edited_parameter_names(self, module):
@@ -95,11 +95,13 @@ class AdvUnlearn(WeightEditMethod):
     def _attack(self, pipe, template, latents, timesteps, target, generator):
         """The inner attack: soft tokens in ``template``'s slots that bring the edited model's prediction for the
         prompt to the original's for the concept (``target``), by ``attack_steps`` Adam steps on their gradient
-        (``pgd``) or its sign (``fast_at``); the text encoder and the UNet are held fixed."""
+        (``pgd``) or its sign (``fast_at``), each vector then projected into the ball of the longest token embedding;
+        the text encoder and the UNet are held fixed."""
         config = self.config
+        if self._vocabulary is None:
+            self._vocabulary = Vocabulary(pipe)
+            self._radius = float(self._vocabulary.table.norm(dim=1).max())
         if self._adversary is None or config.attack_init == "random":
-            if self._vocabulary is None:
-                self._vocabulary = Vocabulary(pipe)
             start = self._vocabulary.random(config.attack_tokens, generator)
             self._adversary = input_table(pipe)[start].float().clone()
         vectors = self._adversary.clone().requires_grad_(True)
@@ -113,6 +115,8 @@ class AdvUnlearn(WeightEditMethod):
                 (grad,) = torch.autograd.grad(loss, [vectors])  # nothing reaches the text encoder's weights
                 vectors.grad = grad.sign() if config.attack_method == "fast_at" else grad
                 optimizer.step()
+                with torch.no_grad():  # the projection: no vector longer than the longest token embedding
+                    vectors.mul_((self._radius / vectors.norm(dim=-1, keepdim=True).clamp(min=1e-12)).clamp(max=1.0))
         self._adversary = vectors.detach()
         return float(loss.detach())
 
