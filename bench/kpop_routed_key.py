@@ -13,7 +13,9 @@ training synonyms ("a disc", ...) are drawn too, with the original, public and r
 """
 
 import contextlib
+import json
 import time
+from pathlib import Path
 
 import veil
 from _common import ShapesProbe, parse_set, shapes_parser
@@ -34,6 +36,9 @@ def main():
     parser = shapes_parser(__doc__)
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--base-from", help="A result file of this bench with the same model, seeds and steps: its "
+                        "original-model rates are used instead of drawing them again.")
+    parser.add_argument("--variants", default="public,routed_key,unrouted_key", help="Which pipelines to draw.")
     parser.set_defaults(seeds="0,1")
     args = parser.parse_args()
     probe = ShapesProbe(args)
@@ -41,9 +46,20 @@ def main():
     synonyms = rows_naming(task_rows("shapes_synonyms", probe.seeds), args.concept)
     record = probe.record(train_seed=args.train_seed, bar_share_of_base=BAR, rows=len(rows), synonym_rows=len(synonyms))
 
-    start = time.perf_counter()
-    record["base"] = {"rates": probe.rates(rows), "synonyms": probe.rates(synonyms).get(args.concept), "seconds": None}
-    record["base"]["seconds"] = round(time.perf_counter() - start, 1)
+    if args.base_from:
+        earlier = json.loads(Path(args.base_from).read_text())
+        same = {k: earlier.get(k) for k in ("model", "seeds", "num_inference_steps")}
+        if same != {k: record[k] for k in same} or earlier.get("rows") != len(rows):
+            parser.error(f"{args.base_from} was drawn with another model, seeds, steps or rows.")
+        # The original model's rates do not depend on the concept hidden; its synonyms' do.
+        record["base"] = {"rates": earlier["base"]["rates"], "synonyms": None, "from": args.base_from}
+        start = time.perf_counter()
+        record["base"]["synonyms"] = probe.rates(synonyms).get(args.concept)
+        record["base"]["seconds"] = round(time.perf_counter() - start, 1)
+    else:
+        start = time.perf_counter()
+        record["base"] = {"rates": probe.rates(rows), "synonyms": probe.rates(synonyms).get(args.concept), "seconds": None}
+        record["base"]["seconds"] = round(time.perf_counter() - start, 1)
     base = record["base"]["rates"]
 
     settings = preset_for(KPOP, args.model, [args.concept]) | parse_set(args.set) | {"seed": args.train_seed}
@@ -56,7 +72,7 @@ def main():
     variants = {"public": contextlib.nullcontext,
                 "routed_key": lambda: method.unlocked(pipe, routed=True),
                 "unrouted_key": lambda: method.unlocked(pipe, routed=False)}
-    for name, context in variants.items():
+    for name, context in ((n, variants[n]) for n in args.variants.split(",")):
         start = time.perf_counter()
         with context():
             rates = probe.rates(rows)

@@ -28,6 +28,7 @@ def main():
     parser.add_argument("--base", default="bench/results/headline/bench.json")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE")
     parser.add_argument("--out", required=True, help="Folder of the rows' JSON files.")
+    parser.add_argument("--artifacts", help="Folder to save each row's artifact in (for veil attack); none: not saved.")
     args = parser.parse_args()
 
     from veil.cli.common import parse_dotted_settings
@@ -49,11 +50,15 @@ def main():
             config = preset_for(cls, report["model"], concepts)
             config.update(overrides.get(cls.name, {}))
             method = cls(cls.config_class.from_dict({**config, "concepts": concepts}))
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             cost = veil.fit(method, pipe, progress=False)
-            seconds = round(time.perf_counter() - start, 3)
+            seconds, cpu = round(time.perf_counter() - start, 3), round(time.process_time() - cpu, 3)
+            load = [round(x, 2) for x in os.getloadavg()]  # the shared machine's load over the last 1, 5 and 15 minutes
+            if args.artifacts:
+                veil.Artifact.from_method(method, pipe, cost).save(
+                    os.path.join(args.artifacts, f"{cls.name}-{'+'.join(concepts)}"), overwrite=True)
             canonical = _evaluate(pipe, rows_by_set["canonical"], classify, settings)
-            row = {"method": cls.name, "concepts": concepts, "seconds": seconds, "fit": {k: v for k, v in cost.items() if k != "losses"},
+            row = {"method": cls.name, "concepts": concepts, "seconds": seconds, "cpu_seconds": cpu, "load_average": load, "fit": {k: v for k, v in cost.items() if k != "losses"},
                    "protocol": {"model": report["model"], "seeds": seeds, "num_inference_steps": steps, "guidance_scale": scale,
                                 "base": args.base},
                    "config": method.config.to_dict(), "targets": {}}

@@ -1,7 +1,9 @@
 """Which tokens SAFREE's filter projects on the shapes world, and how much of each token lies in the concept subspace.
 
 For each prompt: its tokens, the trigger mask, each word token's share ``‖P_C s‖ / ‖s‖`` of the concept subspace
-before and after the projection, and the self-validating filter's step count. No images are generated.
+before and after the projection, the end token's and the padding's share (the filter never projects them), the
+share of the whole context's concept-subspace norm left after the projection, and the self-validating filter's
+step count. No images are generated.
 """
 
 import argparse
@@ -32,8 +34,11 @@ def main():
     def recording(states, masked_ends, proj, alpha):
         safe, triggers, projected = original(states, masked_ends, proj, alpha)
         share = lambda s: round(float((s.double() @ proj).norm() / s.double().norm().clamp(min=1e-12)), 3)  # noqa: E731
-        seen.update(triggers=triggers.tolist(), before=[share(s) for s in states[1 : len(triggers) + 1]],
-                    after=[share(s) for s in safe[1 : len(triggers) + 1]])
+        end = len(triggers) + 1
+        seen.update(triggers=triggers.tolist(), before=[share(s) for s in states[1:end]],
+                    after=[share(s) for s in safe[1:end]], end_token=share(states[end]),
+                    padding_mean=round(sum(share(s) for s in states[end + 1 :]) / max(len(states) - end - 1, 1), 3),
+                    context_kept=round(float((safe.double() @ proj).norm() / (states.double() @ proj).norm()), 3))
         return safe, triggers, projected
 
     safree.safe_token_states = recording

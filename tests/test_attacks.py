@@ -10,7 +10,7 @@ import torch
 
 import veil
 from veil.attacks import forging_curve, get_attack, list_attacks, make_attack, run_attacks
-from veil.attacks.text import PromptTemplate, encode
+from veil.token_slots import PromptTemplate, encode
 from veil.errors import VeilError
 from veil.methods.kpop import KPOP, KPOPConfig
 from veil.models import build_tiny_pipeline

@@ -92,3 +92,26 @@ def test_every_method_setting_has_a_one_line_help():
     for name in list_methods():
         for field, text in get_method(name).config_class.help().items():
             assert text and "\n" not in text and len(text) <= 100, (name, field, text)
+
+
+@pytest.mark.parametrize("method,field,text,value", [
+    ("esd", "learning_rate", "1e-4", 1e-4),
+    ("esd", "learning_rate", "3.5E-5", 3.5e-5),
+    ("uce", "preserve_scale", "1e-4", 1e-4),  # Optional[float]: read as text by YAML 1.1 before
+    ("uce", "preserve_scale", "2.5", 2.5),
+    ("esd", "max_train_steps", "1e2", 100),
+])
+def test_set_parses_numbers_for_number_fields(method, field, text, value):
+    config = method_config(get_method(method), ["circle"], settings=[f"{field}={text}"])
+    assert getattr(config, field) == value and isinstance(getattr(config, field), type(value))
+
+
+def test_set_numbers_in_lists_and_refusals():
+    from veil.attacks.ring_a_bell import RingABellConfig
+    from veil.errors import VeilError
+
+    assert RingABellConfig.from_dict({"strengths": ["1e0", 2]}).strengths == [1.0, 2]
+    with pytest.raises(VeilError, match="preserve_scale must be a number, got 'lots'"):
+        method_config(get_method("uce"), ["circle"], settings=["preserve_scale=lots"])
+    with pytest.raises(VeilError, match="must be a whole number"):
+        method_config(get_method("esd"), ["circle"], settings=["max_train_steps=1e-4"])

@@ -1,5 +1,6 @@
 """KPOP key files: round trips, encryption, every refusal, and the key never leaking into public outputs."""
 
+import contextlib
 import json
 import os
 import stat
@@ -15,6 +16,7 @@ from veil.methods.kpop.keys import (
     Key,
     key_file_bytes,
     load_key_for,
+    open_sealed_tensors,
     random_key_like,
     read_key,
     save_key,
@@ -225,6 +227,56 @@ def test_a_key_cannot_be_trained_again_from_the_public_artifacts_settings(tmp_pa
     assert not (tmp_path / "g.png").exists()
 
 
+def _recovered(pipe, method, keys, prompt="circle"):
+    """For each key, the share of the gap between no key and the first key's noise prediction (against the
+    original's, over 8 fixed latents and timesteps) that the key closes: the first key 1, no key 0."""
+    from veil.training.sampling import encode_prompts
+
+    generator = torch.Generator().manual_seed(1)
+    latents, timesteps = torch.randn(8, 4, 8, 8, generator=generator), torch.randint(0, 1000, (8,), generator=generator)
+    embeds = encode_prompts(pipe, [prompt]).expand(8, -1, -1)
+
+    def gap(key):
+        with torch.no_grad():
+            with method.disabled(pipe):
+                original = pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample
+            with method.unlocked(pipe, key) if key is not None else contextlib.nullcontext():
+                return float((pipe.unet(latents, timesteps, encoder_hidden_states=embeds).sample - original).pow(2).mean())
+
+    none, gaps = gap(None), [gap(key) for key in keys]
+    return [(none - g) / (none - gaps[0]) for g in gaps]
+
+
+@pytest.mark.parametrize("secret", [True, False])
+def test_a_key_trained_again_from_the_public_settings_unlocks_no_more_than_random_keys(tmp_path, capsys, monkeypatch, secret):
+    """A secret random key that does not train (key_start random, key_learning_rate 0) with random decoys: hiding again
+    from the public veil.json gives a key that unlocks the public artifact no more than random keys of its norms do. A
+    key started at E(c)[:m] and trained (as the paper's) is rebuilt well above them. The OS's draws are fixed here
+    (distinct ones for the two runs) so that the test is repeatable."""
+    import itertools
+
+    import veil.methods.kpop.method as kpop_method
+
+    draws = itertools.count(11)
+    monkeypatch.setattr(kpop_method, "secret_generator", lambda: torch.Generator().manual_seed(next(draws)))
+    design = ["key_start=random", "key_learning_rate=0", "decoy_weight=1"] if secret else ["key_start=concept"]
+    settings = ["--model", "tiny", "--concept", "circle", "--steps", "40", "--seed", "3"]
+    for item in ["ddim_steps=4", "layers=all", "learning_rate=1.0e-3", "key_learning_rate=1.0e-2", *design]:
+        settings += ["--set", item]
+    code, _, err = run_cli(capsys, "hide", *settings, "--out", tmp_path / "pub", "--key-out", tmp_path / "secret.veilkey")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "hide", "--model", "tiny", "--concept", "circle", "--config", tmp_path / "pub" / "veil.json",
+                           "--out", tmp_path / "repro", "--key-out", tmp_path / "repro.veilkey")
+    assert code == 0, err
+    secret_key, rebuilt = read_key(tmp_path / "secret.veilkey"), read_key(tmp_path / "repro.veilkey")
+    pipe = veil.load_pipeline("tiny")
+    method = veil.load_artifact(tmp_path / "pub").attach(pipe)
+    randoms = [random_key_like(secret_key, torch.Generator().manual_seed(s)) for s in range(8)]
+    real, again, *guesses = _recovered(pipe, method, [secret_key, rebuilt, *randoms])
+    assert max(guesses) < real
+    assert (again <= max(guesses)) is secret, (again, guesses)
+
+
 def test_checkpoints_seal_the_key_under_the_passphrase_and_resume_with_it(tmp_path, monkeypatch):
     import veil.methods.kpop.method as kpop_method
     from safetensors.torch import load_file
@@ -246,6 +298,15 @@ def test_checkpoints_seal_the_key_under_the_passphrase_and_resume_with_it(tmp_pa
     assert "key_sealed" in tensors and not any(name.startswith(("key.", "key_start.")) for name in tensors)
     assert not _leaks(checkpoint.read_bytes(), interrupted.key)
     assert _leaks(interrupted.key.tensors()["P_k.0"].numpy().tobytes(), interrupted.key)  # the scan does find it
+    # The key's Adam moments follow the key: sealed with it, not in state.pt beside it.
+    sealed = open_sealed_tensors(tensors["key_sealed"].numpy().tobytes(), "The key", "open sesame")
+    moments = {name: t for name, t in sealed.items() if name.startswith("private.key.") and t.dim() == 2}
+    assert {name.rsplit(".", 1)[1] for name in moments} == {"exp_avg", "exp_avg_sq"} and len(moments) == 4
+    state = (checkpoint.parent / "state.pt").read_bytes()
+    for moment in moments.values():
+        raw = moment.numpy().tobytes()
+        assert not any(raw[i : i + 16] in state for i in range(0, len(raw) - 16, 16))
+    assert not torch.load(checkpoint.parent / "state.pt", weights_only=True)["optimizers"]["key"]["state"]
 
     for passphrase, refusal in ((None, "is encrypted; give its passphrase"), ("guess", "could not be decrypted")):
         resumed = KPOP(**settings)

@@ -65,7 +65,8 @@ def _prediction_gaps(pipe, method, prompt, key):
 
 def test_config_presets_and_checks():
     paper = KPOPConfig(concepts=["circle"])
-    assert (paper.max_train_steps, paper.learning_rate, paper.key_learning_rate) == (1000, 1e-5, 1e-3)
+    assert (paper.max_train_steps, paper.learning_rate, paper.key_learning_rate) == (1000, 1e-5, 0.0)
+    assert paper.key_start == "random"  # a secret random key that does not train: the public settings cannot rebuild it
     assert (paper.hide_weight, paper.recover_weight, paper.retain_weight, paper.loss_space) == (1.0, 0.1, 0.0, "eps")
     tuned = KPOPConfig.tuned(["circle"], ["square"], max_train_steps=5)
     assert tuned.retain_weight == 0.1 and tuned.max_train_steps == 5
@@ -339,6 +340,37 @@ def test_key_starts_apart_from_the_concepts_states_by_secret_noise(tiny_pipe):
     paper_start.detach(tiny_pipe)
     with pytest.raises(veil.VeilError, match="key_init_noise"):
         KPOP(concepts=["circle"], key_init_noise=-1.0)
+
+
+def test_a_random_key_start_holds_nothing_public_and_a_zero_key_rate_keeps_it(tiny_pipe):
+    """key_start random: P_k and P_v are independent random directions of E(c)[:m]'s norm, drawn anew each time; with
+    key_learning_rate 0 only the UNet trains and the key leaves training as it started; a key finish is refused then."""
+    start = encode_prompts(tiny_pipe, ["circle"])[0, :3].float()
+    settings = dict(concepts=["circle"], key_start="random", key_learning_rate=0.0, decoy_weight=1.0, num_key_tokens=3,
+                    ddim_steps=4, samples_per_trajectory=2, max_train_steps=2, learning_rate=1e-3)
+    keys = []
+    for _ in range(2):
+        method = KPOP(**settings)
+        method.attach(tiny_pipe)
+        assert list(method.optimizer_groups()) == ["unet"] and len(method.optimizer_groups()["unet"]) == 1
+        before = method.key
+        weights = {k: v.clone() for k, v in method.state_dict().items()}
+        method.detach(tiny_pipe)
+        veil.fit(method, tiny_pipe, progress=False)
+        assert before.fingerprints() == method.key.fingerprints()  # the key did not train
+        assert any(not torch.equal(weights[k], v) for k, v in method.state_dict().items())  # the UNet did
+        key_tokens, value_tokens = method.key["circle"]
+        for tensor in (key_tokens, value_tokens):
+            torch.testing.assert_close(tensor.norm(), start.norm())
+            assert abs(torch.nn.functional.cosine_similarity(tensor.flatten(), start.flatten(), dim=0)) < 0.3
+        assert not torch.allclose(key_tokens, value_tokens)
+        keys.append(key_tokens)
+        method.detach(tiny_pipe)
+    assert not torch.allclose(keys[0], keys[1])
+    with pytest.raises(veil.VeilError, match="key_finish_steps"):
+        KPOP(concepts=["circle"], key_learning_rate=0.0, key_finish_steps=5)
+    with pytest.raises(veil.VeilError, match="key_start"):
+        KPOP(concepts=["circle"], key_start="word")
 
 
 @pytest.fixture

@@ -97,3 +97,8 @@ def test_headline_rows_were_made_with_the_current_shapes_presets():
         changed = sorted(k for k, v in preset.items() if row["config"].get(k) != v)
         assert not changed, (f"the headline's {row['method']} {row['concept']} row predates its preset ({', '.join(changed)}): "
                              "run make bench")
+
+
+def test_readme_is_a_product_page_of_at_most_12000_bytes():
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= 12000, f"README.md is {size} bytes; keep it at most 12,000 (move detail into docs/)"

@@ -185,7 +185,7 @@ def test_dumo_token_gate_remembers_sdxl_prompts(pipes):
 
 
 def test_attack_text_encoding_matches_the_pipeline_on_sdxl(pipes):
-    from veil.attacks.text import PromptTemplate, encode, input_table
+    from veil.token_slots import PromptTemplate, encode, input_table
 
     pipe = pipes["sdxl"]
     with torch.no_grad():

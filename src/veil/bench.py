@@ -1,6 +1,7 @@
 """``veil bench``: every method × concept on one model with one protocol → a table and JSON.
 
-For each method and concept: fit on the concept, then measure on the shapes world the target's
+For each method and concept (or group of concepts erased together in one artifact, ``circle+square``): fit on
+the concept, then measure on the shapes world the target's
 concept rate before and after on canonical prompts, on training synonyms, on held-out
 paraphrases and on short prompts (the bare word and partial captions); every other concept's rate as a share of its base; with keys, the rate with the right
 key, another concept's key and a random key of matched norm; with the ``key_forging`` attack, the
@@ -29,6 +30,16 @@ def _evaluate(pipe, rows, classify, settings):
     if not rows:
         return {"rates": {}, "kinds": {}, "counts": {}, "images": [], "labels": {}}
     return evaluate_prompts(pipe, rows, classify, **settings)
+
+
+def members(concept):
+    """The concepts of a bench row: ``"circle"`` -> ``["circle"]``, a group ``"circle+square"`` -> both."""
+    return [c.strip() for c in str(concept).split("+")]
+
+
+def _group_rate(result, concepts):
+    """The mean rate over ``concepts`` (each over the rows labelled with it), or ``None`` if none was drawn."""
+    return _mean([result["rates"].get(c) for c in concepts])
 
 
 def _share(after, base, concepts):
@@ -60,7 +71,8 @@ def run_bench(
 
     Args:
         pipe: the base pipeline (left as it was).
-        methods, concepts: names; every method is fitted on every concept, one at a time.
+        methods, concepts: names; every method is fitted on every concept, one at a time; a concept ``a+b`` is a
+            group that one artifact erases together, scored on every concept in it (its rates are their means).
         classify: the concept classifier, ``images -> {kind: [label, ...]}`` (shapes world: bundled CNN).
         overrides: ``{method: {field: value}}`` on top of the model's preset.
         attacks: attack names (:func:`veil.attacks.list_attacks`) run on every method × concept, with
@@ -74,6 +86,7 @@ def run_bench(
             replace an earlier ``bench.json`` when this run finishes. With neither, an existing ``bench.json``
             is refused. One bench at a time may write to ``out_dir``.
     """
+    check_attacks(concepts, attacks)
     with _bench_lock(out_dir):
         from .shapes.data import CONCEPT_KIND
 
@@ -104,7 +117,8 @@ def run_bench(
                                         forging_eval_steps) or changed:
                         _save_report(out_dir, protocol, base, list(table.values()))
                     continue
-                kind = CONCEPT_KIND[concept]
+                group = members(concept)
+                kinds = {CONCEPT_KIND[c] for c in group}
                 method = method_cls(bench_config(method_cls, model_name, concept, overrides))
                 log(f"{method_cls.name} × {concept}: fitting")
                 start = time.perf_counter()
@@ -123,24 +137,22 @@ def run_bench(
                 log(f"{method_cls.name} × {concept}: evaluating")
                 after = {
                     "canonical": _evaluate(pipe, rows_by_set["canonical"], classify, settings),
-                    "synonyms": _evaluate(pipe, rows_naming(rows_by_set["synonyms"], concept), classify, settings),
-                    "paraphrase": _evaluate(pipe, rows_naming(rows_by_set["paraphrase"], concept), classify, settings),
-                    "short": _evaluate(pipe, rows_naming(rows_by_set["short"], concept), classify, settings),
+                    "synonyms": _evaluate(pipe, rows_naming(rows_by_set["synonyms"], group), classify, settings),
+                    "paraphrase": _evaluate(pipe, rows_naming(rows_by_set["paraphrase"], group), classify, settings),
+                    "short": _evaluate(pipe, rows_naming(rows_by_set["short"], group), classify, settings),
                 }
-                others = [c for c, k in CONCEPT_KIND.items() if c != concept]
-                same_kind = [c for c in others if CONCEPT_KIND[c] == kind]
+                others = [c for c in CONCEPT_KIND if c not in group]
+                same_kind = [c for c in others if CONCEPT_KIND[c] in kinds]
                 shares = _share(after["canonical"], base["canonical"], others)
                 row = {
                     "method": method_cls.name,
                     "concept": concept,
-                    "base_target_rate": base["canonical"]["rates"].get(concept),
-                    "target_rate": after["canonical"]["rates"].get(concept),
-                    "base_synonym_rate": base["synonyms"]["rates"].get(concept),
-                    "synonym_rate": after["synonyms"]["rates"].get(concept),
-                    "base_paraphrase_rate": base["paraphrase"]["rates"].get(concept),
-                    "paraphrase_rate": after["paraphrase"]["rates"].get(concept),
-                    "base_short_rate": base["short"]["rates"].get(concept),
-                    "short_rate": after["short"]["rates"].get(concept),
+                    **({"concepts": group, "target_rates": {c: after["canonical"]["rates"].get(c) for c in group}}
+                       if len(group) > 1 else {}),
+                    **{f"{prefix}{name}_rate": _group_rate(result[key], group)
+                       for key, name in (("canonical", "target"), ("synonyms", "synonym"), ("paraphrase", "paraphrase"),
+                                         ("short", "short"))
+                       for prefix, result in (("base_", base), ("", after))},
                     "nontarget_share": _mean([shares[c] for c in same_kind if c in shares]),
                     "nontarget_min_share": min((shares[c] for c in same_kind if c in shares), default=None),
                     "other_kinds_share": _mean([shares[c] for c in others if c not in same_kind and c in shares]),
@@ -151,9 +163,9 @@ def run_bench(
                     "artifact": os.path.relpath(artifact_dir, out_dir),
                     "config": method.config.to_dict(),
                 }
-                row.update(_key_rows(method, pipe, concept, rows_naming(rows_by_set["canonical"], concept), classify, settings))
+                row.update(_key_rows(method, pipe, group, rows_naming(rows_by_set["canonical"], group), classify, settings))
                 keyed = getattr(method, "key", None) is not None
-                if keyed:
+                if keyed and len(group) == 1:
                     trained_keys[concept] = (artifact_dir, method.key, row)
                 if attacks:
                     row["attacks"] = _attack_rows(method, pipe, concept, attacks, attack_configs, classify, attack_seeds, settings, log)
@@ -164,7 +176,7 @@ def run_bench(
                 log(_summary(row))
                 _save_report(out_dir, protocol, base, list(table.values()))
 
-                sample = [i for i, r in enumerate(rows_by_set["canonical"]) if r["shape"] == concept or r["colour"] == concept][:6]
+                sample = [i for i, r in enumerate(rows_by_set["canonical"]) if {r["shape"], r["colour"]} & set(group)][:6]
                 grid_rows.append([base["canonical"]["images"][i] for i in sample])
                 grid_labels.append(f"original: {concept}")
                 grid_rows.append([after["canonical"]["images"][i] for i in sample])
@@ -180,9 +192,16 @@ def run_bench(
 
 def bench_config(method_cls, model_name, concept, overrides=None):
     """The config a bench fits ``method_cls`` with on ``concept``: the model's preset under ``overrides``."""
-    config = preset_for(method_cls, model_name, [concept])
+    config = preset_for(method_cls, model_name, members(concept))
     config.update((overrides or {}).get(method_cls.name, {}))
-    return method_cls.config_class.from_dict({**config, "concepts": [concept]})
+    return method_cls.config_class.from_dict({**config, "concepts": members(concept)})
+
+
+def check_attacks(concepts, attacks):
+    """Refuse attacks on a bench holding concept groups: an attack measures one concept."""
+    if attacks and any(len(members(c)) > 1 for c in concepts):
+        raise VeilError("Attacks run on one concept per row; bench concept groups such as circle+square without --attacks, "
+                        "or attack a group's saved artifact one concept at a time with veil attack --artifact.")
 
 
 def check_settings(methods, concepts, model_name, overrides=None):
@@ -256,7 +275,7 @@ def _short_kept_row(row, pipe, out_dir, base, rows, classify, settings, log):
     is gone are left as they are). Returns whether the row changed."""
     if "short_rate" in row:
         return False
-    concept = row["concept"]
+    concept, group = row["concept"], members(row["concept"])
     if not row.get("artifact") or not os.path.isfile(os.path.join(out_dir, row["artifact"], WEIGHTS_NAME)):
         # Artifacts are not kept in git: a fresh clone's rows stay as they are (attacks, asked for, are refused).
         log(f"{row['method']} × {concept}: no saved artifact, so no short-prompt rates for this kept row")
@@ -265,10 +284,10 @@ def _short_kept_row(row, pipe, out_dir, base, rows, classify, settings, log):
     artifact.attach(pipe)
     try:
         log(f"{row['method']} × {concept}: short prompts on the saved artifact")
-        row["short_rate"] = _evaluate(pipe, rows_naming(rows, concept), classify, settings)["rates"].get(concept)
+        row["short_rate"] = _group_rate(_evaluate(pipe, rows_naming(rows, group), classify, settings), group)
     finally:
         artifact.detach(pipe)
-    row["base_short_rate"] = base["short"]["rates"].get(concept)
+    row["base_short_rate"] = _group_rate(base["short"], group)
     return True
 
 
@@ -301,14 +320,16 @@ def _attack_kept_row(row, pipe, out_dir, attacks, configs, classify, seeds, sett
     return True
 
 
-def _key_rows(method, pipe, concept, rows, classify, settings):
-    """Rates with the right key, another concept's key and a random key of matched norm (keyed methods)."""
+def _key_rows(method, pipe, concepts, rows, classify, settings):
+    """Rates (the mean over ``concepts``) with the right key, another concept's key and a random key of matched norm
+    (keyed methods)."""
     if not hasattr(method, "bench_keys"):
         return {}
+    concepts = members(concepts) if isinstance(concepts, str) else list(concepts)
     out = {}
-    for label, key in method.bench_keys(concept).items():
+    for label, key in method.bench_keys(concepts).items():
         with method.unlocked(pipe, key):
-            out[f"target_rate_{label}"] = _evaluate(pipe, rows, classify, settings)["rates"].get(concept)
+            out[f"target_rate_{label}"] = _group_rate(_evaluate(pipe, rows, classify, settings), concepts)
     return out
 
 

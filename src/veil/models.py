@@ -245,8 +245,8 @@ def load_pipeline(model=DEFAULT_MODEL, device="cpu", dtype=torch.float32, varian
 
     Args:
         model (`str`): ``"shapes"`` (bundled), ``"tiny"``, ``"sd15-random"``, ``"sd21-random"`` or
-            ``"sdxl-random"`` (random weights, built in code), a local pipeline folder, or a Hugging
-            Face Hub id.
+            ``"sdxl-random"`` (random weights, built in code), a local pipeline folder (or the output
+            folder of ``python -m veil.shapes.train``), or a Hugging Face Hub id.
         device (`str` or `torch.device`): where to put the pipeline.
         dtype (`torch.dtype`): weight dtype.
         variant (`str`, *optional*): the weight files' variant, e.g. ``"fp16"`` for a folder saved
@@ -285,7 +285,10 @@ def load_pipeline(model=DEFAULT_MODEL, device="cpu", dtype=torch.float32, varian
         path = os.path.expanduser(model)
         if not os.path.isdir(path) or not os.access(path, os.R_OK):
             raise VeilError(f"Model path {model!r} is not a readable folder; pass a diffusers pipeline folder.")
-        pipe = _load_folder(path, dtype, variant)
+        from .shapes import build_folder, load_shapes_pipeline
+
+        build = build_folder(path)  # a shapes-world build (it has no text encoder: MiniLM is injected)
+        pipe = load_shapes_pipeline(dtype=dtype, path=build / "pipeline") if build is not None else _load_folder(path, dtype, variant)
     elif _HUB_ID.match(model) and not model.startswith((".", "~")):
         pipe = _load_hub(model, dtype, variant)
     else:

@@ -20,7 +20,7 @@ from .base import (
     step_callback,
     register_attack,
 )
-from .text import PromptTemplate, encode, input_table, word_ids
+from ..token_slots import PromptTemplate, encode, input_table, word_ids
 
 
 @dataclass

@@ -19,7 +19,7 @@ from .base import (
     step_callback,
     register_attack,
 )
-from .text import PromptTemplate, Vocabulary, encode, input_table, word_ids
+from ..token_slots import PromptTemplate, Vocabulary, encode, input_table, word_ids
 
 
 @dataclass

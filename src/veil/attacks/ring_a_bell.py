@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..errors import VeilError
 from ..methods.base import check_choice, check_positive
 from .base import Attack, AttackConfig, AttackResult, Candidate, CostMeter, frozen, optimise, register_attack, step_callback
-from .text import PromptTemplate, Vocabulary, encode, word_ids
+from ..token_slots import PromptTemplate, Vocabulary, encode, word_ids
 
 TEMPLATES = ("a {}", "a picture of a {}", "an image of a {}", "a drawing of a {}")
 

@@ -2,7 +2,7 @@
 
 from ..errors import VeilError
 from .base import Attack, concept_prompt, generate_from, get_attack
-from .text import PromptTemplate, encode
+from ..token_slots import PromptTemplate, encode
 
 
 def make_attack(attack, config=None):

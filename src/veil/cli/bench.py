@@ -6,7 +6,8 @@ from .common import add_model_flags, finite_float, positive_int
 def register(sub):
     parser = sub.add_parser("bench", help="Fit every method on every concept and measure them with one protocol.")
     parser.add_argument("--methods", default="esd", help="Comma-separated method names.")
-    parser.add_argument("--concepts", default="circle,square", help="Comma-separated shapes-world concepts.")
+    parser.add_argument("--concepts", default="circle,square",
+                        help="Comma-separated shapes-world concepts; a+b is one row erasing both in one artifact.")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--num-inference-steps", type=positive_int, default=20)
     parser.add_argument("--guidance-scale", type=finite_float, default=3.0)
@@ -24,7 +25,7 @@ def register(sub):
 
 
 def run(args):
-    from ..bench import check_settings, run_bench
+    from ..bench import check_attacks, check_settings, members, run_bench
     from ..errors import VeilError
     from ..registry import get_method, list_methods
     from ..shapes.classifier import classify
@@ -41,8 +42,9 @@ def run(args):
     if not concepts:
         raise VeilError(f"--concepts is empty; give one or more of {', '.join(CONCEPT_KIND)}, comma-separated.")
     for concept in concepts:
-        if concept not in CONCEPT_KIND:
-            raise VeilError(f"{concept!r} is not a shapes-world concept; use one of {', '.join(CONCEPT_KIND)}.")
+        for member in members(concept):
+            if member not in CONCEPT_KIND:
+                raise VeilError(f"{member!r} is not a shapes-world concept; use one of {', '.join(CONCEPT_KIND)}.")
     overrides = parse_dotted_settings(args.set, "--set", lambda name: get_method(name).name)
     unused = sorted(set(overrides) - set(methods))
     if unused:
@@ -52,6 +54,7 @@ def run(args):
     from ..attacks import get_attack
 
     attacks = [get_attack(a).name for a in args.attacks.split(",") if a.strip()]
+    check_attacks(concepts, attacks)
     attack_configs = parse_dotted_settings(args.attack_set, "--attack-set", lambda name: get_attack(name).name)
     from ..attacks import make_attack
 

@@ -193,8 +193,6 @@ def method_config(method_cls, concepts, config_file=None, settings=(), model=Non
     from ..config import coerce_numbers
     from ..methods.presets import preset_for
 
-    for concept in concepts or ():
-        check_concept(concept)
     values = {}
     if config_file:
         try:
@@ -210,6 +208,14 @@ def method_config(method_cls, concepts, config_file=None, settings=(), model=Non
             raise VeilError(f"--set takes field=value, got {item!r}.")
         key, value = item.split("=", 1)
         values[key.strip()] = parse_value(value)
+    # --concept (repeatable) wins; without it the config file's (or --set's) concepts: [a, b] are the concepts.
+    concepts = list(concepts) if concepts else values.get("concepts")
+    if isinstance(concepts, str):
+        concepts = [concepts]
+    if not isinstance(concepts, (list, tuple)) or not concepts:
+        raise VeilError("No concept given; name it with --concept (repeat the flag for several) or list it in the "
+                        "config file as concepts: [circle, square].")
+    concepts = [check_concept(c) for c in concepts]
     # The model's preset goes under everything the user gave; a method preset chosen by name (KPOP's
     # paper / tuned) keeps its own numbers, so only the model's concept lists are added to it.
     defaults = preset_for(method_cls, model, concepts) if model is not None else {}
@@ -217,8 +223,7 @@ def method_config(method_cls, concepts, config_file=None, settings=(), model=Non
         defaults = {k: v for k, v in defaults.items() if k in ("synonyms", "retain_concepts")}
     values = {**defaults, **values}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if concepts:
-        values["concepts"] = list(concepts)
+    values["concepts"] = concepts
     values = method_cls.config_class.without_retired(values)
     fields = {f.name for f in dataclasses.fields(method_cls.config_class)}
     unknown = sorted(set(values) - fields)

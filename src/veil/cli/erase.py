@@ -8,7 +8,7 @@ from .common import add_model_flags, add_output_flags, add_training_flags
 def register(sub):
     parser = sub.add_parser("erase", help="Erase a concept with a registered method and write an artifact.")
     parser.add_argument("--method", default="esd", help="Registered method name (see `veil ls methods`).")
-    parser.add_argument("--concept", action="append", required=True, help="Concept to erase; repeat for several.")
+    parser.add_argument("--concept", action="append", help="Concept to erase; repeat for several (one artifact), or list them in --config as concepts: [a, b].")
     add_model_flags(parser)
     add_output_flags(parser)
     add_training_flags(parser)

@@ -6,7 +6,7 @@ from .common import add_key_routing_flag, add_model_flags, add_output_flags, fin
 def register(sub):
     parser = sub.add_parser("eval", help="Evaluate a model (and artifact) on a task: results.json, per-image CSV, runs database.")
     parser.add_argument("--task", default="shapes_concepts",
-                        help="A task name (veil ls tasks: shapes_concepts, shapes_paraphrase, shapes_short, i2p_nudity, imagenette, artists, "
+                        help="A task name (veil ls tasks: shapes_concepts, shapes_paraphrase, shapes_short, shapes_implicit, shapes_styles, i2p_nudity, imagenette, artists, "
                              "cartoons, coco_quality) or a task YAML file.")
     parser.add_argument("--prompts", help="Local copy of the task's prompt CSV (third-party tasks need it; for shapes tasks it replaces the built-in prompts).")
     parser.add_argument("--artifact", help="Artifact folder: adds the 'erased' variant.")

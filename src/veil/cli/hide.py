@@ -7,7 +7,7 @@ def register(sub):
     parser = sub.add_parser(
         "hide", help="Hide concepts behind a secret key (KPOP): a public artifact, and a key file that brings them back."
     )
-    parser.add_argument("--concept", action="append", required=True, help="Concept to hide; repeat for several (one key each).")
+    parser.add_argument("--concept", action="append", help="Concept to hide; repeat for several (one artifact, one key each in the key file), or list them in --config.")
     add_model_flags(parser)
     add_output_flags(parser, what="folder for the public artifact")
     parser.add_argument("--key-out", required=True, help="Key file to write (e.g. circle.veilkey); keep it secret, apart from --out.")

@@ -19,11 +19,13 @@ def run(args):
             print(f"{name:<18} v{task.version}  {task.description.strip().splitlines()[0] if task.description else ''}")
         return
 
+    width = max(len(name) for name in list_methods())
     for name in list_methods():
         cls = get_method(name)
         summary = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<8} {cls.kind:<12} {summary}")
+        print(f"{name:<{width}} {cls.kind:<12} {summary}")
         if args.verbose:
+            print(f"    several concepts: {cls.single_concept_refusal or cls.multi_concept or 'not described'}")
             config = cls.config_class
             for field, text in config.help().items():
                 print(f"    {field:<24} {text}")

@@ -3,18 +3,24 @@ prompt names, per concept (the shapes world's analogue of a detector-based erasu
 
 from collections import defaultdict
 
-KINDS = ("shape", "colour", "background")
+from ..errors import VeilError
+
+KINDS = ("shape", "colour", "background", "style")  # style: shapes world 2 only
 
 
 def score_rows(rows, labels):
     """Per-row correctness: ``rows`` name concepts (empty where none), ``labels`` come from the classifier.
 
-    Returns a list of dicts ``{kind: True/False/None}`` (None where the prompt names nothing).
+    Returns a list of dicts ``{kind: True/False/None}`` (None where the prompt names nothing). A row naming a
+    concept of an axis the classifier does not label (a style, for a world-1 classifier) is refused.
     """
-    scored = []
-    for i, row in enumerate(rows):
-        scored.append({k: (labels[k][i] == row[k]) if row.get(k) else None for k in KINDS})
-    return scored
+    for row in rows:
+        unlabelled = [k for k in KINDS if row.get(k) and k not in labels]
+        if unlabelled:
+            raise VeilError(f"The prompt {row['prompt']!r} names a {unlabelled[0]} ({row[unlabelled[0]]!r}) and the "
+                            f"classifier has no {unlabelled[0]} head; pass the classifier of the model's shapes world "
+                            "(--scorer classifier=<build folder>/classifier.safetensors).")
+    return [{k: (labels[k][i] == row[k]) if row.get(k) else None for k in KINDS} for i, row in enumerate(rows)]
 
 
 def concept_rates(rows, labels):

@@ -87,6 +87,17 @@ def _prepare_out(out_dir, overwrite, rescore):
     os.makedirs(os.path.join(out_dir, "generations"), exist_ok=True)
 
 
+def _build_classifier(task, model, scorers):
+    """A shapes-world build's own classifier as the default ``classifier`` scorer of a model that is such a build."""
+    from ..shapes import build_folder
+
+    build = build_folder(model) if str(model) != "shapes" else None
+    uses = any(spec.get("metric") == "concept_rate" for spec in task.metrics)
+    if build is None or not uses or (scorers or {}).get("classifier") is not None:
+        return scorers
+    return {**(scorers or {}), "classifier": str(build / "classifier.safetensors")}
+
+
 def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact=None, key=None, prompts=None, seeds=None,
              limit=None, targets=None, scorers=None, reference=None, variants=None, num_inference_steps=None,
              guidance_scale=None, batch_size=None, overwrite=False, rescore=False, progress=True, record=True, log=print,
@@ -128,7 +139,7 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
         raise VeilError(f"--num-inference-steps must be greater than 0, got {settings['num_inference_steps']}.")
     if limit is not None and int(limit) < 1:  # rows[:-1] would quietly drop the last row; rows[:0] record an empty run
         raise VeilError(f"--limit must be a whole number greater than 0, got {limit}.")
-    rows = task.rows(prompts=prompts, seeds=seeds)
+    rows = task.rows(prompts=prompts, seeds=seeds, model=model)
     if guidance_scale is not None:  # an explicit scale overrides the rows' own
         for row in rows:
             row.pop("guidance_scale", None)
@@ -136,6 +147,7 @@ def evaluate(task, out_dir, *, pipe=None, model="shapes", device="cpu", artifact
     task.check_targets(rows, targets)  # over every row, so that --limit does not hide a target's prompts
     rows = rows[:limit] if limit is not None else rows
     task.mark_targets(rows, targets)
+    scorers = _build_classifier(task, model, scorers)
     metrics = task.build_metrics(scorers, reference, device=str(device))
     _check_scorers(task, metrics, scorers, reference)
     for metric in metrics:  # fail up front, before any image is drawn, when a scorer's weights are absent

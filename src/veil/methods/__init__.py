@@ -1,3 +1,3 @@
 """Built-in methods; importing this package registers them."""
 
-from . import dumo, esd, kpop, mace, rece, safree, sld, uce  # noqa: F401
+from . import advunlearn, dumo, esd, kpop, mace, rece, safree, sld, uce  # noqa: F401

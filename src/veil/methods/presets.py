@@ -27,8 +27,10 @@ def preset_for(method, model_name, concepts=()):
     settings = {k: v(list(concepts)) if callable(v) else v for k, v in preset.items() if concepts or not callable(v)}
     if str(model_name) != "shapes" or isinstance(method, str) or not concepts:
         return settings
-    from ..shapes.data import CONCEPT_KIND, SYNONYMS
+    from ..shapes import world_data
 
+    world = world_data()  # the bundled model's shapes world: its training words only, never its held-out ones
+    CONCEPT_KIND, SYNONYMS = world.CONCEPT_KIND, world.SYNONYMS
     fields = {f.name for f in dataclasses.fields(method.config_class)}
     known = [c for c in concepts if c in CONCEPT_KIND]
     if "synonyms" in fields and known and "synonyms" not in settings:

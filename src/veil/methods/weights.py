@@ -1,4 +1,5 @@
-"""Shared machinery for methods that edit a subset of the UNet's own weights (ESD, UCE, KPOP).
+"""Shared machinery for methods that edit a subset of a component's own weights (ESD, UCE, KPOP: the UNet's;
+AdvUnlearn: the text encoder's).
 
 The edit keeps two tensors per edited parameter: the original and the edited one. ``attach``
 points the parameter at the edited tensor, ``detach`` back at the original, and ``disabled()``
@@ -14,7 +15,6 @@ from ..errors import VeilError
 from ..models import model_fingerprint
 from .base import Method
 
-PREFIX = "unet."
 
 
 def least_squares_projection(weight, inputs, targets, preserve, scale=1.0, preserve_scale=1.0, regularization=0.1):
@@ -80,62 +80,65 @@ def select_unet_parameters(unet, train_method, mode="veil"):
     return names
 
 
-class UNetWeightEdit:
-    """A set of edited UNet parameters that can be attached, detached and disabled."""
+class WeightEdit:
+    """A set of edited parameters of one pipeline component (the UNet, or the text encoder) that can be attached,
+    detached and disabled; its tensors' keys carry the component's prefix (``unet.``, ``text_encoder.``)."""
 
-    def __init__(self):
+    def __init__(self, component="unet"):
+        self.component = component
+        self.prefix = component + "."
         self.edited = {}  # name -> edited tensor (used while attached)
         self.originals = {}  # name -> original tensor (kept while attached)
-        self.unet = None
+        self.module = None
 
-    def init_from(self, unet, names):
-        params = dict(unet.named_parameters())
+    def init_from(self, module, names):
+        params = dict(module.named_parameters())
         # Sorted, as a reloaded state dict is: optimizer state is matched to parameters by position.
         self.edited = {name: params[name].detach().clone() for name in sorted(names)}
 
     def load(self, state_dict):
-        self.edited = {k[len(PREFIX):]: v for k, v in sorted(state_dict.items()) if k.startswith(PREFIX)}
+        self.edited = {k[len(self.prefix):]: v for k, v in sorted(state_dict.items()) if k.startswith(self.prefix)}
 
     def state_dict(self):
-        if self.unet is not None:
-            params = dict(self.unet.named_parameters())
-            return {PREFIX + name: params[name].detach().clone() for name in self.edited}
-        return {PREFIX + name: tensor.clone() for name, tensor in self.edited.items()}
+        if self.module is not None:
+            params = dict(self.module.named_parameters())
+            return {self.prefix + name: params[name].detach().clone() for name in self.edited}
+        return {self.prefix + name: tensor.clone() for name, tensor in self.edited.items()}
 
-    def attach(self, unet, trainable=False):
-        if self.unet is unet:
+    def attach(self, module, trainable=False):
+        if self.module is module:
             return
-        if self.unet is not None:
+        if self.module is not None:
             raise VeilError("This method is already attached to another pipeline; detach it first.")
-        model_fingerprint(unet)  # cache the base fingerprint before any weight changes
-        params = dict(unet.named_parameters())
+        params = dict(module.named_parameters())
         for name, tensor in self.edited.items():
             if name not in params or params[name].shape != tensor.shape:
-                raise VeilError(f"The UNet has no parameter {name!r} of shape {tuple(tensor.shape)}; was this made for another model?")
+                raise VeilError(f"The {self.component.replace('_', ' ')} has no parameter {name!r} of shape {tuple(tensor.shape)}; "
+                                "was this made for another model?")
         for name, tensor in self.edited.items():
             param = params[name]
             self.originals[name] = param.data
             param.data = tensor.to(device=param.device, dtype=param.dtype)
             param.requires_grad_(trainable)
-        self.unet = unet
+        self.module = module
 
     def detach(self):
-        if self.unet is None:
+        if self.module is None:
             return
-        params = dict(self.unet.named_parameters())
+        params = dict(self.module.named_parameters())
         for name, original in self.originals.items():
             self.edited[name] = params[name].data
             params[name].data = original
             params[name].requires_grad_(False)
         self.originals = {}
-        self.unet = None
+        self.module = None
 
     @contextlib.contextmanager
     def disabled(self):
-        if self.unet is None:
+        if self.module is None:
             yield
             return
-        params = dict(self.unet.named_parameters())
+        params = dict(self.module.named_parameters())
         edited = {name: params[name].data for name in self.originals}
         try:
             for name, original in self.originals.items():
@@ -158,32 +161,38 @@ class UNetWeightEdit:
         return restore
 
     def parameters(self):
-        if self.unet is None:
+        if self.module is None:
             return []
-        params = dict(self.unet.named_parameters())
+        params = dict(self.module.named_parameters())
         return [params[name] for name in self.edited]
 
 
 class WeightEditMethod(Method):
-    """A method whose effect is an edit of some UNet weights (ESD, UCE; KPOP adds its key).
+    """A method whose effect is an edit of some weights of one pipeline component: the UNet's (ESD, UCE, MACE,
+    RECE; KPOP adds its key) or the text encoder's (AdvUnlearn).
 
-    Subclasses name the edited parameters in ``edited_parameter_names(unet)``; attach, detach,
-    ``disabled()`` and persistence come from here.
+    Subclasses set ``component`` and name the edited parameters in ``edited_parameter_names(module)``; attach,
+    detach, ``disabled()`` and persistence come from here.
     """
+
+    #: The pipeline attribute whose weights are edited.
+    component = "unet"
 
     def __init__(self, config=None, **kwargs):
         super().__init__(config, **kwargs)
-        self.edit = UNetWeightEdit()
+        self.edit = WeightEdit(self.component)
 
-    def edited_parameter_names(self, unet):
+    def edited_parameter_names(self, module):
         raise NotImplementedError
 
     def attach(self, pipe):
         if self.attached_to is pipe:
             return
+        model_fingerprint(pipe.unet)  # cache the base fingerprint before any weight changes
+        module = getattr(pipe, self.component)
         if not self.edit.edited:  # untrained / unfitted: the identity edit
-            self.edit.init_from(pipe.unet, self.edited_parameter_names(pipe.unet))
-        self.edit.attach(pipe.unet)
+            self.edit.init_from(module, self.edited_parameter_names(module))
+        self.edit.attach(module)
         self.attached_to = pipe
 
     def detach(self, pipe):

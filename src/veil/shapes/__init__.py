@@ -20,12 +20,13 @@ PIPELINE_DIR = WEIGHTS_DIR / "pipeline"
 CLASSIFIER_PATH = WEIGHTS_DIR / "classifier.safetensors"
 PARAPHRASE_CSV = WEIGHTS_DIR / "paraphrase_prompts.csv"
 TRAIN_LOG = WEIGHTS_DIR / "train_log.json"
+WORLD_JSON = WEIGHTS_DIR / "world.json"  # {"version": N}; absent: world 1
 MAX_LENGTH = 32
 
 __all__ = [
     "WEIGHTS_DIR", "PIPELINE_DIR", "CLASSIFIER_PATH", "PARAPHRASE_CSV", "TRAIN_LOG", "MAX_LENGTH",
     "text_encoder_path", "load_text_encoder", "load_tokenizer", "load_shapes_pipeline",
-    "weights_available",
+    "weights_available", "build_folder", "world_version", "world_data",
 ]
 
 
@@ -78,6 +79,45 @@ def load_tokenizer():
     tok = AutoTokenizer.from_pretrained(text_encoder_path())
     tok.model_max_length = MAX_LENGTH
     return tok
+
+
+def build_folder(model: Union[str, Path] = "shapes") -> Optional[Path]:
+    """The folder a shapes build wrote for a model: the bundled weights for ``"shapes"``; for a path, the folder
+    holding the build's ``world.json`` (the path itself or, for its ``pipeline/``, its parent); else None."""
+    if str(model) == "shapes":
+        return WEIGHTS_DIR
+    path = Path(model)
+    return next((f for f in (path, path.parent) if path.is_dir() and (f / "world.json").is_file()), None)
+
+
+def world_version(model: Union[str, Path] = "shapes") -> int:
+    """The shapes-world version of a model (``"shapes"``, the bundled one, or a build's folder), from its build's
+    ``world.json``; 1 when there is none.
+
+    Example:
+        >>> veil.shapes.world_version("shapes")
+        1
+    """
+    import json
+
+    folder = build_folder(model)
+    f = folder / "world.json" if folder is not None else None
+    return int(json.loads(f.read_text())["version"]) if f is not None and f.is_file() else 1
+
+
+def world_data(version: Optional[int] = None):
+    """The data module (concepts, captions, renderer, prompt sets) of a shapes-world version; default the
+    bundled model's: :mod:`veil.shapes.data` for world 1, :mod:`veil.shapes.world2` for world 2."""
+    version = world_version() if version is None else int(version)
+    if version == 1:
+        from . import data
+
+        return data
+    if version == 2:
+        from . import world2
+
+        return world2
+    raise ValueError(f"unknown shapes-world version {version!r}; the versions are 1 and 2")
 
 
 def weights_available(path: Optional[Union[str, Path]] = None) -> bool:

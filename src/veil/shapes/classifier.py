@@ -1,4 +1,5 @@
-"""An independent CNN that labels shapes-world images (shape, colour, background).
+"""An independent CNN that labels shapes-world images: one head per concept axis (shape, colour,
+background and, in world 2, style).
 
 It is the judge of generation fidelity and erasure efficacy, so it is trained on clean renders
 with blur/noise/brightness augmentation and on VAE round-trips (robust to decoder artefacts).
@@ -8,16 +9,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from veil.shapes.data import BACKGROUNDS, COLOURS, KINDS, SHAPES
+from veil.shapes.data import BACKGROUNDS, COLOURS, SHAPES
 
-HEADS = {"shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS}
+HEADS = {"shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS}  # world 1's
+
+
+def world_heads(version: int = 1) -> Dict[str, Tuple[str, ...]]:
+    """The classifier heads (axis -> label names) of a shapes-world version."""
+    if version == 1:
+        return dict(HEADS)
+    if version == 2:
+        from veil.shapes.world2 import AXES
+
+        return dict(AXES)
+    raise ValueError(f"unknown shapes-world version {version!r}; the versions are 1 and 2")
 DEFAULT_PATH = Path(__file__).resolve().parent / "weights" / "classifier.safetensors"
 
 
@@ -29,18 +41,20 @@ def _stage(cin: int, cout: int) -> nn.Sequential:
 
 
 class ShapesClassifier(nn.Module):
-    """3 conv stages (32/64/96) with BatchNorm, global avg+max pooling, 3 linear heads.
+    """3 conv stages (32/64/96) with BatchNorm, global avg+max pooling, one linear head per axis.
 
-    Input: float [B,3,32,32] in [0,1]. Output: dict head -> logits.
+    Input: float [B,3,32,32] in [0,1]. Output: dict head -> logits. ``heads`` maps each axis to its
+    label names (default: world 1's shape, colour and background).
     """
 
-    def __init__(self, widths: Sequence[int] = (32, 64, 96)):
+    def __init__(self, widths: Sequence[int] = (32, 64, 96), heads: Optional[Dict[str, Sequence[str]]] = None):
         super().__init__()
         w1, w2, w3 = widths
         self.widths = tuple(widths)
+        self.labels = {k: tuple(v) for k, v in (heads or HEADS).items()}
         self.features = nn.Sequential(_stage(3, w1), nn.MaxPool2d(2), _stage(w1, w2), nn.MaxPool2d(2),
                                       _stage(w2, w3))
-        self.heads = nn.ModuleDict({k: nn.Linear(2 * w3, len(v)) for k, v in HEADS.items()})
+        self.heads = nn.ModuleDict({k: nn.Linear(2 * w3, len(v)) for k, v in self.labels.items()})
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         h = self.features((x - 0.5) / 0.25)
@@ -52,10 +66,10 @@ class ShapesClassifier(nn.Module):
         """Predicted class indices per head for any supported image format."""
         x = to_tensor(images)
         dev = next(self.parameters()).device
-        outs: Dict[str, List[np.ndarray]] = {k: [] for k in HEADS}
+        outs: Dict[str, List[np.ndarray]] = {k: [] for k in self.labels}
         for i in range(0, x.shape[0], batch_size):
             logits = self(x[i:i + batch_size].to(dev))
-            for k in HEADS:
+            for k in self.labels:
                 outs[k].append(logits[k].argmax(1).cpu().numpy())
         return {k: (np.concatenate(v) if v else np.zeros(0, dtype=np.int64)) for k, v in outs.items()}
 
@@ -111,7 +125,7 @@ def save_classifier(model: ShapesClassifier, path: Union[str, Path], extra: Opti
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if not k.endswith("num_batches_tracked")}
     save_file(state, str(path))
-    cfg = {"widths": list(model.widths), "labels": {k: list(v) for k, v in HEADS.items()},
+    cfg = {"widths": list(model.widths), "labels": {k: list(v) for k, v in model.labels.items()},
            "input": "float RGB [B,3,32,32] in [0,1]"}
     if extra:
         cfg.update(extra)
@@ -126,14 +140,16 @@ def load_classifier(path: Optional[Union[str, Path]] = None) -> ShapesClassifier
     from safetensors.torch import load_file
     path = Path(path) if path is not None else DEFAULT_PATH
     cfg_path = path.with_suffix(".json")
-    widths = (32, 64, 96)
+    widths, heads = (32, 64, 96), HEADS
     if cfg_path.exists():
         cfg = json.loads(cfg_path.read_text())
         widths = tuple(cfg.get("widths", widths))
         labels = cfg.get("labels")
-        if labels and any(tuple(labels[k]) != HEADS[k] for k in HEADS):
-            raise ValueError(f"classifier {path} was trained with different label names: {labels}")
-    model = ShapesClassifier(widths)
+        if labels:
+            heads = {k: tuple(v) for k, v in labels.items()}
+            if heads not in (world_heads(1), world_heads(2)):
+                raise ValueError(f"classifier {path} was trained with label names of no shapes world: {labels}")
+    model = ShapesClassifier(widths, heads)
     model.load_state_dict(load_file(str(path)), strict=False)
     model.eval()
     for p in model.parameters():
@@ -149,10 +165,11 @@ def _default() -> ShapesClassifier:
 
 
 def classify(images, model: Optional[ShapesClassifier] = None) -> Dict[str, List[str]]:
-    """Label images. Returns {"shape": [names], "colour": [...], "background": [...]}."""
+    """Label images. Returns {"shape": [names], "colour": [...], "background": [...]} (and "style" for a
+    world-2 classifier)."""
     model = model if model is not None else _default()
     pred = model.predict(images)
-    return {k: [HEADS[k][i] for i in pred[k]] for k in KINDS}
+    return {k: [names[i] for i in pred[k]] for k, names in model.labels.items()}
 
 
 # ------------------------------------------------------------------------ training helpers
@@ -177,9 +194,10 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def accuracy(model: ShapesClassifier, images, labels: np.ndarray) -> Dict[str, float]:
+    """Per-head accuracy; ``labels`` has one column per head, in the model's head order."""
     was_training = model.training
     model.eval()
     pred = model.predict(images)
     model.train(was_training)
     labels = np.asarray(labels)
-    return {k: float((pred[k] == labels[:, i]).mean()) for i, k in enumerate(KINDS)}
+    return {k: float((pred[k] == labels[:, i]).mean()) for i, k in enumerate(model.labels)}

@@ -2,40 +2,50 @@
 
 Each function takes the concepts a method acts on and returns one field's value; the methods' model
 presets (``veil/methods/<method>/presets.py``) name them, and :func:`veil.methods.presets.preset_for`
-calls them with the run's concepts.
+calls them with the run's concepts. They read the bundled model's shapes world (:func:`veil.shapes.world_data`),
+and only its training phrasings: no held-out word, object or template (``veil.shapes.world2.heldout_phrases_in``
+checks a preset's values).
 """
 
-from .data import AXES, CAPTION_SHARES, CONCEPT_KIND, PARTIAL_TEMPLATES, TRAIN_TEMPLATES, fill
+import itertools
+
+
+def _world():
+    from . import world_data
+
+    return world_data()
 
 
 def anchor(concepts):
     """Another concept of the first one's kind (circle -> square): what the concept is drawn as instead."""
-    kind = CONCEPT_KIND.get(concepts[0])
-    return next((c for c in AXES[kind] if c not in concepts), "") if kind else ""
+    W = _world()
+    kind = W.CONCEPT_KIND.get(concepts[0])
+    return next((c for c in W.AXES[kind] if c not in concepts), "") if kind else ""
 
 
 def all_but_concepts_and_anchor(concepts):
     """Every shapes-world concept except the concepts and their :func:`anchor`."""
-    return [c for c in CONCEPT_KIND if c not in concepts and c != anchor(concepts)]
+    return [c for c in _world().CONCEPT_KIND if c not in concepts and c != anchor(concepts)]
 
 
 def same_kind_others(concepts):
     """The other concepts of the concepts' kind (circle -> square, triangle, star, cross)."""
-    kinds = {CONCEPT_KIND.get(c) for c in concepts} - {None}
-    return [c for kind in sorted(kinds) for c in AXES[kind] if c not in concepts]
+    W = _world()
+    kinds = {W.CONCEPT_KIND.get(c) for c in concepts} - {None}
+    return [c for kind in sorted(kinds) for c in W.AXES[kind] if c not in concepts]
 
 
 def contexts(concepts):
     """The training captions with the concepts' slot left open ('a red {} on a dotted background'): every
-    template × value of the other two axes; none when the concepts are of different kinds."""
-    kinds = {CONCEPT_KIND.get(c) for c in concepts}
+    template × value of the other axes; none when the concepts are of different kinds."""
+    W = _world()
+    kinds = {W.CONCEPT_KIND.get(c) for c in concepts}
     if len(kinds) != 1 or None in kinds:
         return []
     kind = kinds.pop()
-    slot = {"shape": "s", "colour": "c", "background": "b"}
-    others = [k for k in AXES if k != kind]
-    return [fill(t, **{slot[kind]: "{}", slot[others[0]]: a, slot[others[1]]: b})
-            for t in TRAIN_TEMPLATES for a in AXES[others[0]] for b in AXES[others[1]]]
+    others = [k for k in W.AXES if k != kind]
+    return [W.fill(t, **{W.SLOTS[kind]: "{}"}, **{W.SLOTS[k]: v for k, v in zip(others, values)})
+            for t in W.TRAIN_TEMPLATES for values in itertools.product(*(W.AXES[k] for k in others))]
 
 
 def contexts_and_partials(concepts):
@@ -43,13 +53,26 @@ def contexts_and_partials(concepts):
     background', 'a {}') and the bare word ('{}'), each repeated so that each kind makes up the share of the
     contexts that it had of the model's training captions (``CAPTION_SHARES``); only the full captions when
     the concepts are not all shapes."""
+    W = _world()
     full = contexts(concepts)
-    if not full or {CONCEPT_KIND.get(c) for c in concepts} != {"shape"}:
+    if not full or {W.CONCEPT_KIND.get(c) for c in concepts} != {"shape"}:
         return full
-    share_full = 1 - sum(CAPTION_SHARES.values())
+    share_full = 1 - sum(W.CAPTION_SHARES.values())
     partials = []
-    for name, fills in (("cs", [dict(c=c) for c in AXES["colour"]]), ("sb", [dict(b=b) for b in AXES["background"]]), ("s", [{}])):
-        repeats = max(1, round(CAPTION_SHARES[name] / share_full * len(full) / len(fills)))
-        partials += [fill(PARTIAL_TEMPLATES[name], s="{}", **f) for f in fills] * repeats
+    for name, template in W.PARTIAL_TEMPLATES.items():
+        axes = [k for k in W.KINDS if k != "shape" and "{" + W.SLOTS[k] + "}" in template]
+        fills = [{W.SLOTS[k]: v for k, v in zip(axes, values)} for values in itertools.product(*(W.AXES[k] for k in axes))]
+        repeats = max(1, round(W.CAPTION_SHARES[name] / share_full * len(full) / len(fills)))
+        partials += [W.fill(template, s="{}", **f) for f in fills] * repeats
     # The bare word was never a caption, but it is what people type: as often as 'a {}'.
     return full + partials + ["{}"] * partials.count("a {}")
+
+
+def captions_without(concepts):
+    """The model's own training captions ('a red square on a dotted background', every template × shape × colour ×
+    background) that name none of the concepts: what a user of the shapes world would list as prompts to keep."""
+    W = _world()
+    combos = [dict(zip(W.AXES, values)) for values in itertools.product(*W.AXES.values())]
+    return [W.fill(t, **{W.SLOTS[k]: v for k, v in combo.items()})
+            for combo in combos if not set(combo.values()) & set(concepts) for t in W.TRAIN_TEMPLATES]
+

@@ -29,6 +29,8 @@ COLOURS: Tuple[str, ...] = ("red", "green", "blue", "yellow", "purple", "orange"
 BACKGROUNDS: Tuple[str, ...] = ("plain", "striped", "dotted", "checkered")
 KINDS: Tuple[str, ...] = ("shape", "colour", "background")
 AXES: Dict[str, Tuple[str, ...]] = {"shape": SHAPES, "colour": COLOURS, "background": BACKGROUNDS}
+SLOTS: Dict[str, str] = {"shape": "s", "colour": "c", "background": "b"}  # each axis's slot in a template
+VERSION = 1
 
 CONCEPT_KIND: Dict[str, str] = {
     **{s: "shape" for s in SHAPES},

@@ -1,13 +1,15 @@
-"""Rebuild the shapes world from scratch (seeded):
+"""Rebuild a shapes world from scratch (seeded):
 
     data -> VAE -> latent cache (+ VAE round-trips) -> classifier -> caption-embedding cache
          -> UNet (EMA) -> pipeline folder + classifier -> fidelity check, paraphrase CSV, samples.
 
-    python -m veil.shapes.train --out src/veil/shapes/weights [--seed 0] [--unet-minutes 33]
+    python -m veil.shapes.train --out src/veil/shapes/weights [--world 1] [--seed 0] [--unet-minutes 33]
                                 [--vae-minutes 7] [--workdir .shapes_build] [--resume]
+    python -m veil.shapes.train --world 2 --out .shapes_world2 --workdir .shapes_world2_build --resume
 
-Finished stages found in ``--workdir`` are skipped; the UNet checkpoints itself every few
-minutes to the workdir and ``--resume`` continues from that checkpoint.
+Finished stages found in ``--workdir`` are skipped; the VAE, classifier and UNet checkpoint
+themselves every few minutes to the workdir and ``--resume`` continues from those checkpoints.
+World 1 trains each network for a wall-clock budget; world 2 for a fixed number of steps.
 Run with HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1.
 """
 
@@ -31,9 +33,11 @@ from tqdm import tqdm
 
 from veil.shapes import MAX_LENGTH, load_shapes_pipeline, load_text_encoder, load_tokenizer, silence_type_warning
 from veil.shapes import data as W
-from veil.shapes.classifier import ShapesClassifier, accuracy, augment, load_classifier, save_classifier
+from veil.shapes import world2, world2_build
+from veil.shapes.classifier import ShapesClassifier, accuracy, augment, load_classifier, save_classifier, world_heads
 
 KINDS = W.KINDS
+WORLDS = {1: W, 2: world2}
 
 # ----------------------------------------------------------------------------- configs
 VAE_CONFIG = dict(
@@ -55,8 +59,25 @@ SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
     clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon",
 )
+# World 2's UNet: the same design, wider in the two attention stages (12 shapes x 5 styles, objects).
+UNET2_CONFIG = dict(UNET_CONFIG, block_out_channels=(64, 160, 160), attention_head_dim=5)
 # caption mixture used in UNet training (the rest are full captions)
 P_EMPTY, P_CS, P_SB, P_S = (W.CAPTION_SHARES[k] for k in ("empty", "cs", "sb", "s"))
+# Per-world defaults of the arguments left unset. World 1 trains for wall-clock budgets; world 2 for fixed step
+# counts (planned to fit 90 minutes on 2 idle cores; docs/shapes-world.md), its minutes only a safety stop.
+WORLD_DEFAULTS = {
+    1: dict(n_train=30000, n_val=3000, n_roundtrip=10000, vae_minutes=7.0, vae_steps=10 ** 9, clf_minutes=4.0,
+            clf_steps=700, captions_per_combo=64, unet_minutes=33.0, unet_steps=10 ** 9, eval_seeds=2,
+            para_per_phrasing=12),
+    2: dict(n_train=60000, n_val=3000, n_roundtrip=12000, vae_minutes=None, vae_steps=2000, clf_minutes=None,
+            clf_steps=1500, captions_per_combo=8, unet_minutes=None, unet_steps=9000, eval_seeds=2,
+            para_per_phrasing=4),
+}
+
+
+def limit_seconds(minutes):
+    """A stage's wall-clock limit in seconds; None: no limit (the stage runs its steps)."""
+    return math.inf if minutes is None else minutes * 60
 EVAL_STEPS, EVAL_CFG = 25, 3.0
 PARAPHRASE_KEEP = 0.70
 
@@ -107,19 +128,74 @@ def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str))
 
 
+def world_of(args):
+    """The data module of the build's shapes-world version."""
+    return WORLDS[args.world]
+
+
+class Checkpoint:
+    """A training stage's state in the workdir: saved every ``minutes`` and at the end of the stage's loop,
+    loaded by ``--resume``. The state records the stage's settings; resuming under other settings is refused."""
+
+    def __init__(self, path: Path, minutes: float, settings: dict):
+        self.path, self.every, self.settings = path, minutes * 60, json.loads(json.dumps(settings, default=str))
+        self.last = time.time()
+
+    def load(self, resume: bool):
+        """The saved state, or None (no ``--resume``, or nothing saved yet)."""
+        if not (resume and self.path.exists()):
+            return None
+        state = load_cache(self.path)
+        if state.get("settings") != self.settings:
+            from veil.errors import VeilError
+
+            raise VeilError(f"{self.path} was saved with other settings than this run's; run with the settings it "
+                            "was started with, or delete it to start that stage again.")
+        return state
+
+    def due(self) -> bool:
+        """Whether ``minutes`` have passed since the last save."""
+        return time.time() - self.last >= self.every
+
+    def save(self, state: dict) -> None:
+        atomic_save({**state, "settings": self.settings}, self.path)
+        self.last = time.time()
+
+
+def check_workdir(args, wd: Path) -> None:
+    """Refuse a workdir that holds another build (another world or seed): its caches would be mixed in."""
+    f = wd / "build.json"
+    mine = {"world": args.world, "seed": args.seed, "n_train": args.n_train, "n_val": args.n_val}
+    if f.exists():
+        theirs = json.loads(f.read_text())
+        if theirs != mine:
+            from veil.errors import VeilError
+
+            raise VeilError(f"The workdir {wd} holds another build ({theirs}); pass another --workdir for {mine}.")
+    elif any(wd.iterdir()) and args.world != 1:
+        from veil.errors import VeilError
+
+        raise VeilError(f"The workdir {wd} is not empty and records no build; pass an empty or new --workdir.")
+    write_json(f, mine)
+
+
 # ----------------------------------------------------------------------------- stage 1: data
 def stage_data(args, wd: Path, rec: dict):
     f = wd / "data.npz"
     if f.exists():
         log("data: cached")
         d = np.load(f)
-        rec["data"] = {"cached": True, "n_train": int(d["xtr"].shape[0]), "n_val": int(d["xva"].shape[0])}
+        done = wd / "data_done.json"
+        rec["data"] = {"cached": True, "n_train": int(d["xtr"].shape[0]), "n_val": int(d["xva"].shape[0]),
+                       **(json.loads(done.read_text()) if done.exists() else {})}
         return d["xtr"], d["ytr"], d["xva"], d["yva"]
     t0 = time.time()
-    xtr, ytr = W.make_dataset(args.n_train, seed=args.seed * 1000 + 1)
-    xva, yva = W.make_dataset(args.n_val, seed=args.seed * 1000 + 2)
+    world = world_of(args)
+    xtr, ytr = world.make_dataset(args.n_train, seed=args.seed * 1000 + 1)
+    xva, yva = world.make_dataset(args.n_val, seed=args.seed * 1000 + 2)
     np.savez(f, xtr=xtr, ytr=ytr, xva=xva, yva=yva)
     rec["data"] = {"seconds": round(time.time() - t0, 1), "n_train": args.n_train, "n_val": args.n_val}
+    write_json(wd / "data_done.json", rec["data"])
     log(f"data: {args.n_train}+{args.n_val} images in {time.time() - t0:.1f}s")
     return xtr, ytr, xva, yva
 
@@ -153,12 +229,24 @@ def stage_vae(args, wd: Path, rec: dict, xtr, xva):
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     xt = to_model(xtr)
     xv = to_model(xva[:512])
-    limit = args.vae_minutes * 60
-    t0 = time.time()
-    step, hist, run = 0, [], []
-    pbar = tqdm(total=args.vae_steps if args.vae_steps < 10 ** 8 else None, desc="vae", mininterval=10, file=sys.stdout)
+    limit = limit_seconds(args.vae_minutes)
+    ck = Checkpoint(wd / "vae_ckpt.pt", args.ckpt_minutes,
+                    {"world": args.world, "seed": args.seed, "config": VAE_CONFIG, "batch": args.vae_batch,
+                     "lr": args.vae_lr, "kl": args.vae_kl, "steps": args.vae_steps, "minutes": args.vae_minutes})
+    step, elapsed, hist, run = 0, 0.0, [], []
+    state = ck.load(args.resume)
+    if state:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        step, elapsed, hist = state["step"], state["elapsed"], state["hist"]
+        log(f"vae: resumed from step {step} ({elapsed:.0f}s trained)")
+    t0 = time.time() - elapsed
+    pbar = tqdm(total=args.vae_steps if args.vae_steps < 10 ** 8 else None, initial=step, desc="vae", mininterval=10,
+                file=sys.stdout)
     vae.train()
-    tuner = ThreadTuner(args.threads, first_probe=20)
+    tuner = ThreadTuner(args.threads, first_probe=step + 20, stage="vae")
     while step < args.vae_steps and time.time() - t0 < limit:
         t_step = time.time()
         frac = max((time.time() - t0) / limit, step / args.vae_steps)
@@ -187,6 +275,10 @@ def stage_vae(args, wd: Path, rec: dict, xtr, xva):
                          "val_mse": v, "lr": lr})
             run = []
             log(f"vae step {step} {time.time() - t0:.0f}s train_mse {hist[-1]['train_mse']:.4f} val_mse {v:.4f}")
+        if ck.due():
+            ck.save({"model": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                     "torch_rng": torch.get_rng_state(), "step": step, "elapsed": time.time() - t0, "hist": hist})
+            log(f"vae: checkpoint at step {step}")
     pbar.close()
     train_s = time.time() - t0
     vae.eval()
@@ -253,42 +345,44 @@ def stage_latents(args, wd: Path, rec: dict, vae, xtr, xva):
 
 
 # ----------------------------------------------------------------------------- stage 4: classifier
-def stage_classifier(args, wd: Path, rec: dict, xtr, ytr, xva, yva, lat):
-    f = wd / "classifier.safetensors"
-    done = wd / "classifier_done.json"
-    if done.exists():
-        log("classifier: cached")
-        rec["classifier"] = {"cached": True, **json.loads(done.read_text())}
-        return load_classifier(f)
+def train_classifier(args, heads: Dict[str, Sequence[str]], sources, ck: "Checkpoint" = None) -> tuple:
+    """Train a :class:`ShapesClassifier` with ``heads`` for ``args.clf_steps`` (or ``args.clf_minutes``).
+
+    ``sources``: (uint8 images [N,3,32,32], int64 labels [N, heads]) pairs; each batch draws equally from
+    each, with blur/noise/brightness augmentation. ``ck`` resumes and checkpoints the loop.
+    Returns the model (eval mode) and its training record (steps, seconds, loss history)."""
     torch.manual_seed(args.seed * 1000 + 31)
     gen = torch.Generator().manual_seed(args.seed * 1000 + 32)
-    model = ShapesClassifier()
+    model = ShapesClassifier(heads=heads)
     opt = torch.optim.AdamW(model.parameters(), lr=args.clf_lr, weight_decay=1e-4)
-    x_clean = torch.from_numpy(xtr).permute(0, 3, 1, 2)  # uint8
-    y_clean = torch.from_numpy(ytr)
-    rt = lat["rt_train"]
-    x_rt = torch.from_numpy(rt).permute(0, 3, 1, 2)
-    y_rt = torch.from_numpy(ytr[:rt.shape[0]])
-    t0 = time.time()
-    limit = args.clf_minutes * 60
-    half = args.clf_batch // 2
-    step, hist, run = 0, [], []
+    kinds = list(model.labels)
+    limit = limit_seconds(args.clf_minutes)
+    sizes = [args.clf_batch // len(sources)] * len(sources)
+    sizes[-1] += args.clf_batch - sum(sizes)
+    step, elapsed, hist, run = 0, 0.0, [], []
+    state = ck.load(args.resume) if ck else None
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["gen"])
+        step, elapsed, hist = state["step"], state["elapsed"], state["hist"]
+        log(f"classifier: resumed from step {step}")
+    t0 = time.time() - elapsed
     model.train()
-    pbar = tqdm(total=args.clf_steps, desc="classifier", mininterval=10, file=sys.stdout)
-    tuner = ThreadTuner(args.threads, first_probe=20)
+    pbar = tqdm(total=args.clf_steps, initial=step, desc="classifier", mininterval=10, file=sys.stdout)
+    tuner = ThreadTuner(args.threads, first_probe=step + 20, stage="classifier")
     while step < args.clf_steps and time.time() - t0 < limit:
         t_step = time.time()
         frac = max(step / args.clf_steps, (time.time() - t0) / limit)
         lr = args.clf_lr * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
         for g in opt.param_groups:
             g["lr"] = lr
-        i1 = torch.randint(0, x_clean.shape[0], (half,), generator=gen)
-        i2 = torch.randint(0, x_rt.shape[0], (args.clf_batch - half,), generator=gen)
-        xb = torch.cat([x_clean[i1], x_rt[i2]]).float() / 255.0
-        yb = torch.cat([y_clean[i1], y_rt[i2]])
+        picks = [torch.randint(0, x.shape[0], (n,), generator=gen) for (x, _), n in zip(sources, sizes)]
+        xb = torch.cat([x[i] for (x, _), i in zip(sources, picks)]).float() / 255.0
+        yb = torch.cat([y[i] for (_, y), i in zip(sources, picks)])
         xb = augment(xb, gen)
         out = model(xb)
-        loss = sum(F.cross_entropy(out[k], yb[:, j]) for j, k in enumerate(KINDS))
+        loss = sum(F.cross_entropy(out[k], yb[:, j]) for j, k in enumerate(kinds))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -300,20 +394,43 @@ def stage_classifier(args, wd: Path, rec: dict, xtr, ytr, xva, yva, lat):
             hist.append({"step": step, "seconds": round(time.time() - t0, 1), "loss": float(np.mean(run))})
             run = []
             log(f"classifier step {step} loss {hist[-1]['loss']:.4f}")
+        if ck and ck.due():
+            ck.save({"model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step,
+                     "elapsed": time.time() - t0, "hist": hist})
     pbar.close()
     model.eval()
+    return model, {"seconds": round(time.time() - t0, 1), "steps": step, "history": hist,
+                   "params": sum(p.numel() for p in model.parameters())}
+
+
+def stage_classifier(args, wd: Path, rec: dict, xtr, ytr, xva, yva, lat):
+    f = wd / "classifier.safetensors"
+    done = wd / "classifier_done.json"
+    if done.exists():
+        log("classifier: cached")
+        rec["classifier"] = {"cached": True, **json.loads(done.read_text())}
+        return load_classifier(f)
+    t0 = time.time()
+    heads = world_heads(args.world)
+    rt = lat["rt_train"]
+    sources = [(torch.from_numpy(xtr).permute(0, 3, 1, 2), torch.from_numpy(ytr)),
+               (torch.from_numpy(rt).permute(0, 3, 1, 2), torch.from_numpy(ytr[:rt.shape[0]]))]
+    ck = Checkpoint(wd / "classifier_ckpt.pt", args.ckpt_minutes,
+                    {"world": args.world, "seed": args.seed, "batch": args.clf_batch, "lr": args.clf_lr,
+                     "steps": args.clf_steps, "minutes": args.clf_minutes})
+    model, trained = train_classifier(args, heads, sources, ck)
     acc_clean = accuracy(model, xva, yva)
     acc_rt = accuracy(model, lat["rt_val"], yva)
     ok = all(v >= 0.99 for v in acc_clean.values()) and all(v >= 0.97 for v in acc_rt.values())
-    info = {"seconds": round(time.time() - t0, 1), "steps": step, "val_clean": acc_clean,
-            "val_vae_roundtrip": acc_rt, "meets_bar": ok, "history": hist,
-            "config": {"batch": args.clf_batch, "lr": args.clf_lr, "widths": [32, 64, 96],
-                       "params": sum(p.numel() for p in model.parameters())}}
+    info = {"seconds": round(time.time() - t0, 1), "steps": trained["steps"], "val_clean": acc_clean,
+            "val_vae_roundtrip": acc_rt, "meets_bar": ok, "history": trained["history"],
+            "config": {"batch": args.clf_batch, "lr": args.clf_lr, "widths": list(model.widths),
+                       "params": trained["params"]}}
     save_classifier(model, f, extra={"val_clean": acc_clean, "val_vae_roundtrip": acc_rt,
-                                     "seed": args.seed, "steps": step})
+                                     "seed": args.seed, "steps": trained["steps"]})
     write_json(done, info)
     rec["classifier"] = info
-    log(f"classifier: {step} steps {time.time() - t0:.0f}s; clean {acc_clean}; vae round-trip {acc_rt}"
+    log(f"classifier: {trained['steps']} steps {time.time() - t0:.0f}s; clean {acc_clean}; vae round-trip {acc_rt}"
         + ("" if ok else "  ** BELOW BAR **"))
     return load_classifier(f)
 
@@ -382,7 +499,11 @@ def stage_captions(args, wd: Path, rec: dict):
         rec["captions"] = {"cached": True, **(json.loads(info_f.read_text()) if info_f.exists() else {})}
         return load_cache(f)
     t0 = time.time()
-    texts, idx = build_caption_table(args.seed * 1000 + 41, args.captions_per_combo)
+    if args.world == 1:
+        texts, idx = build_caption_table(args.seed * 1000 + 41, args.captions_per_combo)
+    else:
+        texts, idx = world2_build.caption_table(args.seed * 1000 + 41, args.captions_per_combo,
+                                                max(1, args.captions_per_combo // 2))
     tok = load_tokenizer()
     te = load_text_encoder()
     lens = [len(tok(t).input_ids) for t in texts]
@@ -397,6 +518,17 @@ def stage_captions(args, wd: Path, rec: dict):
 
 
 # ----------------------------------------------------------------------------- stage 6: UNet
+def unet_config(world: int) -> dict:
+    return UNET_CONFIG if world == 1 else UNET2_CONFIG
+
+
+def caption_mix(world: int) -> dict:
+    """The share of each kind of training caption (the rest are full captions)."""
+    if world == 1:
+        return {"empty": P_EMPTY, "colour+shape": P_CS, "shape+background": P_SB, "shape": P_S}
+    return {**world2.CAPTION_SHARES, "shape named by a training object": world2.OBJECT_SHARE}
+
+
 def sample_caption_ids(labels: torch.Tensor, idx: dict, gen: torch.Generator) -> torch.Tensor:
     B = labels.shape[0]
     s, c, b = labels[:, 0], labels[:, 1], labels[:, 2]
@@ -416,13 +548,14 @@ def sample_caption_ids(labels: torch.Tensor, idx: dict, gen: torch.Generator) ->
 class ThreadTuner:
     """Every ``every`` steps, run ``n`` steps with the other thread count; keep the faster one."""
 
-    def __init__(self, max_threads: int, first_probe: int, every: int = 250, n: int = 12):
+    def __init__(self, max_threads: int, first_probe: int, every: int = 250, n: int = 12, stage: str = "unet"):
         self.options = sorted({1, max(1, max_threads)})
         self.cur = max(1, max_threads)
         self.every, self.n, self.next_probe = every, n, first_probe
         self.dts: List[float] = []
         self.probing, self.base, self.probe_start = False, 0.0, 0
         self.switches: List[dict] = []
+        self.stage = stage
         torch.set_num_threads(self.cur)
 
     def record(self, step: int, dt: float) -> None:
@@ -441,7 +574,7 @@ class ThreadTuner:
                 self.cur = alt
             torch.set_num_threads(self.cur)
             self.switches.append({"step": step, "threads": self.cur, "s_per_step": min(probe, self.base)})
-            log(f"unet threads: {alt} -> {probe:.2f}s/step vs {self.base:.2f}s/step; using {self.cur}")
+            log(f"{self.stage} threads: {alt} -> {probe:.2f}s/step vs {self.base:.2f}s/step; using {self.cur}")
             self.probing = False
             self.next_probe = step + self.every
             self.dts = []
@@ -458,8 +591,10 @@ def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
         return UNet2DConditionModel.from_pretrained(out).eval()
     torch.manual_seed(args.seed * 1000 + 51)
     gen = torch.Generator().manual_seed(args.seed * 1000 + 52)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
-    ema = UNet2DConditionModel(**UNET_CONFIG)
+    config = unet_config(args.world)
+    sample_ids = sample_caption_ids if args.world == 1 else world2_build.sample_caption_ids
+    unet = UNet2DConditionModel(**config)
+    ema = UNet2DConditionModel(**config)
     ema.load_state_dict(unet.state_dict())
     ema.requires_grad_(False)
     nparams = sum(p.numel() for p in unet.parameters())
@@ -467,9 +602,12 @@ def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
                              if k not in ("set_alpha_to_one", "steps_offset")})
     opt = torch.optim.AdamW(unet.parameters(), lr=args.unet_lr, weight_decay=1e-2)
     step, elapsed_before, hist = 0, 0.0, []
-    ckpt = wd / "unet_ckpt.pt"
-    if args.resume and ckpt.exists():
-        st = load_cache(ckpt)
+    ck = Checkpoint(wd / "unet_ckpt.pt", args.ckpt_minutes,
+                    {"world": args.world, "seed": args.seed, "config": config, "batch": args.unet_batch,
+                     "lr": args.unet_lr, "warmup": args.unet_warmup, "decay_from": args.unet_decay_from,
+                     "ema": args.ema, "steps": args.unet_steps, "minutes": args.unet_minutes})
+    st = ck.load(args.resume)
+    if st:
         unet.load_state_dict(st["unet"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
@@ -481,11 +619,10 @@ def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
     labels = torch.from_numpy(ytr)
     emb, idx = cap["emb"], cap["idx"]
     alphas = sched.alphas_cumprod
-    limit = args.unet_minutes * 60
+    limit = limit_seconds(args.unet_minutes)
     ema_params = list(ema.parameters())
     params = list(unet.parameters())
     t0 = time.time() - elapsed_before
-    last_ckpt = time.time()
     run = []
     unet.train()
     pbar = tqdm(total=args.unet_steps if args.unet_steps < 10 ** 8 else None, initial=step, desc="unet",
@@ -501,7 +638,7 @@ def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
             g["lr"] = lr
         bi = torch.randint(0, mu.shape[0], (args.unet_batch,), generator=gen)
         z0 = (mu[bi] + sd[bi] * torch.randn(mu[bi].shape, generator=gen)) * sf
-        ids = sample_caption_ids(labels[bi], idx, gen)
+        ids = sample_ids(labels[bi], idx, gen)
         ctx = emb[ids].float()
         noise = torch.randn(z0.shape, generator=gen)
         t = torch.randint(0, sched.config.num_train_timesteps, (args.unet_batch,), generator=gen)
@@ -525,11 +662,10 @@ def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
                          "lr": lr, "threads": torch.get_num_threads()})
             run = []
             log(f"unet step {step} {time.time() - t0:.0f}s loss {hist[-1]['loss']:.4f} lr {lr:.2e}")
-        if time.time() - last_ckpt > args.ckpt_minutes * 60:
-            atomic_save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                         "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
-                         "elapsed": time.time() - t0, "hist": hist}, ckpt)
-            last_ckpt = time.time()
+        if ck.due():
+            ck.save({"unet": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "gen": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
+                     "elapsed": time.time() - t0, "hist": hist})
             log(f"unet: checkpoint at step {step}")
     pbar.close()
     train_s = time.time() - t0
@@ -538,11 +674,10 @@ def stage_unet(args, wd: Path, rec: dict, ytr, lat, cap, sf: float):
     info = {"seconds": round(train_s, 1), "steps": step, "s_per_step": round(train_s / max(step, 1), 3),
             "final_loss": hist[-1]["loss"] if hist else (float(np.mean(run)) if run else None),
             "params": nparams, "history": hist, "thread_choices": tuner.switches,
-            "config": {**UNET_CONFIG, "batch": args.unet_batch, "lr": args.unet_lr, "warmup": args.unet_warmup,
+            "config": {**config, "batch": args.unet_batch, "lr": args.unet_lr, "warmup": args.unet_warmup,
                        "lr_decay_from": args.unet_decay_from, "weight_decay": 1e-2, "grad_clip": 1.0,
-                       "ema": args.ema, "caption_mix": {"empty": P_EMPTY, "colour+shape": P_CS,
-                                                        "shape+background": P_SB, "shape": P_S},
-                       "prediction": "epsilon", "minutes_limit": args.unet_minutes}}
+                       "ema": args.ema, "caption_mix": caption_mix(args.world),
+                       "prediction": "epsilon", "minutes_limit": args.unet_minutes, "steps_planned": args.unet_steps}}
     write_json(done, info)
     rec["unet"] = info
     log(f"unet: {step} steps in {train_s:.0f}s, final loss {info['final_loss']}")
@@ -570,6 +705,7 @@ def stage_save(args, out: Path, rec: dict, vae, unet, wd: Path):
     unet.to(torch.float32)
     shutil.copy(wd / "classifier.safetensors", out / "classifier.safetensors")
     shutil.copy(wd / "classifier.json", out / "classifier.json")
+    write_json(out / "world.json", {"version": args.world, "seed": args.seed})
     size = sum(p.stat().st_size for p in pdir.rglob("*") if p.is_file())
     rec["save"] = {"seconds": round(time.time() - t0, 1), "pipeline_bytes": size}
     log(f"saved pipeline to {pdir} ({size / 1e6:.1f} MB)")
@@ -589,20 +725,20 @@ def generate(pipe, rows: Sequence[dict], steps: int = EVAL_STEPS, cfg: float = E
     return np.concatenate(imgs) if imgs else np.zeros((0, 32, 32, 3), np.uint8)
 
 
-def score(rows: Sequence[dict], pred: Dict[str, List[str]]) -> dict:
+def score(rows: Sequence[dict], pred: Dict[str, List[str]], kinds: Sequence[str] = KINDS) -> dict:
     """Per-head accuracy over rows naming that head, all-named accuracy, per-concept rates."""
     res: dict = {"n": len(rows)}
     all_ok = []
     per_concept: Dict[str, List[bool]] = {}
     for i, r in enumerate(rows):
         ok_all = True
-        for k in KINDS:
+        for k in kinds:
             if r.get(k):
                 ok = pred[k][i] == r[k]
                 per_concept.setdefault(r[k], []).append(ok)
                 ok_all &= ok
         all_ok.append(ok_all)
-    for k in KINDS:
+    for k in kinds:
         vals = [pred[k][i] == r[k] for i, r in enumerate(rows) if r.get(k)]
         res[k] = float(np.mean(vals)) if vals else None
     res["all_named"] = float(np.mean(all_ok)) if all_ok else None
@@ -610,60 +746,68 @@ def score(rows: Sequence[dict], pred: Dict[str, List[str]]) -> dict:
     return res
 
 
-def fmt(res: dict) -> str:
+def fmt(res: dict, world=W) -> str:
     pc = res["per_concept"]
-    parts = [f"{k} {100 * res[k]:.1f}%" for k in KINDS if res.get(k) is not None]
+    parts = [f"{k} {100 * res[k]:.1f}%" for k in world.KINDS if res.get(k) is not None]
     parts.append(f"all {100 * res['all_named']:.1f}%")
-    conc = " ".join(f"{c}:{100 * pc[c]:.0f}" for c in (*W.SHAPES, *W.COLOURS, *W.BACKGROUNDS) if c in pc)
+    conc = " ".join(f"{c}:{100 * pc[c]:.0f}" for k in world.KINDS for c in world.AXES[k] if c in pc)
     return " | ".join(parts) + "\n    " + conc
 
 
-def sample_grid(pipe, path: Path, seed: int = 0) -> None:
+def save_grid(images: np.ndarray, path: Path, row_names: Sequence[str], col_names: Sequence[str],
+              col_notes: Sequence[str] = ()) -> None:
+    """Images (row-major, len(row_names) x len(col_names)) as a labelled grid PNG."""
     from PIL import Image, ImageDraw
 
+    cell, pad_l, pad_t = 96, 80, 36
+    canvas = Image.new("RGB", (pad_l + cell * len(col_names), pad_t + cell * len(row_names)), "white")
+    d = ImageDraw.Draw(canvas)
+    for ci, c in enumerate(col_names):
+        d.text((pad_l + ci * cell + 6, 4), c, fill="black")
+        if col_notes:
+            d.text((pad_l + ci * cell + 6, 18), col_notes[ci], fill="grey")
+    for ri, r in enumerate(row_names):
+        d.text((6, pad_t + ri * cell + cell // 2 - 6), r, fill="black")
+        for ci in range(len(col_names)):
+            im = Image.fromarray(images[ri * len(col_names) + ci]).resize((cell - 4, cell - 4), Image.NEAREST)
+            canvas.paste(im, (pad_l + ci * cell + 2, pad_t + ri * cell + 2))
+    canvas.save(path)
+
+
+def sample_grid(pipe, path: Path, seed: int = 0) -> None:
     rows = []
     for s in W.SHAPES:
         for ci, c in enumerate(W.COLOURS):
             b = W.BACKGROUNDS[ci % len(W.BACKGROUNDS)]
             rows.append({"prompt": W.canonical_prompt(s, c, b), "seed": seed})
     imgs = generate(pipe, rows, desc="grid")
-    cell, pad_l, pad_t = 96, 80, 36
-    canvas = Image.new("RGB", (pad_l + cell * len(W.COLOURS), pad_t + cell * len(W.SHAPES)), "white")
-    d = ImageDraw.Draw(canvas)
-    for ci, c in enumerate(W.COLOURS):
-        d.text((pad_l + ci * cell + 6, 4), c, fill="black")
-        d.text((pad_l + ci * cell + 6, 18), W.BACKGROUNDS[ci % len(W.BACKGROUNDS)], fill="grey")
-    for si, s in enumerate(W.SHAPES):
-        d.text((6, pad_t + si * cell + cell // 2 - 6), s, fill="black")
-        for ci in range(len(W.COLOURS)):
-            im = Image.fromarray(imgs[si * len(W.COLOURS) + ci]).resize((cell - 4, cell - 4), Image.NEAREST)
-            canvas.paste(im, (pad_l + ci * cell + 2, pad_t + si * cell + 2))
-    canvas.save(path)
+    save_grid(imgs, path, W.SHAPES, W.COLOURS, [W.BACKGROUNDS[i % len(W.BACKGROUNDS)] for i in range(len(W.COLOURS))])
 
 
-def stage_eval(args, out: Path, rec: dict):
-    t0 = time.time()
-    pipe = load_shapes_pipeline(path=out / "pipeline")
-    assert pipe.tokenizer.model_max_length == MAX_LENGTH and pipe.text_encoder.config.use_attention_mask
-    clf = load_classifier(out / "classifier.safetensors")
+def eval_sets(pipe, clf, sets: Dict[str, List[dict]], world, ev: dict) -> None:
+    """Generate and score each named prompt set into ``ev``."""
     from veil.shapes.classifier import classify
 
-    ev: dict = {"sampler": {"scheduler": "DDIM", "steps": EVAL_STEPS, "guidance_scale": EVAL_CFG}}
-    seeds = list(range(args.eval_seeds))
-    for name, rows in (("canonical", W.canonical_prompts(seeds)),
-                       ("train_synonyms", W.training_synonym_prompts(seeds))):
+    for name, rows in sets.items():
         ts = time.time()
         imgs = generate(pipe, rows, desc=name)
-        res = score(rows, classify(imgs, clf))
+        res = score(rows, classify(imgs, clf), world.KINDS)
         res["seconds"] = round(time.time() - ts, 1)
         ev[name] = res
-        log(f"fidelity {name} ({len(rows)} images, {res['seconds']}s): {fmt(res)}")
-    # held-out paraphrases: rate each phrasing on the clean model
+        log(f"fidelity {name} ({len(rows)} images, {res['seconds']}s): {fmt(res, world)}")
+
+
+def eval_paraphrases(pipe, clf, world, n_per_phrasing: int, csv_path: Path, ev: dict) -> None:
+    """Rate every held-out phrasing on the clean model; write those at or above ``PARAPHRASE_KEEP`` (all
+    named concepts drawn) to ``csv_path``: the ``shapes_paraphrase`` prompt set."""
+    from veil.shapes.classifier import classify
+
     ts = time.time()
-    phr = W.paraphrase_phrasings()
+    kinds = world.KINDS
+    phr = world.paraphrase_phrasings()
     all_rows, owner = [], []
     for j, ph in enumerate(phr):
-        rs = W.phrasing_prompts(ph, args.para_per_phrasing)
+        rs = world.phrasing_prompts(ph, n_per_phrasing)
         all_rows.extend(rs)
         owner.extend([j] * len(rs))
     imgs = generate(pipe, all_rows, desc="paraphrase")
@@ -673,8 +817,7 @@ def stage_eval(args, out: Path, rec: dict):
     for j, ph in enumerate(phr):
         sel = np.nonzero(owner == j)[0]
         rows = [all_rows[i] for i in sel]
-        sub = {k: [pred[k][i] for i in sel] for k in KINDS}
-        r = score(rows, sub)
+        r = score(rows, {k: [pred[k][i] for i in sel] for k in kinds}, kinds)
         concept_rate = r["per_concept"].get(ph["concept"]) if ph["concept"] else r["all_named"]
         keep = r["all_named"] >= PARAPHRASE_KEEP
         table.append({"id": ph["id"], "kind": ph["kind"], "concept": ph["concept"], "synonym": ph["synonym"],
@@ -682,24 +825,46 @@ def stage_eval(args, out: Path, rec: dict):
                       "concept_rate": concept_rate, "all_named": r["all_named"], "kept": keep})
         if keep:
             kept_rows.extend(rows)
-    para_all = score(all_rows, pred)
+    para_all = score(all_rows, pred, kinds)
     para_kept = score(kept_rows, {k: [pred[k][i] for i, r in enumerate(all_rows)
-                                      if table[owner[i]]["kept"]] for k in KINDS}) if kept_rows else None
+                                      if table[owner[i]]["kept"]] for k in kinds}, kinds) if kept_rows else None
     ev["paraphrase_candidates"] = {**para_all, "seconds": round(time.time() - ts, 1)}
     ev["paraphrase_kept"] = para_kept
     ev["paraphrase_phrasings"] = table
     ev["paraphrase_n_phrasings"] = {"candidates": len(phr), "kept": int(sum(t["kept"] for t in table))}
-    log(f"paraphrase candidates ({len(all_rows)} images): {fmt(para_all)}")
+    log(f"paraphrase candidates ({len(all_rows)} images): {fmt(para_all, world)}")
     log(f"paraphrase phrasings kept (>= {PARAPHRASE_KEEP:.0%} all-named correct): "
         f"{ev['paraphrase_n_phrasings']['kept']}/{len(phr)}")
     for t in table:
         log(f"   {'KEEP' if t['kept'] else 'drop'} {t['all_named']:.2f} {t['example']}")
-    with open(out / "paraphrase_prompts.csv", "w", newline="") as fh:
+    with open(csv_path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["prompt", "seed", "shape", "colour", "background"])
+        w.writerow(["prompt", "seed", *kinds])
         for r in kept_rows:
-            w.writerow([r["prompt"], r["seed"], r["shape"] or "", r["colour"] or "", r["background"] or ""])
-    sample_grid(pipe, out / "samples.png")
+            w.writerow([r["prompt"], r["seed"], *(r[k] or "" for k in kinds)])
+
+
+def stage_eval(args, out: Path, rec: dict):
+    t0 = time.time()
+    pipe = load_shapes_pipeline(path=out / "pipeline")
+    assert pipe.tokenizer.model_max_length == MAX_LENGTH and pipe.text_encoder.config.use_attention_mask
+    clf = load_classifier(out / "classifier.safetensors")
+    world = world_of(args)
+    ev: dict = {"sampler": {"scheduler": "DDIM", "steps": EVAL_STEPS, "guidance_scale": EVAL_CFG}}
+    seeds = list(range(args.eval_seeds))
+    if args.world == 1:
+        sets = {"canonical": W.canonical_prompts(seeds), "train_synonyms": W.training_synonym_prompts(seeds)}
+    else:
+        sets = world2_build.eval_sets(seeds)
+    eval_sets(pipe, clf, sets, world, ev)
+    eval_paraphrases(pipe, clf, world, args.para_per_phrasing, out / "paraphrase_prompts.csv", ev)
+    if args.world == 1:
+        sample_grid(pipe, out / "samples.png")
+    else:
+        ev["bars"] = world2_build.bars(ev)
+        log(f"bars: {ev['bars']}")
+        grid, row_names, col_names = world2_build.grid_rows()
+        save_grid(generate(pipe, grid, desc="grid"), out / "samples.png", row_names, col_names)
     ev["seconds"] = round(time.time() - t0, 1)
     rec["eval"] = ev
 
@@ -710,34 +875,39 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="src/veil/shapes/weights")
     p.add_argument("--workdir", default=".shapes_build")
+    p.add_argument("--world", type=int, choices=(1, 2), default=1, help="the shapes-world version to build")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue the UNet from the workdir checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the VAE, classifier and UNet from their workdir checkpoints")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--n-train", type=int, default=30000)
-    p.add_argument("--n-val", type=int, default=3000)
-    p.add_argument("--n-roundtrip", type=int, default=10000)
-    p.add_argument("--vae-minutes", type=float, default=7.0)
-    p.add_argument("--vae-steps", type=int, default=10 ** 9)
+    p.add_argument("--n-train", type=int)
+    p.add_argument("--n-val", type=int)
+    p.add_argument("--n-roundtrip", type=int)
+    p.add_argument("--vae-minutes", type=float)
+    p.add_argument("--vae-steps", type=int)
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=1e-3)
     p.add_argument("--vae-kl", type=float, default=1e-6)
-    p.add_argument("--clf-minutes", type=float, default=4.0)
-    p.add_argument("--clf-steps", type=int, default=700)
+    p.add_argument("--clf-minutes", type=float)
+    p.add_argument("--clf-steps", type=int)
     p.add_argument("--clf-batch", type=int, default=128)
     p.add_argument("--clf-lr", type=float, default=2e-3)
-    p.add_argument("--captions-per-combo", type=int, default=64)
-    p.add_argument("--unet-minutes", type=float, default=33.0)
-    p.add_argument("--unet-steps", type=int, default=10 ** 9)
+    p.add_argument("--captions-per-combo", type=int)
+    p.add_argument("--unet-minutes", type=float)
+    p.add_argument("--unet-steps", type=int)
     p.add_argument("--unet-batch", type=int, default=64)
     p.add_argument("--unet-lr", type=float, default=5e-4)
     p.add_argument("--unet-warmup", type=int, default=300)
     p.add_argument("--unet-decay-from", type=float, default=0.6)
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
-    p.add_argument("--eval-seeds", type=int, default=2)
-    p.add_argument("--para-per-phrasing", type=int, default=12)
+    p.add_argument("--eval-seeds", type=int)
+    p.add_argument("--para-per-phrasing", type=int)
     p.add_argument("--no-eval", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for k, v in WORLD_DEFAULTS[args.world].items():  # what was not given: the world's defaults
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
 
 
 def main(argv=None) -> dict:
@@ -749,6 +919,7 @@ def main(argv=None) -> dict:
     wd, out = Path(args.workdir), Path(args.out)
     wd.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    check_workdir(args, wd)
     T0 = time.time()
     rec: dict = {"args": vars(args), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "versions": {"torch": torch.__version__}, "stages": {}}
@@ -778,9 +949,12 @@ def main(argv=None) -> dict:
     if not args.no_eval:
         stage_eval(args, out, st)
     rec["total_seconds"] = round(time.time() - T0, 1)
+    # over every run of the build (a resumed build's earlier runs included): what a rebuild from scratch costs
+    rec["build_seconds"] = round(sum(v.get("seconds", 0.0) for v in st.values() if isinstance(v, dict)), 1)
     rec["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     write_json(out / "train_log.json", rec)
-    log(f"done in {rec['total_seconds']:.0f}s; log at {out / 'train_log.json'}")
+    log(f"done in {rec['total_seconds']:.0f}s (all runs of the build: {rec['build_seconds']:.0f}s); "
+        f"log at {out / 'train_log.json'}")
     return rec
 
 

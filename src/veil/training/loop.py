@@ -48,12 +48,13 @@ def _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seco
     with atomic_dir(path, overwrite=True) as tmp:
         # Checkpoints hold everything needed to resume, a KPOP key included (sealed when the method has a
         # passphrase; the work folder is removed once every output is written); the artifact holds only ``state_dict()``.
-        save_file(_checkpoint_tensors(method), os.path.join(tmp, "method.safetensors"))
+        states, private = _optimizer_states(method, optimizers)
+        save_file(_checkpoint_tensors(method, private), os.path.join(tmp, "method.safetensors"))
         torch.save(
             {
                 "step": step,
                 "config": method.config.to_dict(),
-                "optimizers": {phase: opt.state_dict() for phase, opt in optimizers.items()},
+                "optimizers": states,
                 "generator": generator.get_state(),
                 "losses": losses,
                 "seconds": seconds,
@@ -66,8 +67,37 @@ def _save_checkpoint(work_dir, step, method, optimizers, generator, losses, seco
     return path
 
 
-def _checkpoint_tensors(method):
-    return {k: v.detach().to("cpu").contiguous() for k, v in method.checkpoint_state_dict().items()}
+def _checkpoint_tensors(method, private=None):
+    return {k: v.detach().to("cpu").contiguous() for k, v in method.checkpoint_state_dict(private).items()}
+
+
+def _optimizer_params(optimizer):
+    """The parameters in the order of the optimizer's ``state_dict()`` indices."""
+    if isinstance(optimizer, _StepInBackward):
+        return optimizer.params
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _optimizer_states(method, optimizers):
+    """Every optimizer's ``state_dict()``, less the state of the method's secret parameters (Adam's moments of a
+    KPOP key), which come back apart as ``{"<phase>.<index>.<name>": tensor}`` for the method to keep with its secrets."""
+    secret = {id(p) for p in method.secret_parameters()}
+    states, private = {}, {}
+    for phase, optimizer in optimizers.items():
+        state = optimizer.state_dict()
+        for index, param in enumerate(_optimizer_params(optimizer)):
+            if id(param) in secret and index in state["state"]:
+                for name, value in state["state"].pop(index).items():
+                    private[f"{phase}.{index}.{name}"] = torch.as_tensor(value).detach().cpu()
+        states[phase] = state
+    return states, private
+
+
+def _restore_private_states(states, private):
+    """Put the secret parameters' optimizer state (``_optimizer_states``' second part) back into ``states``."""
+    for name, value in private.items():
+        phase, index, field = name.split(".", 2)
+        states[phase]["state"].setdefault(int(index), {})[field] = value
 
 
 def _load_checkpoint(path, method):
@@ -80,7 +110,7 @@ def _load_checkpoint(path, method):
         raise VeilError(
             f"The checkpoint {path!r} was made with other settings; resume with the same options, or start afresh without --resume."
         )
-    method.load_state_dict(tensors)
+    _restore_private_states(state["optimizers"], method.load_checkpoint(tensors, f"the checkpoint {path!r}"))
     return state
 
 

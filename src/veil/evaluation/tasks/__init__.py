@@ -47,8 +47,9 @@ class Task:
     def describe_source(self):
         return self.prompts.get("source") or (f"veil's built-in {self.builtin} prompt set" if self.builtin else None)
 
-    def rows(self, prompts=None, seeds=None, limit=None):
-        """The task's prompt rows: from ``prompts`` (a CSV path) if given, else its built-in set.
+    def rows(self, prompts=None, seeds=None, limit=None, model="shapes"):
+        """The task's prompt rows: from ``prompts`` (a CSV path) if given, else its built-in set (for the shapes
+        world of ``model``: ``"shapes"`` or the folder of a shapes build).
 
         A task without a built-in set and without ``prompts`` fails in one sentence naming the
         columns it needs and their public source.
@@ -64,7 +65,7 @@ class Task:
         if prompts is None:
             from ..shapes_tasks import task_rows
 
-            rows = [dict(row, id=i) for i, row in enumerate(task_rows(self.builtin, **({"seeds": seeds} if seeds else {})))]
+            rows = [dict(row, id=i) for i, row in enumerate(task_rows(self.builtin, model=model, **({"seeds": seeds} if seeds else {})))]
         else:
             if seeds and not self.builtin:
                 raise VeilError(f"--seeds applies to built-in prompt sets; the {self.name} task takes each row's own seed from its prompt file.")

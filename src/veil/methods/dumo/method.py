@@ -46,6 +46,10 @@ class DuMo(Method):
     """
 
     config_class = DuMoConfig
+    multi_concept = (
+        "One eraser per concept (its own EPR and time-scale table, behind its own gate), each trained on "
+        "the steps that draw its concept; their residuals add up when sampling."
+    )
     model_presets = MODEL_PRESETS
     pipeline_export_refusal = "adds a trained EPR network beside the UNet"
     optimizer_class = torch.optim.AdamW

@@ -26,6 +26,9 @@ class ESD(WeightEditMethod):
     """
 
     config_class = ESDConfig
+    multi_concept = (
+        "Each training step draws one of the concepts at random, as the authors' script does, so the concepts share max_train_steps."
+    )
     model_presets = MODEL_PRESETS
 
     def __init__(self, config=None, **kwargs):

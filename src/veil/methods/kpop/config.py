@@ -9,12 +9,13 @@ from .model import LAYERS
 
 # ``paper``: the authors' training (docs/methods/kpop.md) with veil's choices where it is open: key learning rate
 # 1e-3 (the authors' 1e-5 barely moves unit-scale embeddings), losses on noise; no preservation.
-# ``tuned``: the same plus the preservation term over retain concepts. Both start the key at E(c)[:m] plus secret
-# noise (key_init_noise, 1 by default): from E(c)[:m] alone, the public config trains the same key again.
+# ``tuned``: the same plus the preservation term over retain concepts. In both the key is a secret random draw that
+# does not train (key_start random, key_learning_rate 0): a key the authors' way (E(c)[:m], trained) is trained again
+# from the public settings and unlocks (docs/experiments/kpop-rebuilt-key.md); set both fields to have it anyway.
 PRESETS = {
-    "paper": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=1e-3, hide_weight=1.0,
+    "paper": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=0.0, hide_weight=1.0,
                   recover_weight=0.1, loss_space="eps", retain_weight=0.0, key_retain_weight=0.0, decoy_weight=0.0),
-    "tuned": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=1e-3, hide_weight=1.0,
+    "tuned": dict(max_train_steps=1000, learning_rate=1e-5, key_learning_rate=0.0, hide_weight=1.0,
                   recover_weight=0.1, loss_space="eps", retain_weight=0.1, key_retain_weight=1.0, decoy_weight=1.0),
 }
 
@@ -35,7 +36,9 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     num_key_tokens: int = field(default=10, metadata={"help": "m: tokens in each of P_k and P_v."})
     max_train_steps: int = field(default=None, metadata={"help": "Steps, each a UNet step then a key step (preset: 1000)."})
     learning_rate: float = field(default=None, metadata={"help": "Adam learning rate of the UNet (preset: 1e-5)."})
-    key_learning_rate: float = field(default=None, metadata={"help": "Adam learning rate of the key (preset: 1e-3)."})
+    key_learning_rate: float = field(
+        default=None, metadata={"help": "Adam learning rate of the key; 0 (preset): the key keeps its secret random start."}
+    )
     hide_weight: float = field(default=None, metadata={"help": "w1: weight of the hiding loss in the UNet step (preset: 1.0)."})
     recover_weight: float = field(
         default=None, metadata={"help": "w2: weight of the recovery loss in the UNet step (preset: 0.1)."}
@@ -72,6 +75,10 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
         default=1.0,
         metadata={"help": "Secret OS-random noise (in token norms) added to the key's start E(c)[:m]; above 0."}
     )
+    key_start: str = field(
+        default="random",
+        metadata={"help": "concept (E(c)[:m] plus the secret noise) or random (a secret random key of E(c)[:m]'s norm)."},
+    )
     decoy_words: typing.List[str] = field(
         default_factory=list,
         metadata={"help": "Words that make word decoys (empty: retain_concepts and context_retain_concepts)."},
@@ -89,10 +96,16 @@ class KPOPConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
         check_choice(self, "train_method", ("xattn", "xattn_kv", "noxattn"))
         check_choice(self, "loss_space", ("eps", "x0"))
         check_choice(self, "key_update", ("alternate", "joint"))
-        check_positive(self, "num_key_tokens", "max_train_steps", "learning_rate", "key_learning_rate",
-                       "ddim_steps", "samples_per_trajectory")
+        check_choice(self, "key_start", ("concept", "random"))
+        check_positive(self, "num_key_tokens", "max_train_steps", "learning_rate", "ddim_steps", "samples_per_trajectory")
+        if isinstance(self.key_learning_rate, bool) or not isinstance(self.key_learning_rate, (int, float)) \
+                or not self.key_learning_rate >= 0:
+            raise VeilError(f"key learning rate must be 0 or more, got {self.key_learning_rate!r}.")
         if isinstance(self.key_finish_steps, bool) or not isinstance(self.key_finish_steps, int) or self.key_finish_steps < 0:
             raise VeilError(f"key_finish_steps must be a whole number, 0 or more, got {self.key_finish_steps!r}.")
+        if self.key_learning_rate == 0 and self.key_finish_steps > 0:
+            raise VeilError("key_finish_steps trains the key alone, but key_learning_rate is 0 (the key does not train); "
+                            "set key_finish_steps=0 or a key learning rate above 0.")
         for name in ("hide_weight", "recover_weight", "retain_weight", "key_retain_weight", "decoy_weight", "key_init_noise"):
             if getattr(self, name) < 0:
                 raise VeilError(f"{name} must be 0 or more, got {getattr(self, name)!r}.")

@@ -354,7 +354,8 @@ def load_key_for(path, artifact, passphrase=None):
         passphrase: for an encrypted key; ``None`` falls back to ``VEIL_KEY_PASSPHRASE``.
 
     Returns:
-        :class:`Key`, holding the artifact's concepts in the artifact's order.
+        :class:`Key`, holding the artifact's concepts that the file holds (all of them, or those of a key split per
+        concept with :meth:`Key.subset`), in the artifact's order.
 
     Raises:
         VeilError: the artifact has no key, the file is not a key, is damaged, truncated or tampered
@@ -376,11 +377,13 @@ def load_key_for(path, artifact, passphrase=None):
     )
     # Checked before decrypting so that a mismatched key is named without its passphrase; the
     # fingerprints are checked again on the decrypted tensors below.
+    # A key file holds every concept of the artifact, or some of them (a key split per concept): each one it holds
+    # must be one of the artifact's, with the fingerprint the artifact records.
     recorded = header.get("key_fingerprint") or {}
-    if any(recorded.get(c) != fp for c, fp in expected.items()):
+    if not isinstance(recorded, dict) or not recorded or any(expected.get(c) != fp for c, fp in recorded.items()):
         raise another
     key = read_key(path, passphrase)
     actual = key.fingerprints()
-    if any(actual.get(c) != fp for c, fp in expected.items()):
+    if any(expected.get(c) != fp for c, fp in actual.items()):
         raise another
-    return key.subset(list(expected))
+    return key.subset([c for c in expected if c in actual])

@@ -62,6 +62,10 @@ class KPOP(WeightEditMethod):
     """
 
     config_class = KPOPConfig
+    multi_concept = (
+        "One key per concept, which the UNet learns to answer on the steps that draw its concept, written "
+        "together to one key file that can be split per concept (Key.subset)."
+    )
     model_presets = MODEL_PRESETS
 
     def __init__(self, config=None, **kwargs):
@@ -115,7 +119,8 @@ class KPOP(WeightEditMethod):
                 prompt's text states as DuMo's gate tells them (:class:`veil.methods.gate.PromptGate`); every
                 other prompt is drawn by the public model bit for bit. A key attached to every prompt turns
                 other prompts into its concept, so with ``routed`` the key holder's pipeline draws as the
-                original model did. A prompt about any of a key's concepts gets all of them.
+                original model did. Each prompt gets the keys of the concepts it is about (each key was trained
+                alone, on its own concept); without ``routed`` every prompt gets every key.
             gate: the gate's numbers for ``routed`` (:class:`veil.methods.gate.GateSettings`; default: its defaults).
         """
         from .keys import Key
@@ -143,15 +148,17 @@ class KPOP(WeightEditMethod):
             with keyed_attention(pipe.unet, sites, key_tokens, value_tokens):
                 yield
             return
-        with self._routed(pipe, [c for c in self.config.concepts if c in key], gate or GateSettings()) as route:
+        with self._routed(pipe, [c for c in self.config.concepts if c in key], [k.shape[0] for k, _ in pairs],
+                          gate or GateSettings()) as route:
             with keyed_attention(pipe.unet, sites, key_tokens, value_tokens):
                 route([pipe.unet.attn_processors[name] for name in sites])
                 yield
 
     @contextlib.contextmanager
-    def _routed(self, pipe, concepts, settings):
-        """Yields ``route(processors)``: from then on each UNet call sets the processors' ``key_rows`` to the
-        samples whose prompt is about one of ``concepts`` (``None``: all of them)."""
+    def _routed(self, pipe, concepts, sizes, settings):
+        """Yields ``route(processors)``: from then on each UNet call sets the processors' ``key_rows`` to the key
+        tokens each sample sees: those of the ``concepts`` its prompt is about (``sizes``: each concept's number of
+        key tokens, in the key's order; ``None``: every sample sees every key)."""
         prompt_gate = PromptGate(lambda: settings)
         with torch.no_grad():
             prompt_gate.attach(pipe, {c: phrasings(self.config, c) for c in concepts},
@@ -163,8 +170,9 @@ class KPOP(WeightEditMethod):
             context = args[2] if len(args) > 2 else kwargs.get("encoder_hidden_states")
             rows = None
             if context is not None:
-                about = torch.stack([g > 0 for g in prompt_gate.gates(sample, context).values()]).any(0)
-                rows = None if bool(about.all()) else about
+                about = torch.stack([g > 0 for g in prompt_gate.gates(sample, context).values()], dim=1)  # (batch, concepts)
+                if not bool(about.all()):
+                    rows = about.repeat_interleave(torch.tensor(sizes, device=about.device), dim=1)  # (batch, key tokens)
             for processor in processors:
                 processor.key_rows = rows
 
@@ -204,18 +212,28 @@ class KPOP(WeightEditMethod):
                 "the same key again from the public artifact's settings; set key_init_noise above 0 (default 1)."
             )
         # A secret starting point: the OS's randomness, since the artifact's config (public) holds the seed.
-        start = start + token_noise(start, config.key_init_noise, secret_generator())
+        generator = secret_generator()
+        if config.key_start == "random":
+            # Nothing public in it: P_k and P_v each a random direction of E(c)[:m]'s norm, drawn as decoys are.
+            pair = torch.randn((2, *start.shape), generator=generator)
+            pair = pair * (start.norm(dim=(-2, -1), keepdim=True) / pair.norm(dim=(-2, -1), keepdim=True))
+            self.key_prompts = KeyPrompts(config.concepts, pair[0], pair[1]).to(pipe.device)
+            return
+        start = start + token_noise(start, config.key_init_noise, generator)
         self.key_prompts = KeyPrompts(config.concepts, start).to(pipe.device)
 
-    def bench_keys(self, concept):
-        """Keys for the bench's rows: the right one, another concept's, and a random one of matched norm."""
+    def bench_keys(self, concepts):
+        """Keys for the bench's rows about ``concepts`` (one concept, or several hidden together): the right one,
+        other concepts' keys relabelled as theirs (when this artifact hides enough others), and a random one of
+        matched norm."""
         from .keys import Key, random_key_like
 
-        key = self.key.subset([concept])
+        concepts = [concepts] if isinstance(concepts, str) else list(concepts)
+        key = self.key.subset(concepts)
         keys = {"with_key": key}
-        others = [c for c in self.config.concepts if c != concept]
-        if others:
-            keys["wrong_key"] = Key({concept: self.key[others[0]]})
+        others = [c for c in self.config.concepts if c not in concepts]
+        if len(others) >= len(concepts):
+            keys["wrong_key"] = Key({c: self.key[other] for c, other in zip(concepts, others)})
         keys["random_key"] = random_key_like(key, torch.Generator().manual_seed(int(self.config.seed) + 1))
         return keys
 
@@ -237,6 +255,8 @@ class KPOP(WeightEditMethod):
         key = [{"params": list(self.key_prompts.parameters()), "lr": self.config.key_learning_rate}]
         if self._stage == "key_finish":
             return {"key": key}
+        if not self.config.key_learning_rate:
+            return {"unet": unet}  # the key keeps its secret start; only the UNet learns to answer it
         if self.config.key_update == "joint":
             return {"unet": unet + key}  # one optimizer, two learning rates; loss() lets the key's gradient through
         return {"unet": unet, "key": key}
@@ -374,7 +394,7 @@ class KPOP(WeightEditMethod):
         rows += [("retain_cond", True)] if config.key_retain_weight > 0 else []
         rows += [("cond", "decoy")] if config.decoy_weight > 0 else []
         key_rows = torch.tensor([keyed is not False for _, keyed in rows], device=pipe.device).repeat_interleave(size)
-        if config.key_update != "joint":
+        if config.key_update != "joint" or not config.key_learning_rate:
             key_tokens, value_tokens = key_tokens.detach(), value_tokens.detach()
         if config.decoy_weight > 0:
             # A key per sample: the real one, or for the decoy rows a random key of the same norms.
@@ -426,29 +446,41 @@ class KPOP(WeightEditMethod):
 
     # persistence: state_dict() is the public part only, the ``unet.`` tensors; the key goes to its own file
     # (:func:`veil.methods.kpop.keys.save_key`) --------------------------------------------------------------------
-    def checkpoint_state_dict(self):
-        """What a training checkpoint must hold to resume exactly: the public part and the key (``key.``). With
-        :attr:`checkpoint_passphrase` set, the key's part is sealed under it as a key file is (one ``uint8`` tensor,
-        ``key_sealed``), so that a checkpoint left on disk does not give the key away."""
-        state = self.state_dict()
-        if self.key_prompts is not None:
-            secret = {f"key.{name}": tensor for name, tensor in self.key_prompts.to_key().tensors().items()}
-            if self.checkpoint_passphrase is None:
-                state.update(secret)
-            else:
-                from .keys import sealed_tensors_bytes
+    def secret_parameters(self):
+        return [] if self.key_prompts is None else list(self.key_prompts.parameters())
 
-                sealed = sealed_tensors_bytes(secret, self.checkpoint_passphrase)
-                state[SEALED] = torch.frombuffer(bytearray(sealed), dtype=torch.uint8)
+    def checkpoint_state_dict(self, private=None):
+        """What a training checkpoint must hold to resume exactly: the public part, the key (``key.``) and
+        ``private`` (the key's optimizer state, ``private.``). With :attr:`checkpoint_passphrase` set, the key's part
+        and ``private`` are sealed under it as a key file is (one ``uint8`` tensor, ``key_sealed``), so that a
+        checkpoint left on disk does not give the key away."""
+        state = self.state_dict()
+        secret = {f"private.{name}": tensor for name, tensor in (private or {}).items()}
+        if self.key_prompts is not None:
+            secret.update({f"key.{name}": tensor for name, tensor in self.key_prompts.to_key().tensors().items()})
+        if self.checkpoint_passphrase is None:
+            state.update(secret)
+        elif secret:
+            from .keys import sealed_tensors_bytes
+
+            sealed = sealed_tensors_bytes(secret, self.checkpoint_passphrase)
+            state[SEALED] = torch.frombuffer(bytearray(sealed), dtype=torch.uint8)
         return state
 
-    def load_state_dict(self, state_dict, where="this checkpoint"):
-        state_dict = dict(state_dict)
-        if SEALED in state_dict:
+    def _unsealed(self, tensors, where):
+        tensors = dict(tensors)
+        if SEALED in tensors:
             from .keys import open_sealed_tensors
 
-            sealed = state_dict.pop(SEALED).numpy().tobytes()
-            state_dict.update(open_sealed_tensors(sealed, f"The key in {where}", self.checkpoint_passphrase))
+            sealed = tensors.pop(SEALED).numpy().tobytes()
+            tensors.update(open_sealed_tensors(sealed, f"The key in {where}", self.checkpoint_passphrase))
+        return tensors
+
+    def load_checkpoint(self, tensors, where="this checkpoint"):
+        return super().load_checkpoint(self._unsealed(tensors, where), where)
+
+    def load_state_dict(self, state_dict, where="this checkpoint"):
+        state_dict = {k: v for k, v in self._unsealed(state_dict, where).items() if not k.startswith("private.")}
         key_part = {k[len("key."):]: v for k, v in state_dict.items() if k.startswith("key.")}
         # Artifacts hold no key; only a training loop resuming calls optimizer_groups() after this.
         self._resumed_without_key = not key_part and self.key_prompts is None

@@ -37,13 +37,14 @@ class KeyPrompts(nn.Module):
         init: ``(len(concepts), m, width)`` text-encoder states to start from (``E(c)[:m]``, docs/methods/kpop.md).
     """
 
-    def __init__(self, concepts, init):
+    def __init__(self, concepts, init, value_init=None):
         super().__init__()
         self.concepts = list(concepts)
         init = init.detach().to(torch.float32)
-        # P_k = P_v = E(c)[:m] at the start, as two independent parameters.
+        value_init = init if value_init is None else value_init.detach().to(torch.float32)
+        # P_k = P_v = init at the start unless value_init is given, as two independent parameters.
         self.key_tokens = nn.ParameterList([nn.Parameter(init[i].clone()) for i in range(len(self.concepts))])
-        self.value_tokens = nn.ParameterList([nn.Parameter(init[i].clone()) for i in range(len(self.concepts))])
+        self.value_tokens = nn.ParameterList([nn.Parameter(value_init[i].clone()) for i in range(len(self.concepts))])
 
     def __repr__(self):
         return f"KeyPrompts(concepts={self.concepts!r})"  # never the values
@@ -85,6 +86,8 @@ class KeyedCrossAttnProcessor(nn.Module):
         key_rows: optional ``(batch,)`` booleans: the samples that see the key (training runs the
             hiding and recovery predictions as one batch; a routed key, the prompts about its concept); the
             others attend to the text alone. With no sample chosen the call is the replaced processor's, bit for bit.
+            ``(batch, m)`` booleans choose key tokens per sample (a routed key of several concepts: each prompt
+            sees only the keys of the concepts it is about).
     """
 
     def __init__(self, original, key_tokens=None, value_tokens=None, key_rows=None):
@@ -167,11 +170,12 @@ class KeyedCrossAttnProcessor(nn.Module):
 
     def _hide_key_from_rows(self, attention_mask, batch_size, text_length, num_key_tokens, dtype, device):
         """An additive mask ``(batch, heads or 1, 1 or queries, text + m)`` with the key columns at -inf
-        for the samples outside ``key_rows`` (softmax then gives them exactly zero weight)."""
-        rows = self.key_rows.to(device).view(batch_size, 1, 1, 1)
+        where ``key_rows`` hides them (softmax then gives them exactly zero weight)."""
+        rows = self.key_rows.to(device)
+        rows = rows.view(batch_size, 1).expand(batch_size, num_key_tokens) if rows.ndim == 1 else rows  # (batch, m)
         columns = torch.zeros(batch_size, 1, 1, text_length + num_key_tokens, dtype=dtype, device=device)
-        columns[..., text_length:] = float("-inf")
-        columns = torch.where(rows, torch.zeros_like(columns), columns)
+        hidden = torch.full((batch_size, 1, 1, num_key_tokens), float("-inf"), dtype=dtype, device=device)
+        columns[..., text_length:] = torch.where(rows.view(batch_size, 1, 1, num_key_tokens), torch.zeros_like(hidden), hidden)
         if attention_mask is None:
             return columns
         if attention_mask.dtype == torch.bool:

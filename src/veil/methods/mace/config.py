@@ -32,10 +32,15 @@ class MACEConfig(MethodConfig):
     )
     region_threshold: float = field(default=0.5, metadata={"help": "Share of its peak above which a pixel of the attention map is in the region."})
     generation_steps: int = field(default=30, metadata={"help": "Sampling steps of each generated training image (region: attention)."})
+    resolution: int = field(
+        default=None, metadata={"help": "Side in pixels of the generated training images (SD: a multiple of 64); none: the model's own."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
         check_positive(self, "regularization", "rank", "learning_rate", "max_train_steps", "images_per_concept", "generation_steps")
+        if self.resolution is not None:
+            check_positive(self, "resolution")
         check_choice(self, "region", ("attention", "renderer"))
         check_templates(self, "MACE")
         check_synonyms(self)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ...errors import VeilError
 from ...registry import register_method
+from ...training.hardware import latent_size
 from ...training.sampling import PromptCache, encode_prompts
 from ..base import phrasings
 from ..uce import uce_closed_form
@@ -102,6 +103,10 @@ class MACE(WeightEditMethod):
 
     kind = "closed_form"
     config_class = MACEConfig
+    multi_concept = (
+        "One closed-form refinement over every concept, one LoRA per concept, and one closed-form fusion of "
+        "all the LoRAs (the paper's form, made for up to 100 concepts)."
+    )
     model_presets = MODEL_PRESETS
 
     def edited_parameter_names(self, unet):
@@ -149,7 +154,8 @@ class MACE(WeightEditMethod):
         options = phrasings(config, config.concepts[index])
         latents, prompts, phrases, masks = [], [], [], []
         generator = torch.Generator("cpu").manual_seed(config.seed + 7919 * index)
-        side = pipe.unet.config.sample_size
+        side = latent_size(pipe, config.resolution)
+        pixels = side * pipe.vae_scale_factor
         for n in range(config.images_per_concept):
             phrase = options[n % len(options)]
             prompt = config.templates[(n // len(options)) % len(config.templates)].format(phrase)
@@ -164,7 +170,8 @@ class MACE(WeightEditMethod):
             shared = _Shared()
             shared.record = record
             with _mace_processors(pipe.unet, shared):
-                out = pipe(prompt, num_inference_steps=config.generation_steps, generator=generator, output_type="latent")
+                out = pipe(prompt, num_inference_steps=config.generation_steps, generator=generator, output_type="latent",
+                           height=pixels, width=pixels)
             latent = out.images if torch.is_tensor(out.images) else torch.as_tensor(np.asarray(out.images))
             heat = heat[0, 0]
             latents.append(latent.float())

@@ -51,6 +51,9 @@ class RECE(UCE):
     """
 
     config_class = RECEConfig
+    multi_concept = (
+        "UCE's single edit over every concept, then each round erases the embedding that regenerates each of them."
+    )
     model_presets = MODEL_PRESETS
 
     @torch.no_grad()

@@ -83,6 +83,9 @@ class SAFREE(HookMethod):
     """
 
     config_class = SAFREEConfig
+    multi_concept = (
+        "One concept subspace spanned by every concept's phrasings: a prompt token near any of them is projected out."
+    )
     model_presets = MODEL_PRESETS
     pipeline_export_refusal = "changes the prompt's states and the UNet's features at each sampling step instead of the weights"
 

@@ -19,6 +19,9 @@ class SLD(HookMethod):
     """
 
     config_class = SLDConfig
+    multi_concept = (
+        "The concepts are joined into one safety text ('circle, square'), as the paper's safety concept lists many in one prompt."
+    )
     pipeline_export_refusal = "steers each sampling step instead of changing weights"
 
     def __init__(self, config=None, **kwargs):

@@ -40,6 +40,9 @@ class UCE(WeightEditMethod):
 
     kind = "closed_form"
     config_class = UCEConfig
+    multi_concept = (
+        "Every concept's phrasings are sent to the one guide in a single closed-form edit, the paper's form for many concepts."
+    )
     model_presets = MODEL_PRESETS
 
     def edited_parameter_names(self, unet):

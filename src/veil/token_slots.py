@@ -1,16 +1,17 @@
 """Prompts with free token slots, encoded through the pipeline's own text encoder.
 
 A :class:`PromptTemplate` is a tokenised prompt with ``num_slots`` positions whose input embeddings
-(rows of the text encoder's token-embedding table) the attack supplies: soft vectors, or vocabulary
-rows for real tokens. :class:`Vocabulary` projects soft vectors to their nearest real tokens.
+(rows of the text encoder's token-embedding table) the caller supplies: soft vectors, or vocabulary
+rows for real tokens. :class:`Vocabulary` projects soft vectors to their nearest real tokens. The attacks
+(:mod:`veil.attacks`) and AdvUnlearn's inner attack use them.
 """
 
 import contextlib
 
 import torch
 
-from ..architectures.sdxl import is_sdxl, pack
-from ..errors import VeilError
+from .architectures.sdxl import is_sdxl, pack
+from .errors import VeilError
 
 
 class PromptTemplate:
