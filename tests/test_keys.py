@@ -286,7 +286,7 @@ def test_checkpoints_seal_the_key_under_the_passphrase_and_resume_with_it(tmp_pa
     monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
     monkeypatch.setattr(kpop_method, "secret_generator", lambda: torch.Generator().manual_seed(7))
     settings = dict(concepts=["circle"], max_train_steps=4, learning_rate=1e-3, ddim_steps=4, samples_per_trajectory=2,
-                    key_finish_steps=2)
+                    key_finish_steps=2, key_start="concept", key_learning_rate=1e-3)
     whole = KPOP(**settings)
     veil.fit(whole, build_tiny_pipeline(seed=0), progress=False)
 

@@ -316,7 +316,7 @@ def test_key_starts_apart_from_the_concepts_states_by_secret_noise(tiny_pipe):
     refused when training starts, but an artifact saved with it still loads."""
     start = encode_prompts(tiny_pipe, ["circle"])[0, :3].float()
     settings = dict(retain_concepts=["square"], retain_weight=1.0, key_retain_weight=0.0, decoy_weight=1.0, num_key_tokens=3,
-                    ddim_steps=4, samples_per_trajectory=2, max_train_steps=1)
+                    ddim_steps=4, samples_per_trajectory=2, max_train_steps=1, key_start="concept")
     keys = []
     for noise in (0.5, 0.5, 1.0):
         method = KPOP(concepts=["circle"], key_init_noise=noise, word_decoy_probability=1.0, **settings)

@@ -55,11 +55,11 @@ class AdvUnlearnConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
     attack_every: int = field(default=1, metadata={"help": "Unlearning steps between two attacks (1: before every step)."})
     warmup_steps: int = field(default=200, metadata={"help": "First steps unlearn the plain prompt, without an attack."})
     plain_weight: float = field(
-        default=0.0, metadata={"help": "After the warm-up, weight of unlearning the prompt without its adversarial tokens too (0: the paper)."}
+        default=0.0, metadata={"help": "After the warm-up, weight of also unlearning the prompt without adversarial tokens (0: the paper)."}
     )
     unconditional_weight: float = field(
         default=0.0,
-        metadata={"help": "Weight of keeping the empty prompt's prediction (guidance's unconditional half) the original's (0: the paper)."},
+        metadata={"help": "Weight of keeping the empty prompt's prediction (the unconditional half) unchanged (0: the paper)."},
     )
     retain_prompts: typing.List[str] = field(
         default_factory=coco_object_prompts,

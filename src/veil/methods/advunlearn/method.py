@@ -56,6 +56,8 @@ class AdvUnlearn(WeightEditMethod):
     embeddings stay frozen; the artifact is a text-encoder edit, and the original text encoder is the frozen teacher.
     """
 
+    single_concept_refusal = "AdvUnlearn takes one concept per artifact; run it once for each concept."
+
     component = "text_encoder"
     config_class = AdvUnlearnConfig
     model_presets = MODEL_PRESETS
