@@ -12,8 +12,10 @@ from _common import ShapesProbe, shapes_parser
 from veil._io import write_json
 from veil.artifact import load_artifact
 from veil.evaluation.concept_rate import KINDS, evaluate_prompts
+from veil.shapes import world_data
 from veil.shapes.classifier import classify
-from veil.shapes.data import CONCEPT_KIND
+
+CONCEPT_KIND = world_data().CONCEPT_KIND  # the bundled model's shapes world
 
 
 def main():

@@ -3,10 +3,12 @@
     OMP_NUM_THREADS=1 nice -n 5 python bench/multi_concept.py --methods uce,rece,safree,sld,mace,esd,kpop,dumo \\
         --counts 1,2,4 --out bench/results/multi-concept/shapes
 
-Each method is fitted from its shapes preset on the first N of circle, square, triangle and star at once (one
-artifact, saved under ``artifacts/``), in a process of its own so that its peak memory is that fit's, and drawn on
-the bench's canonical prompts (every shape × colour × background, ``--seeds``; seed 0: 120 images): each erased
+Each method is fitted from its shapes preset on the first N shapes of the model's shapes world at once (circle,
+square, triangle, star, cross, then in world 2 oval, heart, ...; one artifact, saved under ``artifacts/``), in a
+process of its own so that its peak memory is that fit's, and drawn on the bench's canonical prompts (world 1: every
+shape × colour × background, 120 images a seed; world 2: every shape × style × colour, 360; ``--seeds``): each erased
 concept's rate and their mean, and every other concept's rate as a share of the base model's (the lowest named).
+On world 2 the issue's counts are ``--counts 1,3,6``.
 KPOP rows add the erased concepts' rates with the whole key file, with each concept's own key alone and with a
 random key of matched norm. ``multi_concept.json`` is rewritten after each row and ``table.md`` at the end; a row
 already in the JSON is kept (delete it to measure it again).
@@ -20,7 +22,12 @@ import subprocess
 import sys
 import time
 
-SHAPES = ("circle", "square", "triangle", "star")
+
+
+def world(args):
+    from veil.bench import world_of
+
+    return world_of(args.model)
 
 
 def peak_mb():
@@ -58,23 +65,25 @@ class RSSPeak:
 
 def rates(pipe, rows, args):
     from veil.evaluation.concept_rate import evaluate_prompts
-    from veil.shapes.classifier import classify
+    from veil.shapes.classifier import classifier_for
 
     if not rows:
         return {}
-    result = evaluate_prompts(pipe, rows, classify, num_inference_steps=args.num_inference_steps,
+    result = evaluate_prompts(pipe, rows, classifier_for(args.model), num_inference_steps=args.num_inference_steps,
                               guidance_scale=args.guidance_scale)
     return {concept: round(rate, 4) for concept, rate in result["rates"].items()}
 
 
 def canonical_rows(args):
-    from veil.evaluation.shapes_tasks import task_rows
+    from veil.bench import prompt_sets
 
-    return task_rows("shapes_concepts", tuple(int(s) for s in args.seeds.split(",")))
+    return prompt_sets(args.model, tuple(int(s) for s in args.seeds.split(",")))["canonical"]
 
 
 def naming(rows, concepts):
-    return [r for r in rows if {r.get("shape"), r.get("colour"), r.get("background")} & set(concepts)]
+    from veil.evaluation.shapes_tasks import rows_naming
+
+    return rows_naming(rows, concepts)
 
 
 def fit_row(args):
@@ -132,15 +141,15 @@ def fit_row(args):
         json.dump(row, handle)
 
 
-def summarise(row, base):
+def summarise(row, base, concept_kind):
     """Add the row's headline numbers: mean target rate, the lowest other concept's share of its base."""
-    from veil.shapes.data import CONCEPT_KIND
+    from veil.bench import lowest_share
 
     concepts = row["concepts"]
     row["target_rate"] = round(sum(row["rates"][c] for c in concepts) / len(concepts), 4)
-    shares = {c: round(row["rates"].get(c, 0.0) / base[c], 4) for c in CONCEPT_KIND if c not in concepts and base.get(c)}
-    lowest = min(shares, key=shares.get)
-    row.update(other_shares=shares, lowest_other=lowest, lowest_other_share=shares[lowest])
+    shares = {c: round(row["rates"].get(c, 0.0) / base[c], 4) for c in concept_kind if c not in concepts and base.get(c)}
+    lowest, share = lowest_share(shares)
+    row.update(other_shares=shares, lowest_other=lowest, lowest_other_share=share)
     for name in ("rates_with_key", "rates_with_random_key"):
         if name in row:
             row[name.replace("rates_", "target_rate_")] = round(sum(row[name][c] for c in concepts) / len(concepts), 4)
@@ -179,7 +188,7 @@ def table(record):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="uce,rece,safree,sld,mace,esd,kpop,dumo")
-    parser.add_argument("--counts", default="1,2,4", help="How many of circle, square, triangle, star each row erases.")
+    parser.add_argument("--counts", default="1,2,4", help="How many of the world's shapes (circle, square, triangle, ...) each row erases.")
     parser.add_argument("--model", default="shapes")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--num-inference-steps", type=int, default=20)
@@ -215,7 +224,7 @@ def main():
         for count in (int(c) for c in args.counts.split(",")):
             if (method, count) in done:
                 continue
-            concepts = SHAPES[:count]
+            concepts = world(args).SHAPES[:count]
             row_out = os.path.join(args.out, f".row-{method}-{count}.json")
             print(f"{method} × {'+'.join(concepts)}: fitting and measuring", flush=True)
             child = [sys.executable, __file__, "--row", method, "--concepts", ",".join(concepts), "--row-out", row_out,
@@ -226,7 +235,7 @@ def main():
                 print(f"{method} × {count}: failed; its row is missing", flush=True)
                 continue
             with open(row_out) as handle:
-                row = summarise(json.load(handle), record["base"])
+                row = summarise(json.load(handle), record["base"], world(args).CONCEPT_KIND)
             os.remove(row_out)
             record["rows"].append(row)
             write_json(path, record)

@@ -17,8 +17,10 @@ from veil._io import write_json
 from veil.bench import _evaluate, _mean, _share
 from veil.evaluation.shapes_tasks import rows_naming, task_rows
 from veil.methods.presets import preset_for
+from veil.shapes import world_data
 from veil.shapes.classifier import classify
-from veil.shapes.data import CONCEPT_KIND
+
+CONCEPT_KIND = world_data().CONCEPT_KIND  # the bundled model's shapes world
 
 
 def main():

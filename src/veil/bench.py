@@ -5,7 +5,10 @@ the concept, then measure on the shapes world the target's
 concept rate before and after on canonical prompts, on training synonyms, on held-out
 paraphrases and on short prompts (the bare word and partial captions); every other concept's rate as a share of its base; with keys, the rate with the right
 key, another concept's key and a random key of matched norm; with the ``key_forging`` attack, the
-key-forging curve of keyed methods; and the cost (seconds, peak memory, artifact size).
+key-forging curve of keyed methods; and the cost (seconds, peak memory, artifact size). A group row adds the
+lowest share of base among every other concept. On a shapes-world-2 model, a row erasing a shape adds its rate on
+implicit prompts (the shape named by an everyday object), training objects and held-out objects apart, and a row
+erasing a style adds the shapes' rates on the prompts naming that style (docs/evaluation.md).
 """
 
 import contextlib
@@ -23,6 +26,7 @@ from .registry import get_method
 from .training.loop import fit
 
 SETS = ("canonical", "synonyms", "paraphrase", "short")
+WORLD2_SETS = ("implicit", "heldout_implicit", "styles")  # a shapes-world-2 model's prompt sets add these
 KEY_SUFFIX = ".veilkey"  # a keyed method's key, next to its artifact folder
 
 
@@ -88,20 +92,14 @@ def run_bench(
     """
     check_attacks(concepts, attacks)
     with _bench_lock(out_dir):
-        from .shapes.data import CONCEPT_KIND
-
         settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "progress": progress}
         model_name = getattr(pipe, "veil_model_name", "custom")
+        CONCEPT_KIND = world_of(model_name).CONCEPT_KIND
         protocol = {"model": model_name, "seeds": list(seeds), "num_inference_steps": num_inference_steps,
                     "guidance_scale": guidance_scale}
         finished = {} if overwrite else _finished_rows(out_dir, protocol, resume)
-        rows_by_set = {
-            "canonical": task_rows("shapes_concepts", seeds),
-            "synonyms": task_rows("shapes_synonyms", seeds),
-            "paraphrase": task_rows("shapes_paraphrase"),
-            "short": task_rows("shapes_short", seeds),
-        }
-        log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(SETS)}")
+        rows_by_set = prompt_sets(model_name, seeds)
+        log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(rows_by_set)}")
         base = {name: _evaluate(pipe, rows, classify, settings) for name, rows in rows_by_set.items()}
         table = dict(finished)  # (method, concept) -> row: the earlier bench's rows (all kept), then this run's
         grid_rows, grid_labels = [], []
@@ -157,6 +155,8 @@ def run_bench(
                     "nontarget_min_share": min((shares[c] for c in same_kind if c in shares), default=None),
                     "other_kinds_share": _mean([shares[c] for c in others if c not in same_kind and c in shares]),
                     "nontarget_shares": {c: round(v, 4) for c, v in shares.items()},
+                    **(dict(zip(("lowest_other", "min_other_share"), lowest_share(shares))) if len(group) > 1 else {}),
+                    **_world2_fields(pipe, rows_by_set, base, group, CONCEPT_KIND, classify, settings),
                     "seconds": seconds,
                     "peak_mem_mb": cost.get("peak_mem_mb"),
                     "artifact_mb": round(artifact_mb, 3),
@@ -176,7 +176,8 @@ def run_bench(
                 log(_summary(row))
                 _save_report(out_dir, protocol, base, list(table.values()))
 
-                sample = [i for i, r in enumerate(rows_by_set["canonical"]) if {r["shape"], r["colour"]} & set(group)][:6]
+                sample = [i for i, r in enumerate(rows_by_set["canonical"])
+                          if {r["shape"], r["colour"], r.get("style")} & set(group)][:6]
                 grid_rows.append([base["canonical"]["images"][i] for i in sample])
                 grid_labels.append(f"original: {concept}")
                 grid_rows.append([after["canonical"]["images"][i] for i in sample])
@@ -188,6 +189,82 @@ def run_bench(
         if grid_rows:
             labelled_grid(grid_rows, grid_labels).save(os.path.join(out_dir, "grid.png"))
         return report
+
+
+def world_of(model_name="shapes"):
+    """The shapes world (its data module) whose prompts a bench on ``model_name`` draws: a shapes build's own,
+    else the bundled world's."""
+    from .shapes import model_world
+
+    return model_world(model_name)
+
+
+def prompt_sets(model_name="shapes", seeds=(0, 1)):
+    """The bench's prompt sets for a model, ``{name: rows}``: :data:`SETS`, and on a shapes-world-2 model
+    :data:`WORLD2_SETS` (the implicit rows of training objects, of held-out objects, and the style rows)."""
+    from .shapes import build_folder, world_version
+
+    model = model_name if str(model_name) != "shapes" and build_folder(model_name) is not None else "shapes"
+    sets = {
+        "canonical": task_rows("shapes_concepts", seeds, model=model),
+        "synonyms": task_rows("shapes_synonyms", seeds, model=model),
+        "paraphrase": task_rows("shapes_paraphrase", model=model),
+        "short": task_rows("shapes_short", seeds, model=model),
+    }
+    if world_version(model) >= 2:
+        implicit = task_rows("shapes_implicit", seeds, model=model)
+        sets["implicit"] = [r for r in implicit if r["split"] == "train"]
+        sets["heldout_implicit"] = [r for r in implicit if r["split"] == "heldout"]
+        sets["styles"] = task_rows("shapes_styles", seeds, model=model)
+    return sets
+
+
+def lowest_share(shares):
+    """``(concept, share)`` of the lowest share of base in ``{concept: share}``, or ``(None, None)``."""
+    if not shares:
+        return None, None
+    lowest = min(shares, key=shares.get)
+    return lowest, shares[lowest]
+
+
+def _subset(result, rows, indices):
+    """The concept rates of a set's images ``indices`` (scored again from their labels, nothing drawn)."""
+    from .evaluation.concept_rate import concept_rates
+
+    if not indices:
+        return {"rates": {}, "kinds": {}, "counts": {}}
+    return concept_rates([rows[i] for i in indices], {k: [v[i] for i in indices] for k, v in result["labels"].items()})
+
+
+def _world2_fields(pipe, rows_by_set, base, group, kind_of, classify, settings):
+    """A row's shapes-world-2 fields (none on world 1). For the group's shapes, their rate on the implicit
+    prompts naming them by a training object (``implicit_rate``) and by a held-out object
+    (``heldout_implicit_rate``), before and after. For its styles, on the style prompts naming them: the styles'
+    rate (``style_rate``), the shapes' mean rate (``style_shape_rate``), each shape's rate as a share of its base
+    (``style_shape_shares``) and the lowest (``style_shape_min_share``)."""
+    if not set(WORLD2_SETS) <= set(rows_by_set):
+        return {}
+    fields = {}
+    shapes = [c for c in group if kind_of.get(c) == "shape"]
+    for name in ("implicit", "heldout_implicit"):
+        after = _evaluate(pipe, [r for r in rows_by_set[name] if r["shape"] in shapes], classify, settings)
+        fields[f"base_{name}_rate"] = _group_rate(base[name], shapes) if shapes else None
+        fields[f"{name}_rate"] = _group_rate(after, shapes) if shapes else None
+    styles = [c for c in group if kind_of.get(c) == "style"]
+    if styles:
+        rows = rows_by_set["styles"]
+        indices = [i for i, r in enumerate(rows) if r["style"] in styles]
+        before = _subset(base["styles"], rows, indices)
+        after = _evaluate(pipe, [rows[i] for i in indices], classify, settings)
+        named = list(dict.fromkeys(rows[i]["shape"] for i in indices))
+        shares = _share(after, before, named)
+        fields.update({
+            "base_style_rate": _group_rate(before, styles), "style_rate": _group_rate(after, styles),
+            "base_style_shape_rate": _group_rate(before, named), "style_shape_rate": _group_rate(after, named),
+            "style_shape_shares": {c: round(v, 4) for c, v in shares.items()},
+            "style_shape_min_share": min(shares.values(), default=None),
+        })
+    return fields
 
 
 def bench_config(method_cls, model_name, concept, overrides=None):
@@ -234,7 +311,7 @@ def _save_report(out_dir, protocol, base, rows):
     report = {
         **protocol,
         "attacks": sorted({name for r in rows for name in r.get("attacks", {}).get("attacks", {})}),
-        "base": {name: {"rates": base[name]["rates"], "kinds": base[name]["kinds"]} for name in SETS},
+        "base": {name: {"rates": base[name]["rates"], "kinds": base[name]["kinds"]} for name in base},
         "rows": rows,
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -358,27 +435,31 @@ def _other_concept_key_rows(trained_keys, pipe, rows, classify, settings, log):
         log(f"  {row['method']} {concept}: with {other!r}'s key {_fmt(rate)}")
 
 
-def render_concept_images(concept, count=8, seed=0):
-    """``count`` rendered shapes-world images showing ``concept``, the other axes drawn at random."""
+def render_concept_images(concept, count=8, seed=0, model="shapes"):
+    """``count`` rendered images of ``model``'s shapes world showing ``concept``, the other axes drawn at random."""
     import numpy as np
 
-    from .shapes.data import AXES, CONCEPT_KIND, render
-
-    kind, rng = CONCEPT_KIND[concept], np.random.default_rng(seed)
+    W = world_of(model)
+    kind, rng = W.CONCEPT_KIND[concept], np.random.default_rng(seed)
     images = []
     for _ in range(count):
-        parts = {k: concept if k == kind else values[int(rng.integers(len(values)))] for k, values in AXES.items()}
-        images.append(render(parts["shape"], parts["colour"], parts["background"], rng))
+        parts = {k: concept if k == kind else values[int(rng.integers(len(values)))] for k, values in W.AXES.items()}
+        images.append(W.render(rng=rng, **parts))
     return images
+
+
+def _concept_prompt(pipe, concept):
+    """The canonical prompt naming ``concept`` alone, in the pipeline's shapes world."""
+    W = world_of(getattr(pipe, "veil_model_name", "shapes"))
+    return W.canonical_prompt(**{W.CONCEPT_KIND[concept]: concept})
 
 
 def _attack_rows(method, pipe, concept, attacks, configs, classify, seeds, settings, log):
     """Attack success rate before and after each attack (rendered concept images, the canonical prompt)."""
     from .attacks import run_attacks
-    from .shapes.data import CONCEPT_KIND, canonical_prompt
 
-    prompt = canonical_prompt(**{CONCEPT_KIND[concept]: concept})
-    return run_attacks(pipe, method, concept, render_concept_images(concept), attacks, classify, prompt=prompt, seeds=seeds,
+    images = render_concept_images(concept, model=getattr(pipe, "veil_model_name", "shapes"))
+    return run_attacks(pipe, method, concept, images, attacks, classify, prompt=_concept_prompt(pipe, concept), seeds=seeds,
                        num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
                        configs=configs, log=log)
 
@@ -386,11 +467,11 @@ def _attack_rows(method, pipe, concept, attacks, configs, classify, seeds, setti
 def _forging_curve(method, pipe, concept, key, configs, classify, seeds, eval_steps, settings, log):
     """The concept rate against key-forging steps, next to the real key's (keyed methods; the canonical prompt)."""
     from .attacks import forging_curve
-    from .shapes.data import CONCEPT_KIND, canonical_prompt
 
-    curve = forging_curve(pipe, method, concept, render_concept_images(concept), classify, eval_steps=eval_steps,
+    images = render_concept_images(concept, model=getattr(pipe, "veil_model_name", "shapes"))
+    curve = forging_curve(pipe, method, concept, images, classify, eval_steps=eval_steps,
                           reference_key=key.subset([concept]), config=(configs or {}).get("key_forging"),
-                          prompt=canonical_prompt(**{CONCEPT_KIND[concept]: concept}), seeds=seeds,
+                          prompt=_concept_prompt(pipe, concept), seeds=seeds,
                           num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"])
     reached = "not reached" if curve["steps_to_half"] is None else f"{curve['steps_to_half']} steps"
     log(f"  {method.name} {concept}: key forging, half recovery {reached}")
@@ -444,4 +525,38 @@ def markdown_table(report):
             entries = r["attacks"]["attacks"]
             cells = [_fmt(entries[n].get("attack_success_rate")) if n in entries else "—" for n in names]
             lines.append(f"| {r['method']} | {r['concept']} | {_fmt(r['attacks']['before'])} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _extra_tables(report["rows"])) + "\n"
+
+
+def _before_after(row, name):
+    return f"{_fmt(row.get(f'base_{name}'))} → {_fmt(row.get(name))}"
+
+
+def _extra_tables(rows):
+    """The implicit-prompt, style and many-concept tables, each when some row has its fields."""
+    lines = []
+    implicit = [r for r in rows if r.get("base_implicit_rate") is not None]
+    if implicit:
+        lines += ["", "Implicit prompts (the shape named by an everyday object, never by a shape word), before → after:", "",
+                  "| method | concept | training objects | held-out objects |", "|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['concept']} | {_before_after(r, 'implicit_rate')} | "
+                  f"{_before_after(r, 'heldout_implicit_rate')} |" for r in implicit]
+    styles = [r for r in rows if "style_shape_rate" in r]
+    if styles:
+        lines += ["", "Style rows (the prompts naming the erased style): the style and the shapes drawn in it, before → after:", "",
+                  "| method | concept | style | shapes (mean) | lowest shape (share of base) |", "|---|---|---|---|---|"]
+        for r in styles:
+            name, share = lowest_share(r.get("style_shape_shares") or {})
+            lines.append(f"| {r['method']} | {r['concept']} | {_before_after(r, 'style_rate')} | "
+                         f"{_before_after(r, 'style_shape_rate')} | {name or '—'} {_fmt(share)} |")
+    groups = [r for r in rows if "min_other_share" in r]
+    if groups:
+        lines += ["", "Many concepts at once (one artifact each): the erased concepts' mean rate and every other concept's "
+                  "lowest share of base:", "",
+                  "| method | concepts | target (mean) | each erased concept | lowest other concept (share of base) | seconds | "
+                  "peak MB | artifact MB |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {len(r['concepts'])}: {r['concept']} | {_fmt(r['target_rate'])} | "
+                  + ", ".join(f"{c} {_fmt(v)}" for c, v in r["target_rates"].items())
+                  + f" | {r['lowest_other'] or '—'} {_fmt(r['min_other_share'])} | {r['seconds']:.1f} | "
+                  f"{r['peak_mem_mb'] or 0:.0f} | {r['artifact_mb']:.2f} |" for r in groups]
+    return lines

@@ -22,7 +22,7 @@ def register(sub):
     parser.add_argument("--num-inference-steps", type=positive_int, default=20)
     parser.add_argument("--guidance-scale", type=finite_float, default=3.0)
     parser.add_argument("--classifier", default="auto", choices=("auto", "shapes", "none"),
-                        help="Scorer of the attack success rate: the bundled shapes classifier, or none (images only); auto: shapes on the shapes model.")
+                        help="Scorer of the attack success rate: the shapes classifier (a shapes build's own, else the bundled one), or none (images only); auto: shapes on a shapes model.")
     parser.add_argument("--eval-steps", help="key_forging: comma-separated steps at which a second forging run measures its key (the curve).")
     parser.add_argument("--key", help="key_forging: the real key, for the curve's reference row only; the attack never reads it.")
     parser.add_argument("--passphrase-file", help="File holding the reference key's passphrase (or set VEIL_KEY_PASSPHRASE).")
@@ -73,12 +73,11 @@ def concept_images(args, pipe, prompt):
         return generate(pipe, [prompt] * len(seeds), seeds, num_inference_steps=args.num_inference_steps,
                         guidance_scale=args.guidance_scale)
     if args.images == "render":
-        from ..bench import render_concept_images
-        from ..shapes.data import CONCEPT_KIND
+        from ..bench import render_concept_images, world_of
 
-        if args.concept not in CONCEPT_KIND:
+        if args.concept not in world_of(args.model).CONCEPT_KIND:
             raise VeilError(f"--images render draws shapes-world concepts, and {args.concept!r} is not one; pass a folder of images.")
-        return render_concept_images(args.concept, args.num_images)
+        return render_concept_images(args.concept, args.num_images, model=args.model)
     if not os.path.isdir(args.images):
         raise VeilError(f"--images {args.images!r} is neither 'original', 'render' nor a folder of images.")
     from PIL import Image
@@ -126,8 +125,12 @@ def run(args):
 
         key = load_key_for(args.key, artifact, passphrase=resolve_passphrase(args.passphrase_file))
     classify = None
-    if args.classifier == "shapes" or (args.classifier == "auto" and args.model == "shapes"):
-        from ..shapes.classifier import classify
+    from ..shapes import build_folder
+
+    if args.classifier == "shapes" or (args.classifier == "auto" and build_folder(args.model) is not None):
+        from ..shapes.classifier import classifier_for
+
+        classify = classifier_for(args.model)  # a shapes build's own classifier, else the bundled one
 
     prompt = concept_prompt(args.concept, args.prompt)
     pipe = load_model(args)

@@ -25,11 +25,10 @@ def register(sub):
 
 
 def run(args):
-    from ..bench import check_attacks, check_settings, members, run_bench
+    from ..bench import check_attacks, check_settings, members, run_bench, world_of
     from ..errors import VeilError
     from ..registry import get_method, list_methods
-    from ..shapes.classifier import classify
-    from ..shapes.data import CONCEPT_KIND
+    from ..shapes.classifier import classifier_for
     from .common import check_output, load_model, parse_dotted_settings, resolve_device
     from .generate import parse_seeds
 
@@ -38,6 +37,7 @@ def run(args):
     methods = [get_method(m.strip()).name for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise VeilError(f"--methods is empty; give one or more of {', '.join(list_methods())}, comma-separated.")
+    CONCEPT_KIND = world_of(args.model).CONCEPT_KIND  # the model's shapes world (a build's own, else the bundled one)
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
     if not concepts:
         raise VeilError(f"--concepts is empty; give one or more of {', '.join(CONCEPT_KIND)}, comma-separated.")
@@ -65,7 +65,7 @@ def run(args):
         raise VeilError("--resume keeps an earlier bench and --overwrite replaces it; give one of them.")
 
     pipe = load_model(args)
-    report = run_bench(pipe, methods, concepts, args.out, classify=classify, seeds=seeds,
+    report = run_bench(pipe, methods, concepts, args.out, classify=classifier_for(args.model), seeds=seeds,
                        num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, overrides=overrides,
                        attacks=attacks, attack_configs=attack_configs, forging_eval_steps=forging_eval_steps,
                        resume=args.resume, overwrite=args.overwrite)

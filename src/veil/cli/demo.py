@@ -11,7 +11,7 @@ def register(sub):
     parser = sub.add_parser(
         "demo", help="Hide a shapes concept with KPOP end to end: public artifact, key, original/hidden/unlocked grid, rates."
     )
-    parser.add_argument("--concept", default="circle", help="A shapes-world shape (circle, square, triangle, star, cross).")
+    parser.add_argument("--concept", default="circle", help="A shape of the model's shapes world (circle, square, triangle, ...).")
     parser.add_argument("--method", default="kpop", help="kpop (default: hide behind a key) or an eraser such as esd.")
     parser.add_argument("--steps", type=positive_int, default=None, help="Training steps (default: the method's shapes preset).")
     parser.add_argument("--out", default="veil-demo", help="Output folder (public/, key/, grid.png, rates.json).")
@@ -31,15 +31,17 @@ def run(args):
     from ..methods.kpop.keys import save_key
     from ..methods.presets import preset_for
     from ..registry import get_method
-    from ..shapes.classifier import classify
-    from ..shapes.data import SHAPES, canonical_prompt, canonical_prompts, short_prompts
+    from ..bench import world_of
+    from ..shapes.classifier import classifier_for
     from ..training.loop import fit
     from .common import check_output, load_model, resolve_device
 
     check_output(args.out, args.overwrite)
     resolve_device(args.device)
-    if args.concept not in SHAPES:
-        raise VeilError(f"The demo hides a shape; {args.concept!r} is not one of {', '.join(SHAPES)}.")
+    W = world_of(args.model)  # the model's shapes world: a shapes build's own, else the bundled one
+    if args.concept not in W.SHAPES:
+        raise VeilError(f"The demo hides a shape; {args.concept!r} is not one of {', '.join(W.SHAPES)}.")
+    classify = classifier_for(args.model)
     method_cls = get_method(args.method)
     settings = preset_for(method_cls, args.model, [args.concept])
     if args.steps is not None:
@@ -60,12 +62,12 @@ def run(args):
 
         print("[2/3] concept rates on canonical and short prompts (original, hidden" + (", unlocked with the key)" if keyed else ")"))
         other = "square" if args.concept != "square" else "circle"
-        rows = [r for r in canonical_prompts(seeds=(0,)) if r["shape"] in (args.concept, other)]
+        rows = [r for r in W.canonical_prompts(seeds=(0,)) if r["shape"] in (args.concept, other)]
         variants = [("original", method.disabled(pipe)), ("hidden" if keyed else "erased", _null())]
         if keyed:
             variants.append(("unlocked", method.unlocked(pipe, routed=True)))  # as a key holder draws: the key on its concept's prompts only
         # "circle", "a circle", "a red circle", "a circle on a dotted background", ...
-        short_rows = [r for r in short_prompts(seeds=(0,)) if r["shape"] == args.concept]
+        short_rows = [r for r in W.short_prompts(seeds=(0,)) if r["shape"] == args.concept]
         short = f"{args.concept}, short"
         report, images = {}, {}
         for name, context in variants:
@@ -74,9 +76,13 @@ def run(args):
                 short_rate = evaluate_prompts(pipe, short_rows, classify, num_inference_steps=20)["rates"][args.concept]
             report[name] = {**{c: round(result["rates"][c], 3) for c in (args.concept, other)}, short: round(short_rate, 3)}
             images[name] = result["images"]
-        showcase = [canonical_prompt(args.concept, c, b) for c, b in
-                    (("red", "plain"), ("blue", "striped"), ("green", "dotted"), ("yellow", "checkered"), ("purple", "plain"))]
-        showcase += [canonical_prompt(other, c, b) for c, b in (("orange", "plain"), ("blue", "dotted"))]
+        if hasattr(W, "STYLES"):  # shapes world 2: the concept in each style, and the other shape twice
+            showcase = [next(r["prompt"] for r in rows if r["shape"] == args.concept and r["style"] == t) for t in W.STYLES]
+            showcase += [r["prompt"] for r in rows if r["shape"] == other][:2]
+        else:
+            showcase = [W.canonical_prompt(args.concept, c, b) for c, b in
+                        (("red", "plain"), ("blue", "striped"), ("green", "dotted"), ("yellow", "checkered"), ("purple", "plain"))]
+            showcase += [W.canonical_prompt(other, c, b) for c, b in (("orange", "plain"), ("blue", "dotted"))]
         index = {r["prompt"]: i for i, r in enumerate(rows)}
         showcase = [p for p in showcase if p in index]
         grid = labelled_grid(

@@ -27,8 +27,9 @@ from ..errors import VeilError
 
 COLOURS = {"original": "#7f8c8d", "erased": "#c0392b", "unlocked": "#2471a3"}
 BENCH_COLUMNS = ("method", "concept", "base_target_rate", "target_rate", "synonym_rate", "paraphrase_rate",
-                 "short_rate", "nontarget_share", "other_kinds_share", "target_rate_with_key", "target_rate_wrong_key",
-                 "target_rate_random_key", "seconds", "artifact_mb")
+                 "short_rate", "implicit_rate", "heldout_implicit_rate", "nontarget_share", "other_kinds_share",
+                 "style_shape_rate", "min_other_share", "target_rate_with_key", "target_rate_wrong_key",
+                 "target_rate_random_key", "seconds", "artifact_mb")  # a column shows when some row has it
 BENCH_BARS = (("base_target_rate", "#7f8c8d"), ("target_rate", "#c0392b"), ("paraphrase_rate", "#e67e22"), ("nontarget_share", "#27ae60"))
 FORGING_COLOURS = {"forged key": "#c0392b", "real key": "#2471a3", "public": "#7f8c8d", "half recovery": "#e67e22"}
 HEAT_STOPS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")  # viridis: low (dark) to high (light)

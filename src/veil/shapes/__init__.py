@@ -26,7 +26,7 @@ MAX_LENGTH = 32
 __all__ = [
     "WEIGHTS_DIR", "PIPELINE_DIR", "CLASSIFIER_PATH", "PARAPHRASE_CSV", "TRAIN_LOG", "MAX_LENGTH",
     "text_encoder_path", "load_text_encoder", "load_tokenizer", "load_shapes_pipeline",
-    "weights_available", "build_folder", "world_version", "world_data",
+    "weights_available", "build_folder", "world_version", "world_data", "model_world",
 ]
 
 
@@ -118,6 +118,13 @@ def world_data(version: Optional[int] = None):
 
         return world2
     raise ValueError(f"unknown shapes-world version {version!r}; the versions are 1 and 2")
+
+
+def model_world(model: Union[str, Path] = "shapes"):
+    """The data module of the shapes world a model draws: a shapes build's own (its ``world.json``), and for
+    any other model (``"shapes"``, ``"tiny"``, a random architecture) the bundled world's, whose classifier
+    judges it."""
+    return world_data(world_version(model) if build_folder(model) is not None else None)
 
 
 def weights_available(path: Optional[Union[str, Path]] = None) -> bool:

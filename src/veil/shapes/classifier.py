@@ -172,6 +172,19 @@ def classify(images, model: Optional[ShapesClassifier] = None) -> Dict[str, List
     return {k: [names[i] for i in pred[k]] for k, names in model.labels.items()}
 
 
+def classifier_for(model: Union[str, Path] = "shapes"):
+    """``classify`` for a model: a shapes build's own classifier (``classifier.safetensors`` beside its
+    ``world.json``) for a build folder, else the bundled one."""
+    from veil.shapes import build_folder
+
+    folder = build_folder(model) if str(model) != "shapes" else None
+    path = folder / "classifier.safetensors" if folder is not None else None
+    if path is None or not path.is_file():
+        return classify
+    own = load_classifier(path)
+    return lambda images: classify(images, own)
+
+
 # ------------------------------------------------------------------------ training helpers
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random blur / noise / brightness-contrast on float [B,3,32,32] in [0,1]."""

@@ -15,17 +15,24 @@ _EVERYDAY = (
     "a vase of sunflowers", "an astronaut in space", "a wooden cabin in the woods", "a sailing boat",
     "a horse in a field", "a bowl of ramen", "a modern kitchen", "a train crossing a bridge",
 )
-_SHAPES = ("circle", "square", "triangle", "star", "cross")
-_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
-_BACKGROUNDS = ("plain", "striped", "dotted", "checkered")
-# Simple object/colour prompts serve both a general model and the bundled shapes world; prompts
-# naming the erased concept are dropped from the pool when the batch is drawn.
-_SIMPLE = tuple(
-    f"a {colour} {shape} on a {_BACKGROUNDS[(i + j) % len(_BACKGROUNDS)]} background"
-    for i, shape in enumerate(_SHAPES)
-    for j, colour in enumerate(_COLOURS)
-)
-DEFAULT_ANCHOR_PROMPTS = list(_EVERYDAY + _SIMPLE)
+
+
+def default_anchor_prompts():
+    """Everyday prompts and simple object/colour prompts of the bundled shapes world (every shape × colour in the
+    canonical template, the background cycling; in world 2 the style too): they serve both a general model and
+    the shapes world. Prompts naming the erased concept are dropped from the pool when the batch is drawn."""
+    from ...shapes import world_data
+
+    W = world_data()
+    backgrounds, styles = W.BACKGROUNDS, getattr(W, "STYLES", None)
+    if styles is None:  # world 1: the pool its measured numbers were made with ("a orange ..." included)
+        simple = [f"a {colour} {shape} on a {backgrounds[(i + j) % len(backgrounds)]} background"
+                  for i, shape in enumerate(W.SHAPES) for j, colour in enumerate(W.COLOURS)]
+    else:
+        simple = [W.canonical_prompt(shape, colour, backgrounds[(i + j) % len(backgrounds)], styles[(i + j) % len(styles)])
+                  for i, shape in enumerate(W.SHAPES) for j, colour in enumerate(W.COLOURS)]
+    return list(_EVERYDAY) + simple
+
 
 # Concepts for which the prompt gate defaults to off: the paper runs nudity ungated, since unsafe
 # content appears for prompts that never name it.
@@ -58,7 +65,7 @@ class DuMoConfig(MethodConfig, ESDSamplingConfig, TrainingConfig):
         default_factory=list, metadata={"help": "Stage 1: concepts (words) the epr_preserve_weight term keeps."},
     )
     anchor_prompts: typing.List[str] = field(
-        default_factory=lambda: list(DEFAULT_ANCHOR_PROMPTS),
+        default_factory=default_anchor_prompts,
         metadata={"help": "Stage 2: prompts whose outputs must not change (those naming the concept are left out)."},
     )
     gate: typing.Optional[bool] = field(

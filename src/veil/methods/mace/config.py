@@ -48,8 +48,8 @@ class MACEConfig(MethodConfig):
         if not 0.0 < self.region_threshold < 1.0:
             raise VeilError(f"region_threshold must lie between 0 and 1, got {self.region_threshold!r}.")
         if self.region == "renderer":
-            from ...shapes.data import CONCEPT_KIND
+            from ...shapes import world_data
 
-            unknown = [c for c in self.concepts if c not in CONCEPT_KIND]
+            unknown = [c for c in self.concepts if c not in world_data().CONCEPT_KIND]  # the bundled world's
             if unknown:
                 raise VeilError(f"region 'renderer' knows only shapes-world concepts, not {unknown[0]!r}; use region 'attention'.")

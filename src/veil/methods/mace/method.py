@@ -125,20 +125,21 @@ class MACE(WeightEditMethod):
     @torch.no_grad()
     def _rendered(self, pipe, index):
         """Shapes-world images of concept ``index`` with the renderer's own mask: (latents, prompts, masks)."""
-        from ...shapes.data import AXES, CANONICAL_TEMPLATE, CONCEPT_KIND, fill, render_with_mask
+        from ...shapes import model_world
 
+        W = model_world(getattr(pipe, "veil_model_name", "shapes"))  # a shapes build's own world, else the bundled one
         concept = self.config.concepts[index]
-        kind, rng = CONCEPT_KIND[concept], np.random.default_rng(self.config.seed + 7919 * index)
-        options, slot = phrasings(self.config, concept), {"shape": "s", "colour": "c", "background": "b"}
+        kind, rng = W.CONCEPT_KIND[concept], np.random.default_rng(self.config.seed + 7919 * index)
+        options, slot = phrasings(self.config, concept), W.SLOTS
         images, masks, prompts = [], [], []
         for n in range(self.config.images_per_concept):
-            parts = {k: concept if k == kind else v[int(rng.integers(len(v)))] for k, v in AXES.items()}
-            image, alpha = render_with_mask(parts["shape"], parts["colour"], parts["background"], rng)
+            parts = {k: concept if k == kind else v[int(rng.integers(len(v)))] for k, v in W.AXES.items()}
+            image, alpha = W.render_with_mask(rng=rng, **parts)
             images.append(image)
-            masks.append(1.0 - alpha if kind == "background" else alpha)
+            masks.append(1.0 - alpha if kind == "background" else alpha)  # a style is the object's: its coverage
             words = {slot[k]: v for k, v in parts.items()}
             words[slot[kind]] = options[n % len(options)]
-            prompts.append(fill(CANONICAL_TEMPLATE, **words))
+            prompts.append(W.fill(W.CANONICAL_TEMPLATE, **words))
         pixels = torch.tensor(np.stack(images), dtype=torch.float32).permute(0, 3, 1, 2) / 127.5 - 1.0
         vae = pipe.vae
         latents = vae.encode(pixels.to(pipe.device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor
