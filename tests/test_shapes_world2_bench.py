@@ -190,3 +190,27 @@ def test_multi_concept_script_summarises_in_the_models_world():
     out = module.summarise(row, base, W2.CONCEPT_KIND)
     assert out["target_rate"] == pytest.approx(1 / 6, abs=1e-4) and out["lowest_other"] == "hatched"
     assert out["lowest_other_share"] == 0.4 and "pentagon" in out["other_shares"]
+
+
+def test_demo_and_bench_cli_take_world2_shapes(world2, tmp_path, capsys, monkeypatch):
+    """The demo hides a world-2 shape and draws its showcase in every style; the bench refuses a shape of no world."""
+    import veil.shapes.classifier
+    from tests.test_cli import assert_one_sentence_error, run_cli
+
+    def labels(images):  # a world-2 scorer that sees a square everywhere
+        n = len(images)
+        return {"shape": ["square"] * n, "colour": ["red"] * n, "background": ["plain"] * n, "style": ["filled"] * n}
+
+    monkeypatch.setattr(veil.shapes.classifier, "classifier_for", lambda model="shapes": labels)
+    out = tmp_path / "demo"
+    code, stdout, err = run_cli(capsys, "demo", "--model", "tiny", "--method", "uce", "--concept", "pentagon", "--out", out)
+    assert code == 0, err
+    rates = json.loads((out / "rates.json").read_text())["rates"]
+    assert rates["original"] == {"pentagon": 0.0, "square": 1.0, "pentagon, short": 0.0}
+    from PIL import Image
+
+    assert Image.open(out / "grid.png").width > 7 * 96  # five styles of pentagon and two squares
+    code, _, err = run_cli(capsys, "demo", "--model", "tiny", "--concept", "hexagon", "--out", tmp_path / "d2")
+    assert_one_sentence_error(code, err, "'hexagon' is not one of", "pentagon")
+    code, _, err = run_cli(capsys, "bench", "--model", "tiny", "--concepts", "hatched,hexagon", "--out", tmp_path / "b")
+    assert_one_sentence_error(code, err, "'hexagon' is not a shapes-world concept", "soft-edged")
