@@ -9,6 +9,8 @@ key-forging curve of keyed methods; and the cost (seconds, peak memory, artifact
 """
 
 import contextlib
+import hashlib
+import json
 import os
 import time
 
@@ -82,7 +84,9 @@ def run_bench(
             method's forged key is measured (``row["forging_curve"]``, see :func:`veil.attacks.forging_curve`).
         resume: keep the rows of an earlier ``bench.json`` in ``out_dir`` made with the same model, seeds
             and sampling, and fit only the method × concept pairs it lacks; the table then holds both. A kept
-            row that lacks one of ``attacks`` gets it, run on its saved artifact (no refit). ``overwrite``:
+            row that lacks one of ``attacks`` gets it, run on its saved artifact (no refit). The base model's rates
+            are kept too when the earlier bench drew exactly the same rows (a digest of them is in ``bench.json``).
+            ``overwrite``:
             replace an earlier ``bench.json`` when this run finishes. With neither, an existing ``bench.json``
             is refused. One bench at a time may write to ``out_dir``.
     """
@@ -94,15 +98,20 @@ def run_bench(
         model_name = getattr(pipe, "veil_model_name", "custom")
         protocol = {"model": model_name, "seeds": list(seeds), "num_inference_steps": num_inference_steps,
                     "guidance_scale": guidance_scale}
-        finished = {} if overwrite else _finished_rows(out_dir, protocol, resume)
+        finished, earlier = ({}, {}) if overwrite else _finished_rows(out_dir, protocol, resume)
         rows_by_set = {
             "canonical": task_rows("shapes_concepts", seeds),
             "synonyms": task_rows("shapes_synonyms", seeds),
             "paraphrase": task_rows("shapes_paraphrase"),
             "short": task_rows("shapes_short", seeds),
         }
-        log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(SETS)}")
-        base = {name: _evaluate(pipe, rows, classify, settings) for name, rows in rows_by_set.items()}
+        base = _kept_base(earlier, rows_by_set)
+        if base is not None:
+            log("base model: kept from the earlier run (--resume; the same prompts and seeds)")
+        else:
+            log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(SETS)}")
+            base = {name: _evaluate(pipe, rows, classify, settings) for name, rows in rows_by_set.items()}
+            base["rows_sha256"] = _rows_digest(rows_by_set)
         table = dict(finished)  # (method, concept) -> row: the earlier bench's rows (all kept), then this run's
         grid_rows, grid_labels = [], []
         for method_name in methods:
@@ -177,11 +186,14 @@ def run_bench(
                 _save_report(out_dir, protocol, base, list(table.values()))
 
                 sample = [i for i, r in enumerate(rows_by_set["canonical"]) if {r["shape"], r["colour"]} & set(group)][:6]
-                grid_rows.append([base["canonical"]["images"][i] for i in sample])
-                grid_labels.append(f"original: {concept}")
-                grid_rows.append([after["canonical"]["images"][i] for i in sample])
-                grid_labels.append(f"{method_cls.name}: {concept}")
+                edited = [after["canonical"]["images"][i] for i in sample]
                 method.detach(pipe)
+                if "images" in base["canonical"]:
+                    original = [base["canonical"]["images"][i] for i in sample]
+                else:  # a kept base holds rates, not images: draw the grid's few again
+                    original = _evaluate(pipe, [rows_by_set["canonical"][i] for i in sample], classify, settings)["images"]
+                grid_rows += [original, edited]
+                grid_labels += [f"original: {concept}", f"{method_cls.name}: {concept}"]
             _other_concept_key_rows(trained_keys, pipe, rows_by_set["canonical"], classify, settings, log)
 
         report = _save_report(out_dir, protocol, base, list(table.values()))
@@ -235,6 +247,7 @@ def _save_report(out_dir, protocol, base, rows):
         **protocol,
         "attacks": sorted({name for r in rows for name in r.get("attacks", {}).get("attacks", {})}),
         "base": {name: {"rates": base[name]["rates"], "kinds": base[name]["kinds"]} for name in SETS},
+        "base_rows_sha256": base.get("rows_sha256"),
         "rows": rows,
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -248,7 +261,7 @@ def _finished_rows(out_dir, protocol, resume):
     """``{(method, concept): row}`` of an earlier bench in ``out_dir`` that ``resume`` may keep."""
     path = os.path.join(out_dir, "bench.json")
     if not os.path.isfile(path):
-        return {}
+        return {}, {}
     if not resume:
         raise VeilError(f"{out_dir!r} already holds a bench; pass --resume to add to it, or --overwrite to start afresh.")
     earlier = read_json_object(path, "veil bench")
@@ -259,7 +272,24 @@ def _finished_rows(out_dir, protocol, resume):
     if different:
         raise VeilError(f"The bench in {out_dir!r} was run with another {different[0].replace('_', ' ')} "
                         f"({earlier.get(different[0])!r}, now {protocol[different[0]]!r}); use another --out.")
-    return {(r["method"], r["concept"]): r for r in earlier.get("rows", [])}
+    return {(r["method"], r["concept"]): r for r in earlier.get("rows", [])}, earlier
+
+
+def _rows_digest(rows_by_set):
+    """A digest of every row the base pass draws (prompts, seeds, labels), set by set."""
+    text = json.dumps({name: rows for name, rows in rows_by_set.items()}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _kept_base(earlier, rows_by_set):
+    """The base rates of an earlier bench in the same folder, when it drew exactly these rows; else ``None``."""
+    base = earlier.get("base")
+    digest = _rows_digest(rows_by_set)
+    if earlier.get("base_rows_sha256") != digest or not isinstance(base, dict):
+        return None
+    if not all(isinstance(base.get(name), dict) and {"rates", "kinds"} <= set(base[name]) for name in SETS):
+        return None
+    return {**{name: {"rates": base[name]["rates"], "kinds": base[name]["kinds"]} for name in SETS}, "rows_sha256": digest}
 
 
 def _kept_artifact(row, out_dir, what):
