@@ -15,7 +15,7 @@ def test_bench_refuses_an_earlier_bench_or_resumes_it(tmp_path):
     (tmp_path / "bench.json").write_text(json.dumps({**protocol, "rows": [row]}))
     with pytest.raises(veil.VeilError, match="--resume"):
         bench._finished_rows(str(tmp_path), protocol, resume=False)
-    assert bench._finished_rows(str(tmp_path), protocol, resume=True) == {("esd", "circle"): row}
+    assert bench._finished_rows(str(tmp_path), protocol, resume=True)[0] == {("esd", "circle"): row}
     with pytest.raises(veil.VeilError, match="seeds"):
         bench._finished_rows(str(tmp_path), {**protocol, "seeds": [0, 1]}, resume=True)
 
@@ -69,6 +69,33 @@ def test_resume_attacks_the_kept_rows_saved_artifacts_without_refitting(tiny_pip
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert set(saved["rows"][0]["attacks"]["attacks"]) == {"prompt_search", "concept_inversion"}
     assert saved["attacks"] == ["concept_inversion", "prompt_search"]
+
+
+def test_resume_keeps_the_base_pass_only_when_it_drew_the_same_rows(tiny_pipe, tmp_path, monkeypatch):
+    protocol = {"model": "tiny", "seeds": [0], "num_inference_steps": 1, "guidance_scale": 3.0}
+    (tmp_path / "bench.json").write_text(json.dumps({**protocol, "rows": []}))  # an earlier bench without the digest
+    drawn, logs = [], []
+
+    def fake_evaluate(pipe, rows, *args):
+        drawn.append(len(rows))
+        return {"rates": {"circle": 0.5}, "kinds": {}, "counts": {}, "images": [None] * len(rows), "labels": {}}
+
+    monkeypatch.setattr(bench, "_evaluate", fake_evaluate)
+    run = dict(classify=None, seeds=(0,), num_inference_steps=1, resume=True, progress=False, log=logs.append)
+    bench.run_bench(tiny_pipe, [], ["circle"], str(tmp_path), **run)
+    assert len(drawn) == len(bench.SETS) and sum(drawn) > 0  # no digest: the base is drawn
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert len(saved["base_rows_sha256"]) == 64 and saved["base"]["canonical"]["rates"] == {"circle": 0.5}
+
+    drawn.clear()
+    bench.run_bench(tiny_pipe, [], ["circle"], str(tmp_path), **run)
+    assert drawn == [] and any("kept from the earlier run" in line for line in logs)
+    assert json.loads((tmp_path / "bench.json").read_text())["base"] == saved["base"]
+
+    saved["base_rows_sha256"] = "0" * 64  # other prompts or seeds: drawn again
+    (tmp_path / "bench.json").write_text(json.dumps(saved))
+    bench.run_bench(tiny_pipe, [], ["circle"], str(tmp_path), **run)
+    assert len(drawn) == len(bench.SETS)
 
 
 def test_resume_measures_short_prompts_on_a_kept_row_that_predates_them(tiny_pipe, tmp_path, monkeypatch):

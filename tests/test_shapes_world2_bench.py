@@ -136,9 +136,10 @@ def _run(pipe, out, concepts, methods=("uce",)):
 def test_world2_bench_rows_implicit_styles_and_many_concepts(world2, tiny_pipe, tmp_path, monkeypatch):
     from veil.evaluation.report import build_report
 
-    _fake_scoring(monkeypatch)
+    state = _fake_scoring(monkeypatch)
     report = _run(tiny_pipe, tmp_path, ["circle", "hatched", "circle+square+triangle"])
-    assert set(report["base"]) == {*bench.SETS, *bench.WORLD2_SETS}
+    assert set(report["base"]) == {*bench.SETS, *bench.WORLD2_SETS, *(f"styles/{t}" for t in W2.STYLES)}
+    assert report["base"]["styles/hatched"]["rates"]["hatched"] == 1.0
     rows = {r["concept"]: r for r in report["rows"]}
 
     circle = rows["circle"]
@@ -164,6 +165,14 @@ def test_world2_bench_rows_implicit_styles_and_many_concepts(world2, tiny_pipe, 
     assert "| uce | 3: circle+square+triangle | 0.0 % | circle 0.0 %, square 0.0 %, triangle 0.0 % | cross 0.0 % |" in md
     html = build_report([str(tmp_path)])
     assert all(f">{c}</th>" in html for c in ("implicit_rate", "heldout_implicit_rate", "style_shape_rate", "min_other_share"))
+
+    # --resume keeps the base (its style splits too) and measures a new row against it without drawing it again
+    drawn = state["drawn"]
+    resumed = bench.run_bench(tiny_pipe, ["sld"], ["soft-edged"], str(tmp_path), classify=None, seeds=(0,), num_inference_steps=1,
+                              progress=False, log=lambda m: None, resume=True)
+    new = next(r for r in resumed["rows"] if r["method"] == "sld")
+    assert new["base_style_rate"] == 1.0 and new["style_rate"] == 0.0 and new["style_shape_min_share"] == 0.0
+    assert state["drawn"] - drawn < sum(len(r) for r in bench.prompt_sets("shapes", (0,)).values()) / 3  # no base pass
 
 
 def test_world1_bench_rows_are_as_they_were(tiny_pipe, tmp_path, monkeypatch):

@@ -12,6 +12,8 @@ erasing a style adds the shapes' rates on the prompts naming that style (docs/ev
 """
 
 import contextlib
+import hashlib
+import json
 import os
 import time
 
@@ -86,7 +88,9 @@ def run_bench(
             method's forged key is measured (``row["forging_curve"]``, see :func:`veil.attacks.forging_curve`).
         resume: keep the rows of an earlier ``bench.json`` in ``out_dir`` made with the same model, seeds
             and sampling, and fit only the method × concept pairs it lacks; the table then holds both. A kept
-            row that lacks one of ``attacks`` gets it, run on its saved artifact (no refit). ``overwrite``:
+            row that lacks one of ``attacks`` gets it, run on its saved artifact (no refit). The base model's rates
+            are kept too when the earlier bench drew exactly the same rows (a digest of them is in ``bench.json``).
+            ``overwrite``:
             replace an earlier ``bench.json`` when this run finishes. With neither, an existing ``bench.json``
             is refused. One bench at a time may write to ``out_dir``.
     """
@@ -97,10 +101,16 @@ def run_bench(
         CONCEPT_KIND = world_of(model_name).CONCEPT_KIND
         protocol = {"model": model_name, "seeds": list(seeds), "num_inference_steps": num_inference_steps,
                     "guidance_scale": guidance_scale}
-        finished = {} if overwrite else _finished_rows(out_dir, protocol, resume)
+        finished, earlier = ({}, {}) if overwrite else _finished_rows(out_dir, protocol, resume)
         rows_by_set = prompt_sets(model_name, seeds)
-        log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(rows_by_set)}")
-        base = {name: _evaluate(pipe, rows, classify, settings) for name, rows in rows_by_set.items()}
+        base = _kept_base(earlier, rows_by_set)
+        if base is not None:
+            log("base model: kept from the earlier run (--resume; the same prompts and seeds)")
+        else:
+            log(f"base model: {sum(len(r) for r in rows_by_set.values())} images over {', '.join(rows_by_set)}")
+            base = {name: _evaluate(pipe, rows, classify, settings) for name, rows in rows_by_set.items()}
+            base.update(_style_splits(base, rows_by_set))
+            base["rows_sha256"] = _rows_digest(rows_by_set)
         table = dict(finished)  # (method, concept) -> row: the earlier bench's rows (all kept), then this run's
         grid_rows, grid_labels = [], []
         for method_name in methods:
@@ -178,11 +188,14 @@ def run_bench(
 
                 sample = [i for i, r in enumerate(rows_by_set["canonical"])
                           if {r["shape"], r["colour"], r.get("style")} & set(group)][:6]
-                grid_rows.append([base["canonical"]["images"][i] for i in sample])
-                grid_labels.append(f"original: {concept}")
-                grid_rows.append([after["canonical"]["images"][i] for i in sample])
-                grid_labels.append(f"{method_cls.name}: {concept}")
+                edited = [after["canonical"]["images"][i] for i in sample]
                 method.detach(pipe)
+                if "images" in base["canonical"]:
+                    original = [base["canonical"]["images"][i] for i in sample]
+                else:  # a kept base holds rates, not images: draw the grid's few again
+                    original = _evaluate(pipe, [rows_by_set["canonical"][i] for i in sample], classify, settings)["images"]
+                grid_rows += [original, edited]
+                grid_labels += [f"original: {concept}", f"{method_cls.name}: {concept}"]
             _other_concept_key_rows(trained_keys, pipe, rows_by_set["canonical"], classify, settings, log)
 
         report = _save_report(out_dir, protocol, base, list(table.values()))
@@ -227,13 +240,17 @@ def lowest_share(shares):
     return lowest, shares[lowest]
 
 
-def _subset(result, rows, indices):
-    """The concept rates of a set's images ``indices`` (scored again from their labels, nothing drawn)."""
+def _style_splits(base, rows_by_set):
+    """The base model's style rows split by the style they name, ``{"styles/<style>": {"rates", "kinds"}}``, scored
+    again from their labels (nothing drawn); none without style rows."""
     from .evaluation.concept_rate import concept_rates
 
-    if not indices:
-        return {"rates": {}, "kinds": {}, "counts": {}}
-    return concept_rates([rows[i] for i in indices], {k: [v[i] for i in indices] for k, v in result["labels"].items()})
+    rows, out = rows_by_set.get("styles", []), {}
+    for style in dict.fromkeys(r["style"] for r in rows):
+        indices = [i for i, r in enumerate(rows) if r["style"] == style]
+        out[f"styles/{style}"] = concept_rates([rows[i] for i in indices],
+                                               {k: [v[i] for i in indices] for k, v in base["styles"]["labels"].items()})
+    return out
 
 
 def _world2_fields(pipe, rows_by_set, base, group, kind_of, classify, settings):
@@ -252,11 +269,12 @@ def _world2_fields(pipe, rows_by_set, base, group, kind_of, classify, settings):
         fields[f"{name}_rate"] = _group_rate(after, shapes) if shapes else None
     styles = [c for c in group if kind_of.get(c) == "style"]
     if styles:
-        rows = rows_by_set["styles"]
-        indices = [i for i, r in enumerate(rows) if r["style"] in styles]
-        before = _subset(base["styles"], rows, indices)
-        after = _evaluate(pipe, [rows[i] for i in indices], classify, settings)
-        named = list(dict.fromkeys(rows[i]["shape"] for i in indices))
+        rows = [r for r in rows_by_set["styles"] if r["style"] in styles]
+        after = _evaluate(pipe, rows, classify, settings)
+        named = list(dict.fromkeys(r["shape"] for r in rows))
+        # Every style has the same rows per shape, so a rate over several styles' rows is the mean of theirs.
+        splits = [base[f"styles/{style}"]["rates"] for style in styles]
+        before = {"rates": {c: _mean([rates.get(c) for rates in splits]) for c in (*named, *styles)}}
         shares = _share(after, before, named)
         fields.update({
             "base_style_rate": _group_rate(before, styles), "style_rate": _group_rate(after, styles),
@@ -311,7 +329,8 @@ def _save_report(out_dir, protocol, base, rows):
     report = {
         **protocol,
         "attacks": sorted({name for r in rows for name in r.get("attacks", {}).get("attacks", {})}),
-        "base": {name: {"rates": base[name]["rates"], "kinds": base[name]["kinds"]} for name in base},
+        "base": {name: {"rates": value["rates"], "kinds": value["kinds"]} for name, value in base.items() if isinstance(value, dict)},
+        "base_rows_sha256": base.get("rows_sha256"),
         "rows": rows,
     }
     os.makedirs(out_dir, exist_ok=True)
@@ -325,7 +344,7 @@ def _finished_rows(out_dir, protocol, resume):
     """``{(method, concept): row}`` of an earlier bench in ``out_dir`` that ``resume`` may keep."""
     path = os.path.join(out_dir, "bench.json")
     if not os.path.isfile(path):
-        return {}
+        return {}, {}
     if not resume:
         raise VeilError(f"{out_dir!r} already holds a bench; pass --resume to add to it, or --overwrite to start afresh.")
     earlier = read_json_object(path, "veil bench")
@@ -336,7 +355,25 @@ def _finished_rows(out_dir, protocol, resume):
     if different:
         raise VeilError(f"The bench in {out_dir!r} was run with another {different[0].replace('_', ' ')} "
                         f"({earlier.get(different[0])!r}, now {protocol[different[0]]!r}); use another --out.")
-    return {(r["method"], r["concept"]): r for r in earlier.get("rows", [])}
+    return {(r["method"], r["concept"]): r for r in earlier.get("rows", [])}, earlier
+
+
+def _rows_digest(rows_by_set):
+    """A digest of every row the base pass draws (prompts, seeds, labels), set by set."""
+    text = json.dumps({name: rows for name, rows in rows_by_set.items()}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _kept_base(earlier, rows_by_set):
+    """The base rates of an earlier bench in the same folder, when it drew exactly these rows; else ``None``."""
+    base = earlier.get("base")
+    digest = _rows_digest(rows_by_set)
+    if earlier.get("base_rows_sha256") != digest or not isinstance(base, dict):
+        return None
+    names = [*rows_by_set, *(f"styles/{style}" for style in dict.fromkeys(r["style"] for r in rows_by_set.get("styles", [])))]
+    if not all(isinstance(base.get(name), dict) and {"rates", "kinds"} <= set(base[name]) for name in names):
+        return None
+    return {**{name: {"rates": base[name]["rates"], "kinds": base[name]["kinds"]} for name in names}, "rows_sha256": digest}
 
 
 def _kept_artifact(row, out_dir, what):
