@@ -47,7 +47,9 @@ def test_shapes_contexts_with_partials_keep_the_models_caption_mix():
 
     from veil.shapes.concept_sets import contexts as _contexts
     from veil.shapes.concept_sets import contexts_and_partials as _contexts_and_partials
-    from veil.shapes.data import CAPTION_SHARES, COLOURS
+    from veil.shapes import world_data
+
+    CAPTION_SHARES, COLOURS = world_data().CAPTION_SHARES, world_data().COLOURS  # the bundled model's world
 
     full, mixed = _contexts(["circle"]), _contexts_and_partials(["circle"])
     assert mixed[: len(full)] == full and all(c.count("{}") == 1 for c in mixed)

@@ -5,8 +5,10 @@ import torch
 
 import veil
 from veil.evaluation.concept_rate import evaluate_prompts
+from veil.shapes import world_data
 from veil.shapes.classifier import classify
-from veil.shapes.data import canonical_prompts
+
+W = world_data()  # the bundled model's shapes world
 
 KPOP_STEPS = 80
 DUMO_STEPS = 80
@@ -18,7 +20,7 @@ def shapes_pipe():
 
 
 def _rows(shape, count=12):
-    rows = [r for r in canonical_prompts(seeds=(0,)) if r["shape"] == shape]
+    rows = [r for r in W.canonical_prompts(seeds=(0,)) if r["shape"] == shape]
     return rows[::max(1, len(rows) // count)][:count]
 
 
@@ -62,11 +64,10 @@ def test_short_kpop_run_hides_circle_and_only_its_key_brings_it_back(shapes_pipe
 def test_short_dumo_run_erases_square_and_keeps_its_colours_and_the_other_shapes(shapes_pipe):
     from veil.methods.dumo import DuMo
     from veil.methods.presets import preset_for
-    from veil.shapes.data import COLOURS
 
     def colours_and_square():
         rates = evaluate_prompts(shapes_pipe, _rows("square"), classify, num_inference_steps=10)["rates"]
-        return sum(rates[c] for c in COLOURS) / len(COLOURS), rates["square"]
+        return sum(rates[c] for c in W.COLOURS) / len(W.COLOURS), rates["square"]
 
     # Stage 1 alone, shortened: captions anchored at the same caption with a circle (the preset's contexts).
     settings = preset_for(DuMo, "shapes", ["square"]) | {"max_train_steps": DUMO_STEPS, "ddim_steps": 10, "tlmo_max_train_steps": 0}

@@ -13,6 +13,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from veil.shapes import CLASSIFIER_PATH, PARAPHRASE_CSV, PIPELINE_DIR, weights_available  # noqa: E402
 from veil.shapes import data as W  # noqa: E402
+from veil.shapes import world_data  # noqa: E402
+
+B = world_data()  # the bundled model's shapes world: what its classifier, pipeline and paraphrase set are judged in
 
 
 
@@ -128,8 +131,8 @@ def test_classifier_labels_clean_renders():
     from veil.shapes.classifier import accuracy, load_classifier
 
     clf = load_classifier()
-    assert not clf.training
-    x, y = W.make_dataset(600, seed=98765)
+    assert not clf.training and list(clf.labels) == list(B.KINDS)
+    x, y = B.make_dataset(600, seed=98765)
     acc = accuracy(clf, x, y)
     assert all(v >= 0.99 for v in acc.values()), acc
 
@@ -139,12 +142,12 @@ def test_classify_accepts_all_input_formats():
 
     from veil.shapes.classifier import classify
 
-    x, y = W.make_dataset(8, seed=5)
+    x, y = B.make_dataset(8, seed=5)
     ref = classify(x)
-    assert set(ref) == {"shape", "colour", "background"} and len(ref["shape"]) == 8
+    assert set(ref) == set(B.KINDS) and len(ref["shape"]) == 8
     assert classify([Image.fromarray(im) for im in x]) == ref
     assert classify(torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0) == ref
-    assert ref["shape"] == [W.SHAPES[i] for i in y[:, 0]]
+    assert ref["shape"] == [B.SHAPES[i] for i in y[:, 0]]
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -181,10 +184,11 @@ def test_pipeline_draws_the_prompted_shape(pipe):
 
     rows = []
     for i in range(12):
-        s = W.SHAPES[i % len(W.SHAPES)]
-        c = W.COLOURS[i % len(W.COLOURS)]
-        b = W.BACKGROUNDS[i % len(W.BACKGROUNDS)]
-        rows.append((W.canonical_prompt(s, c, b), s, c, b))
+        s = B.SHAPES[i % len(B.SHAPES)]
+        c = B.COLOURS[i % len(B.COLOURS)]
+        b = B.BACKGROUNDS[i % len(B.BACKGROUNDS)]
+        style = {"style": B.STYLES[i % len(B.STYLES)]} if "style" in B.KINDS else {}
+        rows.append((B.canonical_prompt(s, c, b, **style), s, c, b))
     gens = [torch.Generator().manual_seed(100 + i) for i in range(len(rows))]
     out = pipe([r[0] for r in rows], num_inference_steps=10, guidance_scale=3.0, generator=gens,
                output_type="np")
@@ -200,14 +204,13 @@ def test_pipeline_draws_the_prompted_shape(pipe):
 def test_paraphrase_csv():
     with open(PARAPHRASE_CSV, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert rows and list(rows[0]) == ["prompt", "seed", "shape", "colour", "background"]
-    held = [w for s in W.SYNONYMS.values() for w in s["heldout"]]
+    assert rows and list(rows[0]) == ["prompt", "seed", *B.KINDS]
+    held = [w for s in B.SYNONYMS.values() for w in s["heldout"]]
     for r in rows:
         int(r["seed"])
-        assert r["shape"] in ("", *W.SHAPES) and r["colour"] in ("", *W.COLOURS)
-        assert r["background"] in ("", *W.BACKGROUNDS)
+        assert all(r[k] in ("", *B.AXES[k]) for k in B.KINDS), r
         is_heldout_template = any(t.split("{")[0].strip() and r["prompt"].startswith(t.split("{")[0].strip())
-                                  for t in W.HELDOUT_TEMPLATES)
+                                  for t in B.HELDOUT_TEMPLATES)
         assert is_heldout_template or any(w in r["prompt"] for w in held), r["prompt"]
 
 

@@ -182,17 +182,20 @@ def test_world2_tasks_need_a_world2_model(tmp_path):
     from veil.evaluation.shapes_tasks import task_rows
     from veil.evaluation.tasks import load_task
 
+    (tmp_path / "w1" / "pipeline").mkdir(parents=True)
+    (tmp_path / "w1" / "world.json").write_text(json.dumps({"version": 1}))
+    world1 = str(tmp_path / "w1")
     with pytest.raises(veil.VeilError, match="needs shapes world 2"):
-        task_rows("shapes_implicit")
+        task_rows("shapes_implicit", model=world1)
     (tmp_path / "pipeline").mkdir()
     (tmp_path / "world.json").write_text(json.dumps({"version": 2}))
     model = str(tmp_path / "pipeline")
-    assert veil.shapes.world_version(model) == 2 and veil.shapes.world_version("shapes") == 1
+    assert veil.shapes.world_version(model) == 2 and veil.shapes.world_version(world1) == 1
     rows = load_task("shapes_implicit").rows(model=model, seeds=(0,))
     assert {r["split"] for r in rows} == {"train", "heldout"} and all(r["style"] or "{" not in r["prompt"] for r in rows)
     assert len(load_task("shapes_styles").rows(model=model, seeds=(0, 1))) == 2 * 180
     assert task_rows("shapes_concepts", (0,), model=model)[0]["prompt"] == "a filled red circle on a plain background"
-    assert task_rows("shapes_concepts", (0,))[0]["prompt"] == "a red circle on a plain background"  # the bundled world 1
+    assert task_rows("shapes_concepts", (0,), model=world1)[0]["prompt"] == "a red circle on a plain background"
     (tmp_path / "paraphrase_prompts.csv").write_text("prompt,seed,shape,colour,background,style\na hazy red circle,3,circle,red,,soft-edged\n")
     assert task_rows("shapes_paraphrase", model=model) == [
         {"prompt": "a hazy red circle", "seed": 3, "shape": "circle", "colour": "red", "background": None, "style": "soft-edged"}]

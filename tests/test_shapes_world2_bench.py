@@ -14,10 +14,16 @@ from veil.shapes import data as W1
 from veil.shapes import world2 as W2
 
 
+def _bundle(monkeypatch, version):
+    """``version`` as the bundled world (world 2: as once its build is copied over the bundled weights); a build
+    folder keeps its own."""
+    real = veil.shapes.world_version
+    monkeypatch.setattr(veil.shapes, "world_version", lambda model="shapes": version if str(model) == "shapes" else real(model))
+
+
 @pytest.fixture
 def world2(monkeypatch):
-    """World 2 as the bundled world (as once its build is copied over the bundled weights)."""
-    monkeypatch.setattr(veil.shapes, "world_version", lambda model="shapes": 2)
+    _bundle(monkeypatch, 2)
     return W2
 
 
@@ -30,6 +36,7 @@ def _build(tmp_path, version):
 
 # ----------------------------------------------------------------------------- lookups
 def test_lookups_follow_the_bundled_world_or_the_models_own(tmp_path, monkeypatch):
+    _bundle(monkeypatch, 1)
     folder = _build(tmp_path / "w2", 2)
     assert bench.world_of("shapes") is W1 and bench.world_of("tiny") is W1 and bench.world_of(folder) is W2
     assert list(bench.prompt_sets("tiny", (0,))) == list(bench.SETS)
@@ -42,19 +49,21 @@ def test_lookups_follow_the_bundled_world_or_the_models_own(tmp_path, monkeypatc
     assert np.array_equal(images[1], bench.render_concept_images("hatched", 3, model=folder)[1])
     with pytest.raises(KeyError):
         bench.render_concept_images("hatched", 1)  # world 1 has no styles
-    monkeypatch.setattr(veil.shapes, "world_version", lambda model="shapes": 2)
+    _bundle(monkeypatch, 2)
     assert bench.world_of("tiny") is W2 and bench.world_of("shapes") is W2  # the bundled world, once it is world 2
+    assert bench.world_of(_build(tmp_path / "w1", 1)) is W1
 
 
 def test_mace_renderer_and_dumo_anchors_follow_the_world(tiny_pipe, monkeypatch):
     from veil.methods.dumo.config import DuMoConfig
     from veil.methods.mace import MACE
 
+    _bundle(monkeypatch, 1)
     world1 = DuMoConfig(concepts=["circle"]).anchor_prompts
     assert len(world1) == 24 + 30 and "a orange circle on a striped background" in world1  # the measured pool, as it was
     with pytest.raises(veil.VeilError, match="shapes-world concepts"):
         MACE(concepts=["hatched"], region="renderer")
-    monkeypatch.setattr(veil.shapes, "world_version", lambda model="shapes": 2)
+    _bundle(monkeypatch, 2)
     world2 = DuMoConfig(concepts=["circle"]).anchor_prompts
     assert len(world2) == 24 + 72 and "a hatched green pentagon on a plain background" in world2
     assert W2.heldout_phrases_in(world2) == []
@@ -176,6 +185,7 @@ def test_world2_bench_rows_implicit_styles_and_many_concepts(world2, tiny_pipe, 
 
 
 def test_world1_bench_rows_are_as_they_were(tiny_pipe, tmp_path, monkeypatch):
+    _bundle(monkeypatch, 1)
     _fake_scoring(monkeypatch)
     report = _run(tiny_pipe, tmp_path, ["circle"])
     assert set(report["base"]) == set(bench.SETS)
