@@ -154,7 +154,7 @@ def test_world2_bench_rows_implicit_styles_and_many_concepts(world2, tiny_pipe, 
     circle = rows["circle"]
     assert circle["base_implicit_rate"] == 1.0 and circle["implicit_rate"] == 0.0
     assert circle["base_heldout_implicit_rate"] == 1.0 and circle["heldout_implicit_rate"] == 1.0  # held-out objects leak
-    assert "style_rate" not in circle and "min_other_share" not in circle
+    assert "style_rate" not in circle and circle["min_other_share"] == 1.0  # every world-2 row has the lowest other share
 
     hatched = rows["hatched"]
     assert hatched["implicit_rate"] is None and hatched["heldout_implicit_rate"] is None  # no shape erased
@@ -172,6 +172,7 @@ def test_world2_bench_rows_implicit_styles_and_many_concepts(world2, tiny_pipe, 
     assert "| uce | circle | 100.0 % → 0.0 % | 100.0 % → 100.0 % |" in md  # implicit: training objects, held-out objects
     assert "| uce | hatched | 100.0 % → 0.0 % | 100.0 % → 91.7 % | star 0.0 % |" in md
     assert "| uce | 3: circle+square+triangle | 0.0 % | circle 0.0 %, square 0.0 %, triangle 0.0 % | cross 0.0 % |" in md
+    assert "| uce | 1: circle | 0.0 % | circle 0.0 % | " in md
     html = build_report([str(tmp_path)])
     assert all(f">{c}</th>" in html for c in ("implicit_rate", "heldout_implicit_rate", "style_shape_rate", "min_other_share"))
 

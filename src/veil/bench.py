@@ -5,8 +5,9 @@ the concept, then measure on the shapes world the target's
 concept rate before and after on canonical prompts, on training synonyms, on held-out
 paraphrases and on short prompts (the bare word and partial captions); every other concept's rate as a share of its base; with keys, the rate with the right
 key, another concept's key and a random key of matched norm; with the ``key_forging`` attack, the
-key-forging curve of keyed methods; and the cost (seconds, peak memory, artifact size). A group row adds the
-lowest share of base among every other concept. On a shapes-world-2 model, a row erasing a shape adds its rate on
+key-forging curve of keyed methods; and the cost (seconds, peak memory, artifact size). A group row (and every row
+on a shapes-world-2 model) adds the lowest share of base among every other concept. On a shapes-world-2 model, a
+row erasing a shape adds its rate on
 implicit prompts (the shape named by an everyday object), training objects and held-out objects apart, and a row
 erasing a style adds the shapes' rates on the prompts naming that style (docs/evaluation.md).
 """
@@ -165,7 +166,8 @@ def run_bench(
                     "nontarget_min_share": min((shares[c] for c in same_kind if c in shares), default=None),
                     "other_kinds_share": _mean([shares[c] for c in others if c not in same_kind and c in shares]),
                     "nontarget_shares": {c: round(v, 4) for c, v in shares.items()},
-                    **(dict(zip(("lowest_other", "min_other_share"), lowest_share(shares))) if len(group) > 1 else {}),
+                    **(dict(zip(("lowest_other", "min_other_share"), lowest_share(shares)))
+                       if len(group) > 1 or set(WORLD2_SETS) <= set(rows_by_set) else {}),
                     **_world2_fields(pipe, rows_by_set, base, group, CONCEPT_KIND, classify, settings),
                     "seconds": seconds,
                     "peak_mem_mb": cost.get("peak_mem_mb"),
@@ -588,12 +590,12 @@ def _extra_tables(rows):
                          f"{_before_after(r, 'style_shape_rate')} | {name or '—'} {_fmt(share)} |")
     groups = [r for r in rows if "min_other_share" in r]
     if groups:
-        lines += ["", "Many concepts at once (one artifact each): the erased concepts' mean rate and every other concept's "
-                  "lowest share of base:", "",
+        lines += ["", "Many concepts at once (a group row: one artifact erasing all of them): the erased concepts' mean "
+                  "rate and the lowest share of base among every other concept:", "",
                   "| method | concepts | target (mean) | each erased concept | lowest other concept (share of base) | seconds | "
                   "peak MB | artifact MB |", "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['method']} | {len(r['concepts'])}: {r['concept']} | {_fmt(r['target_rate'])} | "
-                  + ", ".join(f"{c} {_fmt(v)}" for c, v in r["target_rates"].items())
+        lines += [f"| {r['method']} | {len(members(r['concept']))}: {r['concept']} | {_fmt(r['target_rate'])} | "
+                  + ", ".join(f"{c} {_fmt(v)}" for c, v in (r.get("target_rates") or {r["concept"]: r["target_rate"]}).items())
                   + f" | {r['lowest_other'] or '—'} {_fmt(r['min_other_share'])} | {r['seconds']:.1f} | "
                   f"{r['peak_mem_mb'] or 0:.0f} | {r['artifact_mb']:.2f} |" for r in groups]
     return lines
