@@ -68,6 +68,18 @@ def contexts_and_partials(concepts):
     return full + partials + ["{}"] * partials.count("a {}")
 
 
+def caption_sample(concepts):
+    """The bare word, ``'a {}'`` and one training caption for each combination of the other axes' values (the
+    templates in turn): a compact :func:`contexts` for an edit whose cost grows with its prompts (UCE's)."""
+    W = _world()
+    full = contexts(concepts)
+    if not full:
+        return ["{}"]
+    per_template = len(full) // len(W.TRAIN_TEMPLATES)
+    sample = [full[(i % len(W.TRAIN_TEMPLATES)) * per_template + i] for i in range(per_template)]
+    return ["{}", "a {}"] + sample
+
+
 def captions_without(concepts):
     """The model's own training captions ('a red square on a dotted background', every template × shape × colour ×
     background) that name none of the concepts: what a user of the shapes world would list as prompts to keep."""

@@ -10,7 +10,7 @@ MODEL_PRESETS = {
         "preserve_concepts": concept_sets.all_but_concepts_and_anchor,
         "preserve_scale": 1.0,
         "regularization": 0.1,
-        "templates": ["{}"],
+        "templates": concept_sets.caption_sample,
         "region": "renderer",
         "learning_rate": 1e-4,
         "max_train_steps": 100,
