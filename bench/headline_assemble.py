@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = "bench/results"
 ROWS = {"esd": "shapes/preset-rows/esd.json", "uce": "shapes/preset-rows/uce.json",
-        "sld": "shapes/preset-rows/uce-sld.json", "kpop": "shapes/preset-rows/kpop.json",
+        "sld": "shapes/preset-rows/sld.json", "kpop": "shapes/preset-rows/kpop.json",
         "dumo": "shapes/preset-rows/dumo.json", "rece": "shapes/preset-rows/rece.json",
         "safree": "shapes/preset-rows/safree.json", "mace": "shapes/preset-rows/mace.json",
         "advunlearn": "shapes/preset-rows/advunlearn.json"}

@@ -75,7 +75,10 @@ def table(report, source=HEADLINE):
     for row in rows:
         if row.get("source"):
             origins.setdefault(row["source"], []).append(NAMES.get(row["method"], row["method"]))
-    if origins:
+    if len(origins) == 1:
+        lines += ["", f"Each method's current preset, from {next(iter(origins))} "
+                  f"(`{report.get('assembled_by', 'see the bench')}`)."]
+    elif origins:
         parts = [f"{', '.join(dict.fromkeys(methods))} from {origin}" for origin, methods in origins.items()]
         lines += ["", f"Rows taken from committed runs of the current presets (`{report.get('assembled_by', 'see the bench')}`): "
                   + "; ".join(parts) + "."]
