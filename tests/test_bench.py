@@ -189,8 +189,20 @@ def test_a_keyed_row_keeps_its_key_beside_the_artifact_and_not_in_it(tiny_pipe, 
     assert all(secret not in path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and path.suffix != ".veilkey")
 
 
-def test_a_second_bench_in_the_same_folder_is_refused(tiny_pipe, tmp_path):
-    (tmp_path / "bench.lock").write_text("12345")
-    with pytest.raises(veil.VeilError, match="Another bench is writing"):
-        bench.run_bench(tiny_pipe, ["esd"], ["circle"], str(tmp_path), classify=None, progress=False, log=lambda m: None)
-    assert (tmp_path / "bench.lock").read_text() == "12345"  # not ours to remove
+def test_a_second_bench_in_the_same_folder_is_refused_and_a_killed_ones_lock_is_not(tiny_pipe, tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    (tmp_path / "bench.lock").write_text("12345")  # left by a bench that was killed: no one holds it
+    monkeypatch.setattr(bench, "_evaluate", lambda *args: {"rates": {}, "kinds": {}, "counts": {}, "images": [], "labels": {}})
+    bench.run_bench(tiny_pipe, [], ["circle"], str(tmp_path), classify=None, progress=False, log=lambda m: None)
+    assert (tmp_path / "bench.json").is_file()
+
+    holder = os.open(tmp_path / "bench.lock", os.O_RDWR)  # a bench running now
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(veil.VeilError, match="Another bench is writing"):
+            bench.run_bench(tiny_pipe, [], ["circle"], str(tmp_path), classify=None, resume=True, progress=False,
+                            log=lambda m: None)
+    finally:
+        os.close(holder)

@@ -310,20 +310,25 @@ def check_settings(methods, concepts, model_name, overrides=None):
 
 @contextlib.contextmanager
 def _bench_lock(out_dir):
-    """One bench at a time in a folder: a second would write its own idea of ``bench.json`` over the first's rows."""
+    """One bench at a time in a folder: a second would write its own idea of ``bench.json`` over the first's rows.
+    The lock is the operating system's on ``bench.lock`` (the file stays), so a bench that was killed leaves
+    nothing to clean."""
+    import fcntl
+
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "bench.lock")
+    handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise VeilError(f"Another bench is writing to {out_dir!r} ({path} exists); wait for it, or delete that file if "
-                        "no bench is running there.") from None
-    try:
-        os.write(handle, str(os.getpid()).encode())
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(handle)
+        raise VeilError(f"Another bench is writing to {out_dir!r}; wait for it to finish, or give another --out.") from None
+    try:
+        os.ftruncate(handle, 0)
+        os.write(handle, str(os.getpid()).encode())
         yield
     finally:
-        os.remove(path)
+        os.close(handle)  # releases the lock
 
 
 def _save_report(out_dir, protocol, base, rows):
