@@ -175,7 +175,10 @@ def table(record):
              "| method | concepts | target (mean) | each erased concept | lowest other concept (share of base) | "
              "KPOP: whole key / own key / random key | fit seconds | memory during the fit, MB (added by the fit) | artifact MB |",
              "|---|---|---|---|---|---|---|---|---|"]
+    order = {}  # methods in the order they first appear, each method's rows by count
     for row in record["rows"]:
+        order.setdefault(row["method"], len(order))
+    for row in sorted(record["rows"], key=lambda r: (order[r["method"]], r["count"])):
         keyed = (f"{fmt(row.get('target_rate_with_key'))} / {fmt(row.get('target_rate_with_own_key', row.get('target_rate_with_key')))}"
                  f" / {fmt(row.get('target_rate_with_random_key'))}" if "target_rate_with_key" in row else "")
         lines.append(f"| {row['method']} | {row['count']}: {'+'.join(row['concepts'])} | {fmt(row['target_rate'])} | "
