@@ -196,7 +196,9 @@ def test_a_second_bench_in_the_same_folder_is_refused_and_a_killed_ones_lock_is_
     (tmp_path / "bench.lock").write_text("12345")  # left by a bench that was killed: no one holds it
     monkeypatch.setattr(bench, "_evaluate", lambda *args: {"rates": {}, "kinds": {}, "counts": {}, "images": [], "labels": {}})
     bench.run_bench(tiny_pipe, [], ["circle"], str(tmp_path), classify=None, progress=False, log=lambda m: None)
-    assert (tmp_path / "bench.json").is_file()
+    assert (tmp_path / "bench.json").is_file() and not (tmp_path / "bench.lock").exists()  # a bench that ends removes it
+
+    (tmp_path / "bench.lock").write_text("")
 
     holder = os.open(tmp_path / "bench.lock", os.O_RDWR)  # a bench running now
     fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)

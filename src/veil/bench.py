@@ -311,8 +311,8 @@ def check_settings(methods, concepts, model_name, overrides=None):
 @contextlib.contextmanager
 def _bench_lock(out_dir):
     """One bench at a time in a folder: a second would write its own idea of ``bench.json`` over the first's rows.
-    The lock is the operating system's on ``bench.lock`` (the file stays), so a bench that was killed leaves
-    nothing to clean."""
+    The lock is the operating system's on ``bench.lock``, so a bench that was killed leaves nothing that refuses
+    the next one; a bench that ends removes the file."""
     import fcntl
 
     os.makedirs(out_dir, exist_ok=True)
@@ -320,6 +320,9 @@ def _bench_lock(out_dir):
     handle = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The file may have been removed by the bench that held it between our open and our lock.
+        if not os.path.exists(path) or os.stat(path).st_ino != os.fstat(handle).st_ino:
+            raise BlockingIOError
     except BlockingIOError:
         os.close(handle)
         raise VeilError(f"Another bench is writing to {out_dir!r}; wait for it to finish, or give another --out.") from None
@@ -328,7 +331,8 @@ def _bench_lock(out_dir):
         os.write(handle, str(os.getpid()).encode())
         yield
     finally:
-        os.close(handle)  # releases the lock
+        os.remove(path)  # while still holding the lock
+        os.close(handle)
 
 
 def _save_report(out_dir, protocol, base, rows):
