@@ -362,7 +362,9 @@ def test_a_random_key_start_holds_nothing_public_and_a_zero_key_rate_keeps_it(ti
         key_tokens, value_tokens = method.key["circle"]
         for tensor in (key_tokens, value_tokens):
             torch.testing.assert_close(tensor.norm(), start.norm())
-            assert abs(torch.nn.functional.cosine_similarity(tensor.flatten(), start.flatten(), dim=0)) < 0.3
+            # A random direction in 3 x 32 dimensions: |cos| with any fixed vector has sd 0.1, so 0.5 fails about once
+            # in a million draws, while E(c)[:m] plus noise of its own norm (key_start concept) sits near 0.7.
+            assert abs(torch.nn.functional.cosine_similarity(tensor.flatten(), start.flatten(), dim=0)) < 0.5
         assert not torch.allclose(key_tokens, value_tokens)
         keys.append(key_tokens)
         method.detach(tiny_pipe)
