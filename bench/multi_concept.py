@@ -17,7 +17,6 @@ already in the JSON is kept (delete it to measure it again).
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -25,13 +24,15 @@ import time
 
 
 def world(args):
-    from veil.bench import world_of
+    from veil.shapes import model_world
 
-    return world_of(args.model)
+    return model_world(args.model)
 
 
 def peak_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from veil.training.loop import peak_memory_mb
+
+    return peak_memory_mb("cpu")
 
 
 def rss_mb():

@@ -28,6 +28,20 @@ def render(pipe, prompt="a circle", seed=0, steps=3):
     return pipe(prompt, num_inference_steps=steps, guidance_scale=3.0, generator=generator, output_type="pt").images
 
 
+def saved_and_reloaded(method, pipe, folder, original, edited):
+    """Save the fitted ``method``'s artifact to ``folder``, detach it (the pipeline draws ``original`` again), then load
+    and attach the artifact (it draws ``edited``); returns the attached artifact."""
+    import veil
+
+    veil.Artifact.from_method(method, pipe).save(folder)
+    method.detach(pipe)
+    assert torch.equal(render(pipe), original)
+    artifact = veil.load_artifact(folder)
+    artifact.attach(pipe)
+    assert torch.equal(render(pipe), edited)
+    return artifact
+
+
 @pytest.fixture
 def trained_esd(tiny_pipe):
     import veil

@@ -7,7 +7,7 @@ from veil.errors import VeilError
 from veil.methods.advunlearn import AdvUnlearn, AdvUnlearnConfig, text_encoder_parameters
 from veil.models import build_tiny_pipeline
 
-from .conftest import render
+from .conftest import render, saved_and_reloaded
 from .test_cli import assert_one_sentence_error, run_cli
 
 FAST = dict(max_train_steps=4, warmup_steps=2, attack_steps=2, ddim_steps=4, samples_per_trajectory=2,
@@ -31,12 +31,7 @@ def test_trains_the_text_encoder_only_and_detaches_bit_for_bit(tmp_path, tiny_pi
     assert all(torch.equal(v, unet[k]) for k, v in tiny_pipe.unet.state_dict().items())  # the UNet is untouched
     state = method.state_dict()
     assert state and all(k.startswith("text_encoder.encoder.layer.") for k in state)
-    veil.Artifact.from_method(method, tiny_pipe).save(tmp_path / "au")
-    method.detach(tiny_pipe)
-    assert torch.equal(render(tiny_pipe), original)
-    artifact = veil.load_artifact(tmp_path / "au")
-    artifact.attach(tiny_pipe)
-    assert torch.equal(render(tiny_pipe), edited)
+    artifact = saved_and_reloaded(method, tiny_pipe, tmp_path / "au", original, edited)
     artifact.detach(tiny_pipe)
     assert torch.equal(render(tiny_pipe), original)
 

@@ -7,7 +7,7 @@ from veil.methods.mace import MACE, region_attention_loss
 from veil.methods.weights import least_squares_projection
 from veil.shapes.data import render, render_with_mask
 
-from .conftest import render as generate
+from .conftest import render as generate, saved_and_reloaded
 
 FAST = dict(images_per_concept=2, generation_steps=2, max_train_steps=3, learning_rate=1e-2, regularization=0.1)
 
@@ -70,12 +70,7 @@ def test_mace_attach_detach_bit_exact_and_round_trip(tmp_path, tiny_pipe):
     assert tiny_pipe.unet.attn_processors == processors  # the training processors are gone
     edited = generate(tiny_pipe)
     assert not torch.equal(edited, original)
-    veil.Artifact.from_method(method, tiny_pipe).save(tmp_path / "mace")
-    method.detach(tiny_pipe)
-    assert torch.equal(generate(tiny_pipe), original)
-    artifact = veil.load_artifact(tmp_path / "mace")
-    artifact.attach(tiny_pipe)
-    assert torch.equal(generate(tiny_pipe), edited)
+    artifact = saved_and_reloaded(method, tiny_pipe, tmp_path / "mace", original, edited)
     artifact.detach(tiny_pipe)
     # The UNet state dict export loads into a stock UNet and draws the same images.
     from safetensors.torch import load_file

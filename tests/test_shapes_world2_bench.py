@@ -11,6 +11,7 @@ import veil
 import veil.shapes
 from veil import bench
 from veil.shapes import data as W1
+from veil.shapes import model_world
 from veil.shapes import world2 as W2
 
 
@@ -38,7 +39,7 @@ def _build(tmp_path, version):
 def test_lookups_follow_the_bundled_world_or_the_models_own(tmp_path, monkeypatch):
     _bundle(monkeypatch, 1)
     folder = _build(tmp_path / "w2", 2)
-    assert bench.world_of("shapes") is W1 and bench.world_of("tiny") is W1 and bench.world_of(folder) is W2
+    assert model_world("shapes") is W1 and model_world("tiny") is W1 and model_world(folder) is W2
     assert list(bench.prompt_sets("tiny", (0,))) == list(bench.SETS)
     sets = bench.prompt_sets(folder, (0,))
     assert list(sets) == [*bench.SETS, *bench.WORLD2_SETS]
@@ -50,8 +51,8 @@ def test_lookups_follow_the_bundled_world_or_the_models_own(tmp_path, monkeypatc
     with pytest.raises(KeyError):
         bench.render_concept_images("hatched", 1)  # world 1 has no styles
     _bundle(monkeypatch, 2)
-    assert bench.world_of("tiny") is W2 and bench.world_of("shapes") is W2  # the bundled world, once it is world 2
-    assert bench.world_of(_build(tmp_path / "w1", 1)) is W1
+    assert model_world("tiny") is W2 and model_world("shapes") is W2  # the bundled world, once it is world 2
+    assert model_world(_build(tmp_path / "w1", 1)) is W1
 
 
 def test_mace_renderer_and_dumo_anchors_follow_the_world(tiny_pipe, monkeypatch):

@@ -6,7 +6,7 @@ from veil.methods.uce import UCE
 from veil.methods.sld import SLD, SLDConfig
 from veil.training.sampling import encode_prompts
 
-from .conftest import render
+from .conftest import render, saved_and_reloaded
 
 
 def _straightforward_uce(W, erase, guide, preserve, lam, gamma):
@@ -75,12 +75,7 @@ def test_uce_attach_detach_and_round_trip(tmp_path, tiny_pipe):
     veil.fit(method, tiny_pipe)
     edited = render(tiny_pipe)
     assert not torch.equal(edited, original)
-    veil.Artifact.from_method(method, tiny_pipe).save(tmp_path / "uce")
-    method.detach(tiny_pipe)
-    assert torch.equal(render(tiny_pipe), original)
-    artifact = veil.load_artifact(tmp_path / "uce")
-    artifact.attach(tiny_pipe)
-    assert torch.equal(render(tiny_pipe), edited)
+    saved_and_reloaded(method, tiny_pipe, tmp_path / "uce", original, edited)
 
 
 def test_sld_presets_fill_fields_and_explicit_values_win():

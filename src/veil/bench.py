@@ -26,6 +26,7 @@ from .evaluation.grid import labelled_grid
 from .evaluation.shapes_tasks import rows_naming, task_rows
 from .methods.presets import preset_for
 from .registry import get_method
+from .shapes import model_world
 from .training.loop import fit
 
 SETS = ("canonical", "synonyms", "paraphrase", "short")
@@ -99,7 +100,7 @@ def run_bench(
     with _bench_lock(out_dir):
         settings = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "progress": progress}
         model_name = getattr(pipe, "veil_model_name", "custom")
-        CONCEPT_KIND = world_of(model_name).CONCEPT_KIND
+        CONCEPT_KIND = model_world(model_name).CONCEPT_KIND
         protocol = {"model": model_name, "seeds": list(seeds), "num_inference_steps": num_inference_steps,
                     "guidance_scale": guidance_scale}
         finished, earlier = ({}, {}) if overwrite else _finished_rows(out_dir, protocol, resume)
@@ -204,14 +205,6 @@ def run_bench(
         if grid_rows:
             labelled_grid(grid_rows, grid_labels).save(os.path.join(out_dir, "grid.png"))
         return report
-
-
-def world_of(model_name="shapes"):
-    """The shapes world (its data module) whose prompts a bench on ``model_name`` draws: a shapes build's own,
-    else the bundled world's."""
-    from .shapes import model_world
-
-    return model_world(model_name)
 
 
 def prompt_sets(model_name="shapes", seeds=(0, 1)):
@@ -487,7 +480,7 @@ def render_concept_images(concept, count=8, seed=0, model="shapes"):
     """``count`` rendered images of ``model``'s shapes world showing ``concept``, the other axes drawn at random."""
     import numpy as np
 
-    W = world_of(model)
+    W = model_world(model)
     kind, rng = W.CONCEPT_KIND[concept], np.random.default_rng(seed)
     images = []
     for _ in range(count):
@@ -498,7 +491,7 @@ def render_concept_images(concept, count=8, seed=0, model="shapes"):
 
 def _concept_prompt(pipe, concept):
     """The canonical prompt naming ``concept`` alone, in the pipeline's shapes world."""
-    W = world_of(getattr(pipe, "veil_model_name", "shapes"))
+    W = model_world(getattr(pipe, "veil_model_name", "shapes"))
     return W.canonical_prompt(**{W.CONCEPT_KIND[concept]: concept})
 
 

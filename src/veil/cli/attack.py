@@ -73,9 +73,10 @@ def concept_images(args, pipe, prompt):
         return generate(pipe, [prompt] * len(seeds), seeds, num_inference_steps=args.num_inference_steps,
                         guidance_scale=args.guidance_scale)
     if args.images == "render":
-        from ..bench import render_concept_images, world_of
+        from ..bench import render_concept_images
+        from ..shapes import model_world
 
-        if args.concept not in world_of(args.model).CONCEPT_KIND:
+        if args.concept not in model_world(args.model).CONCEPT_KIND:
             raise VeilError(f"--images render draws shapes-world concepts, and {args.concept!r} is not one; pass a folder of images.")
         return render_concept_images(args.concept, args.num_images, model=args.model)
     if not os.path.isdir(args.images):

@@ -25,8 +25,9 @@ def register(sub):
 
 
 def run(args):
-    from ..bench import check_attacks, check_settings, members, run_bench, world_of
+    from ..bench import check_attacks, check_settings, members, run_bench
     from ..errors import VeilError
+    from ..shapes import model_world
     from ..registry import get_method, list_methods
     from ..shapes.classifier import classifier_for
     from .common import check_output, load_model, parse_dotted_settings, resolve_device
@@ -37,7 +38,7 @@ def run(args):
     methods = [get_method(m.strip()).name for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise VeilError(f"--methods is empty; give one or more of {', '.join(list_methods())}, comma-separated.")
-    CONCEPT_KIND = world_of(args.model).CONCEPT_KIND  # the model's shapes world (a build's own, else the bundled one)
+    CONCEPT_KIND = model_world(args.model).CONCEPT_KIND  # the model's shapes world (a build's own, else the bundled one)
     concepts = [c.strip() for c in args.concepts.split(",") if c.strip()]
     if not concepts:
         raise VeilError(f"--concepts is empty; give one or more of {', '.join(CONCEPT_KIND)}, comma-separated.")

@@ -31,14 +31,14 @@ def run(args):
     from ..methods.kpop.keys import save_key
     from ..methods.presets import preset_for
     from ..registry import get_method
-    from ..bench import world_of
+    from ..shapes import model_world
     from ..shapes.classifier import classifier_for
     from ..training.loop import fit
     from .common import check_output, load_model, resolve_device
 
     check_output(args.out, args.overwrite)
     resolve_device(args.device)
-    W = world_of(args.model)  # the model's shapes world: a shapes build's own, else the bundled one
+    W = model_world(args.model)  # the model's shapes world: a shapes build's own, else the bundled one
     if args.concept not in W.SHAPES:
         raise VeilError(f"The demo hides a shape; {args.concept!r} is not one of {', '.join(W.SHAPES)}.")
     classify = classifier_for(args.model)

@@ -34,8 +34,7 @@ def at_least_float32(x):
 def _scales(scheduler, timesteps, like):
     """``(sqrt(a_t), sqrt(1 − a_t))`` shaped to broadcast over ``like`` ``(batch, channels, h, w)``, in float32 or wider."""
     alphas = scheduler.alphas_cumprod.to(like.device)[timesteps.to(like.device).long()]
-    alphas = alphas.to(torch.promote_types(alphas.dtype, like.dtype) if like.is_floating_point() else alphas.dtype)
-    alphas = at_least_float32(alphas)
+    alphas = alphas.to(torch.promote_types(torch.promote_types(alphas.dtype, like.dtype), torch.float32))
     shape = (-1,) + (1,) * (like.ndim - 1)
     return alphas.sqrt().view(shape), (1 - alphas).sqrt().view(shape)
 
