@@ -18,8 +18,10 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest -q
 
-# The README's methods table: every method on circle and square with its shapes preset, from scratch (over an
-# hour on one CPU thread), then the table between the README's markers rewritten from the new bench.json.
+# The README's methods table: every method with its shapes preset on the bundled world (circle, square, a style,
+# 3 and 6 shapes at once), one folder per method, four jobs at a time (about two hours on 2 CPU cores); then the
+# headline bench assembled from those folders and the table between the README's markers rewritten from it.
 bench: setup
-	$(PYTHON) -m veil.cli.main bench --methods esd,uce,sld,kpop,dumo --concepts circle,square --out bench/results/headline --overwrite
+	bash bench/shapes_world2_bench.sh rows
+	$(PYTHON) bench/headline_assemble.py --from bench/results/shapes_world2/methods
 	$(PYTHON) bench/readme_table.py --write

@@ -1,12 +1,12 @@
-"""Assemble the headline bench from committed rows of the current presets, without refitting anything.
+"""Assemble the headline bench from the committed per-method benches of the current presets, without refitting.
 
-    python bench/headline_assemble.py --out bench/results/headline/bench.json
+    python bench/headline_assemble.py --from bench/results/shapes_world2/methods --out bench/results/headline/bench.json
 
-``make bench`` rebuilds bench/results/headline from scratch (over an hour on one CPU thread). This script is the
-stand-in when that is not possible: it takes each method's rows from bench/results/shapes/preset-rows, written by
-``bench/preset_rows.py`` (every preset fitted again and drawn on the bench's after-fit prompt sets at seed 0, with the
-base rates of bench/results/attacks/shapes), and writes them as one ``bench.json`` in the bench's row format, each row
-naming its ``source``.
+``bash bench/shapes_world2_bench.sh`` benches each method in its own folder (one job per method, several at a time),
+every folder keeping the same base rates. This script checks that the folders share one protocol and one base pass,
+and writes their rows as one ``bench.json`` in the bench's row format, each row naming its ``source`` folder, in the
+order of ``--methods`` and then of the concepts. A folder whose bench set a preset field (``--set``, e.g. ESD's
+``train_method=noxattn`` in ``esd-u/``) records it in its rows' ``overrides``.
 """
 
 import argparse
@@ -16,53 +16,52 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = "bench/results"
-ROWS = {"esd": "shapes/preset-rows/esd.json", "uce": "shapes/preset-rows/uce.json",
-        "sld": "shapes/preset-rows/sld.json", "kpop": "shapes/preset-rows/kpop.json",
-        "dumo": "shapes/preset-rows/dumo.json", "rece": "shapes/preset-rows/rece.json",
-        "safree": "shapes/preset-rows/safree.json", "mace": "shapes/preset-rows/mace.json",
-        "advunlearn": "shapes/preset-rows/advunlearn.json"}
-BASE = "attacks/shapes/bench.json"
 PROTOCOL = ("model", "seeds", "num_inference_steps", "guidance_scale")
-# preset_rows.py's field names -> the bench's
-RENAMED = {"canonical_rate": "target_rate", "base_canonical_rate": "base_target_rate",
-           "synonyms_rate": "synonym_rate", "base_synonyms_rate": "base_synonym_rate"}
+ORDER = ("esd-x", "esd-u", "uce", "kpop", "dumo", "sld", "rece", "mace", "advunlearn", "safree")
+CONCEPTS = ("circle", "square", "hatched", "circle+square+triangle", "circle+square+triangle+star+cross+oval")
+OVERRIDES = {"esd-u": {"train_method": "noxattn"}}
 
 
-def read(relative):
-    with open(ROOT / RESULTS / relative, encoding="utf-8") as handle:
+def read(path):
+    with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
 
-def row_of(relative, method, concept, protocol):
-    record = read(relative)
-    if any(record[k] != protocol[k] for k in PROTOCOL):
-        raise SystemExit(f"error: {RESULTS}/{relative} was made with another protocol than the other rows; "
-                         "rebuild the headline with make bench.")
-    rows = [r for r in record["rows"] if r["method"] == method and r["concept"] == concept]
-    if not rows:
-        raise SystemExit(f"error: {RESULTS}/{relative} has no {method} row for {concept}.")
-    row = {RENAMED.get(k, k): v for k, v in rows[0].items()}
-    return dict(row, source=f"{RESULTS}/{os.path.dirname(relative)}")
+def assemble(folder, order=ORDER, concepts=CONCEPTS):
+    """The headline report from ``folder``'s per-method bench folders."""
+    folder = Path(folder)
+    benches = [(name, folder / name / "bench.json") for name in order if (folder / name / "bench.json").is_file()]
+    if not benches:
+        raise SystemExit(f"error: no bench.json under {folder}/<method>/; run bash bench/shapes_world2_bench.sh first.")
+    first = read(benches[0][1])
+    protocol = {k: first[k] for k in PROTOCOL}
+    rows = []
+    for name, path in benches:
+        report = read(path)
+        shown = os.path.relpath(path.parent, ROOT)
+        if any(report[k] != protocol[k] for k in PROTOCOL) or report.get("base_rows_sha256") != first.get("base_rows_sha256"):
+            raise SystemExit(f"error: {shown} was made with another protocol or base pass than {benches[0][0]}/; "
+                             "bench it again with bash bench/shapes_world2_bench.sh.")
+        rank = {c: i for i, c in enumerate(concepts)}
+        for row in sorted(report["rows"], key=lambda r: rank.get(r["concept"], len(rank))):
+            extra = {"overrides": OVERRIDES[name]} if name in OVERRIDES else {}
+            rows.append(dict(row, source=shown, **extra))
+    return dict(protocol, base=first["base"], base_rows_sha256=first.get("base_rows_sha256"), attacks=[],
+                assembled_by="python bench/headline_assemble.py", assembled_from=os.path.relpath(folder, ROOT), rows=rows)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default=f"{RESULTS}/headline/bench.json")
-    parser.add_argument("--concepts", default="circle,square")
+    parser.add_argument("--from", dest="source", default="bench/results/shapes_world2/methods")
+    parser.add_argument("--out", default="bench/results/headline/bench.json")
     args = parser.parse_args(argv)
-    first = read(ROWS["esd"])
-    protocol = {k: first[k] for k in PROTOCOL}
-    rows = [row_of(ROWS[method], method, concept, protocol)
-            for method in ROWS for concept in args.concepts.split(",")]
-    report = dict(protocol, base=read(BASE)["base"], attacks=[], assembled_by="python bench/headline_assemble.py",
-                  rows=rows)
+    report = assemble(ROOT / args.source)
     out = ROOT / args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, out)
-    print(f"{args.out}: {len(rows)} rows")
+    print(f"{args.out}: {len(report['rows'])} rows")
     return 0
 
 

@@ -27,7 +27,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--methods", default="rece,safree")
     parser.add_argument("--concepts", default="circle,square", help="Comma-separated rows; 'a+b' fits one artifact on both.")
-    parser.add_argument("--base", default="bench/results/headline/bench.json")
+    parser.add_argument("--base", default="bench/results/shapes/world1-headline/bench.json")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE")
     parser.add_argument("--out", required=True, help="Folder of the rows' JSON files.")
     parser.add_argument("--artifacts", help="Folder to save each row's artifact in (for veil attack); none: not saved.")

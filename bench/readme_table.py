@@ -51,32 +51,93 @@ def key_cell(row):
     return " / ".join(pct(row.get(f"target_rate_{k}")) for k in ("with_key", "random_key", "wrong_key"))
 
 
+def name_of(row):
+    """The method's name in the table; ESD's rows say which weights it trained (ESD-x: cross-attention, ESD-u: the
+    rest) when the bench is of world 2, whose implicit prompts tell the two apart."""
+    name = NAMES.get(row["method"], row["method"])
+    if row["method"] == "esd" and "implicit_rate" in row:
+        name += "-u" if (row.get("config") or {}).get("train_method") == "noxattn" else "-x"
+    return name
+
+
+def seconds(row):
+    return f"{row['seconds']:.0f}" if row["seconds"] >= 1 else f"{row['seconds']:.1f}"
+
+
+def concept_label(concept):
+    group = concept.split("+")
+    return concept if len(group) < 3 else f"{len(group)} shapes"
+
+
+def protocol_line(report, source):
+    seeds = ", ".join(str(s) for s in report.get("seeds", []))
+    return (f"Rates after the method, classifier-judged (model `{report.get('model')}`, seeds {seeds}, "
+            f"DDIM {report.get('num_inference_steps')}, guidance {report.get('guidance_scale')}); other concepts as a share "
+            f"of their base rate; train s: the bench's fitting time. Source: `{source}`.")
+
+
+def world1_lines(rows):
+    head = ["method", "concept", "target", "synonyms", "paraphrases", "short prompts", "lowest other concept",
+            "key / random key / other's key", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [name_of(row), row["concept"], pct(row["target_rate"]), pct(row["synonym_rate"]),
+                 pct(row["paraphrase_rate"]), pct(row.get("short_rate")), lowest_other(row), key_cell(row), seconds(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def world2_lines(rows):
+    """World 2: one line per method and single shape, with the implicit prompts (objects seen in training / held
+    out); then a line per method for its other rows (a style, several shapes at once)."""
+    single = [r for r in rows if "+" not in r["concept"] and r.get("implicit_rate") is not None]
+    head = ["method", "concept", "target", "synonyms", "paraphrases", "objects seen / held out", "lowest other concept",
+            "key / random key", "train s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in single:
+        key = " / ".join(pct(row.get(f"target_rate_{k}")) for k in ("with_key", "random_key")) \
+            if "target_rate_with_key" in row else "—"
+        cells = [name_of(row), row["concept"], pct(row["target_rate"]), pct(row["synonym_rate"]),
+                 pct(row["paraphrase_rate"]), f"{pct(row['implicit_rate'])} / {pct(row['heldout_implicit_rate'])}",
+                 lowest_other(row), key, seconds(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    rest = [r for r in rows if r not in single]
+    if not rest:
+        return lines
+    columns = list(dict.fromkeys(r["concept"] for r in rest))
+    lines += ["", "| method | " + " | ".join(f"{concept_label(c)}: target / lowest other" for c in columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    for name in dict.fromkeys(name_of(r) for r in rest):
+        by_concept = {r["concept"]: r for r in rest if name_of(r) == name}
+        cells = [f"{pct(by_concept[c]['target_rate'])} / {lowest_other(by_concept[c])}" if c in by_concept else "—"
+                 for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    groups = [c for c in columns if c.count("+") >= 2]
+    if groups:
+        lines += ["", "Several shapes at once: " + "; ".join(f"{concept_label(c)} = {', '.join(c.split('+'))}"
+                                                             for c in groups) + " (target: their mean rate)."]
+    return lines
+
+
 def table(report, source=HEADLINE):
     """The markdown table (with its protocol line) for a bench report (the parsed ``bench.json``)."""
     rows = report.get("rows")
     if not isinstance(rows, list) or not rows:
         raise TableError(f"{source} holds no bench rows; run `make bench` to rebuild it.")
-    head = ["method", "concept", "target", "synonyms", "paraphrases", "short prompts", "lowest other concept",
-            "key / random key / other's key", "train s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        try:
-            cells = [NAMES.get(row["method"], row["method"]), row["concept"], pct(row["target_rate"]),
-                     pct(row["synonym_rate"]), pct(row["paraphrase_rate"]), pct(row.get("short_rate")),
-                     lowest_other(row), key_cell(row), f"{row['seconds']:.0f}" if row["seconds"] >= 1 else f"{row['seconds']:.1f}"]
-        except (KeyError, TypeError) as error:
-            raise TableError(f"A row of {source} lacks the field {error}; rebuild it with `make bench`.") from None
-        lines.append("| " + " | ".join(cells) + " |")
-    seeds = ", ".join(str(s) for s in report.get("seeds", []))
-    lines += ["", f"Rates after the method, classifier-judged (model `{report.get('model')}`, seeds {seeds}, "
-              f"DDIM {report.get('num_inference_steps')}, guidance {report.get('guidance_scale')}); other concepts as a share "
-              f"of their base rate; train s: the bench's fitting time. Source: `{source}`."]
+    try:
+        lines = world2_lines(rows) if any("implicit_rate" in r for r in rows) else world1_lines(rows)
+    except (KeyError, TypeError) as error:
+        raise TableError(f"A row of {source} lacks the field {error}; rebuild it with `make bench`.") from None
+    lines += ["", protocol_line(report, source)]
     origins = {}
     for row in rows:
         if row.get("source"):
-            origins.setdefault(row["source"], []).append(NAMES.get(row["method"], row["method"]))
+            origins.setdefault(row["source"], []).append(name_of(row))
     if len(origins) == 1:
         lines += ["", f"Each method's current preset, from {next(iter(origins))} "
+                  f"(`{report.get('assembled_by', 'see the bench')}`)."]
+    elif origins and report.get("assembled_from"):
+        lines += ["", f"Each method's current preset, one folder per method under {report['assembled_from']} "
                   f"(`{report.get('assembled_by', 'see the bench')}`)."]
     elif origins:
         parts = [f"{', '.join(dict.fromkeys(methods))} from {origin}" for origin, methods in origins.items()]
