@@ -30,11 +30,11 @@ esd-u|--methods esd --set esd.train_method=noxattn --concepts circle
 dumo|--methods dumo --concepts circle
 uce|--methods uce --concepts circle,square,hatched,$THREE,$SIX
 kpop|--methods kpop --concepts circle,hatched,$THREE
-sld|--methods sld --concepts circle,square,hatched,$THREE,$SIX
-mace|--methods mace --concepts circle,square,hatched,$THREE,$SIX
-rece|--methods rece --concepts circle,square,hatched,$THREE
-safree|--methods safree --concepts circle
-advunlearn|--methods advunlearn --concepts circle"
+sld|--methods sld --concepts circle,hatched,$THREE
+mace|--methods mace --concepts circle,hatched,$THREE,$SIX
+rece|--methods rece --concepts circle,hatched
+advunlearn|--methods advunlearn --concepts circle
+safree|--methods safree --concepts circle"
 else
     # Attacks on the saved circle artifacts (rendered concept images, the attacks' default budgets).
     A="--attacks prompt_search,ring_a_bell,concept_inversion"

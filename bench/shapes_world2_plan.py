@@ -27,7 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from veil.shapes import TRAIN_LOG, data, world2, world2_build
+from pathlib import Path
+
+from veil.shapes import data, world2, world2_build
 from veil.shapes import train as T
 
 
@@ -77,15 +79,19 @@ def alternate(fns, rounds, reps):
     return {k: {"median_s": statistics.median(v), "blocks_s": [round(b, 4) for b in v]} for k, v in blocks.items()}
 
 
+# World 1's build record (its train log, classifier record and sample grid), made on this project's 2-core machine.
+WORLD1_BUILD = Path(__file__).resolve().parent / "results" / "shapes" / "world1-build"
+
+
 def world1_reference():
-    """World 1's idle costs from the bundled model's build log."""
-    log = json.loads(TRAIN_LOG.read_text())
+    """World 1's idle costs from its build log."""
+    log = json.loads((WORLD1_BUILD / "train_log.json").read_text())
     st = log["stages"]
     two = [c["s_per_step"] for c in st["unet"]["thread_choices"] if c["threads"] == 2]
     ev = st["eval"]
     images = sum(ev[k]["n"] for k in ("canonical", "train_synonyms", "paraphrase_candidates"))
     return {
-        "source": "src/veil/shapes/weights/train_log.json (the bundled world-1 build, 2 threads)",
+        "source": "bench/results/shapes/world1-build/train_log.json (the world-1 build, 2 threads)",
         "vae_s_per_step": st["vae"]["seconds"] / st["vae"]["steps"],  # with its validation every 100 steps
         "latent_encode_s_per_image": st["latents"]["encode_seconds"] / st["data"]["n_train"],
         "latent_roundtrip_s_per_image": st["latents"]["roundtrip_seconds"] / (st["latents"]["n_roundtrip_train"] + st["data"]["n_val"]),
@@ -117,8 +123,9 @@ def bundle_bytes(unet_config):
     vae = (PIPELINE_DIR / "vae" / "diffusion_pytorch_model.safetensors").stat().st_size
     tokenizer = sum(f.stat().st_size for f in (PIPELINE_DIR / "tokenizer").iterdir())
     style_head = (2 * 96 + 1) * len(world2.STYLES) * 4 + (2 * 96 + 1) * (len(world2.SHAPES) - len(data.SHAPES)) * 4
-    small = sum((CLASSIFIER_PATH.parent / f).stat().st_size for f in ("classifier.safetensors", "classifier.json",
-                                                                      "paraphrase_prompts.csv", "samples.png", "train_log.json"))
+    # World 1's classifier file without world 2's extra heads (counted below), paraphrase set and records.
+    small = (CLASSIFIER_PATH.stat().st_size - style_head + (PIPELINE_DIR.parent / "paraphrase_prompts.csv").stat().st_size
+             + sum((WORLD1_BUILD / f).stat().st_size for f in ("classifier.json", "samples.png", "train_log.json")))
     parts = {"unet_fp16": unet, "vae_fp16": vae, "tokenizer": tokenizer, "classifier_and_logs_as_world1": small,
              "classifier_extra_heads": style_head}
     return {**parts, "total": sum(parts.values())}

@@ -201,6 +201,27 @@ def test_pipeline_draws_the_prompted_shape(pipe):
     assert n_colour >= 10, (n_colour, pred["colour"])
 
 
+@pytest.mark.skipif("style" not in B.KINDS, reason="the bundled model is world 1: no implicit objects, no styles")
+def test_pipeline_draws_shapes_named_by_training_objects_and_every_style(pipe):
+    """World 2's base rates on a small sample: a shape named by a training object ("a red coin ...") is drawn as that
+    shape, and a style named in the caption is drawn in that style."""
+    from veil.shapes.classifier import classify
+
+    implicit = B.implicit_prompts(seeds=(0,), split="train")
+    implicit = [implicit[i] for i in np.linspace(0, len(implicit) - 1, 12).astype(int)]
+    styles = B.style_prompts(seeds=(0,))
+    styles = [styles[i] for i in np.linspace(0, len(styles) - 1, 10).astype(int)]
+    rows = implicit + styles
+    out = pipe([r["prompt"] for r in rows], num_inference_steps=10, guidance_scale=3.0, output_type="np",
+               generator=[torch.Generator().manual_seed(200 + i) for i in range(len(rows))])
+    pred = classify((out.images * 255).round().clip(0, 255).astype(np.uint8))
+    shapes = sum(p == r["shape"] for p, r in zip(pred["shape"], implicit))
+    drawn_styles = sum(p == r["style"] for p, r in zip(pred["style"][len(implicit):], styles))
+    assert len({r["shape"] for r in implicit}) >= 6 and len({r["style"] for r in styles}) == len(B.STYLES)
+    assert shapes >= 9, (shapes, [(r["prompt"], p) for p, r in zip(pred["shape"], implicit)])
+    assert drawn_styles >= 8, (drawn_styles, pred["style"][len(implicit):])
+
+
 def test_paraphrase_csv():
     with open(PARAPHRASE_CSV, newline="") as fh:
         rows = list(csv.DictReader(fh))
