@@ -6,10 +6,10 @@
 # thread, in the order below (the longest first); a job that was killed continues where it stopped when this
 # script is run again. Afterwards:  python bench/headline_assemble.py --from "$OUT"
 #
-#   bash bench/shapes_world2_bench.sh [rows|attacks]   # JOBS=4 OUT=bench/results/shapes_world2/methods LOGS=/tmp/...
+#   bash bench/shapes_world2_bench.sh [rows|attacks]   # JOBS=5 OUT=bench/results/shapes_world2/methods LOGS=/tmp/...
 set -euo pipefail
 OUT=${OUT:-bench/results/shapes_world2/methods}
-JOBS=${JOBS:-4}
+JOBS=${JOBS:-5}
 LOGS=${LOGS:-/tmp/veil-shapes-world2-bench}
 PHASE=${1:-rows}
 export OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -28,13 +28,13 @@ if [ "$PHASE" = rows ]; then
     JOBLIST="esd-x|--methods esd --concepts circle
 esd-u|--methods esd --set esd.train_method=noxattn --concepts circle
 dumo|--methods dumo --concepts circle
-uce|--methods uce --concepts circle,square,hatched,$THREE,$SIX
 kpop|--methods kpop --concepts circle,hatched,$THREE
+uce|--methods uce --concepts circle,square,hatched,$THREE,$SIX
 sld|--methods sld --concepts circle,hatched,$THREE
 mace|--methods mace --concepts circle,hatched,$THREE,$SIX
 rece|--methods rece --concepts circle,hatched
-advunlearn|--methods advunlearn --concepts circle
-safree|--methods safree --concepts circle"
+safree|--methods safree --concepts circle
+advunlearn|--methods advunlearn --concepts circle"
 else
     # Attacks on the saved circle artifacts (rendered concept images, the attacks' default budgets).
     A="--attacks prompt_search,ring_a_bell,concept_inversion"

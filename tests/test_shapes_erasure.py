@@ -66,8 +66,10 @@ def test_short_dumo_run_erases_square_and_keeps_its_colours_and_the_other_shapes
     from veil.methods.presets import preset_for
 
     def colours_and_square():
-        rates = evaluate_prompts(shapes_pipe, _rows("square"), classify, num_inference_steps=10)["rates"]
-        return sum(rates[c] for c in W.COLOURS) / len(W.COLOURS), rates["square"]
+        rows = _rows("square")
+        rates = evaluate_prompts(shapes_pipe, rows, classify, num_inference_steps=10)["rates"]
+        colours = sorted({r["colour"] for r in rows})  # the colours these rows name
+        return sum(rates[c] for c in colours) / len(colours), rates["square"]
 
     # Stage 1 alone, shortened: captions anchored at the same caption with a circle (the preset's contexts).
     settings = preset_for(DuMo, "shapes", ["square"]) | {"max_train_steps": DUMO_STEPS, "ddim_steps": 10, "tlmo_max_train_steps": 0}

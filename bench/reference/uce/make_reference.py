@@ -141,11 +141,12 @@ def main():
     parser.add_argument("--current", help="Path of the authors' trainscripts/uce_sd_erase.py.")
     parser.add_argument("--paper-era", help="Path of the authors' train-scripts/train_erase.py (an older commit).")
     parser.add_argument("--paper-era-commit", help="The commit the paper-era script was taken from.")
+    parser.add_argument("--current-commit", help="The commit of the current script, when its folder is not a git clone.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.current:
         for dtype in (torch.float32, torch.float64):
-            run_current(args.current, _commit(args.current), dtype)
+            run_current(args.current, args.current_commit or _commit(args.current), dtype)
     if args.paper_era:
         run_paper_era(args.paper_era, args.paper_era_commit)
 
