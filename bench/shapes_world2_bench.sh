@@ -27,6 +27,7 @@ fi
 if [ "$PHASE" = rows ]; then
     JOBLIST="esd-x|--methods esd --concepts circle
 esd-u|--methods esd --set esd.train_method=noxattn --concepts circle
+esd-u-lr5e-5|--methods esd --set esd.train_method=noxattn --set esd.learning_rate=5e-5 --concepts circle
 dumo|--methods dumo --concepts circle
 kpop|--methods kpop --concepts circle,hatched,$THREE
 uce|--methods uce --concepts circle,square,hatched,$THREE,$SIX
@@ -40,7 +41,7 @@ else
     A="--attacks prompt_search,ring_a_bell,concept_inversion"
     JOBLIST="uce|--methods uce --concepts circle $A
 esd-x|--methods esd --concepts circle $A
-esd-u|--methods esd --set esd.train_method=noxattn --concepts circle $A
+esd-u-lr5e-5|--methods esd --set esd.train_method=noxattn --set esd.learning_rate=5e-5 --concepts circle $A
 kpop|--methods kpop --concepts circle $A
 dumo|--methods dumo --concepts circle $A"
 fi

@@ -43,6 +43,16 @@ def saved_and_reloaded(method, pipe, folder, original, edited):
 
 
 @pytest.fixture
+def world1(monkeypatch):
+    """World 1 as the bundled world: for the bench's bookkeeping tests, whose stand-in scorers return rates without
+    labels and whose counts are world 1's sets (a build folder keeps its own world)."""
+    import veil.shapes
+
+    real = veil.shapes.world_version
+    monkeypatch.setattr(veil.shapes, "world_version", lambda model="shapes": 1 if str(model) == "shapes" else real(model))
+
+
+@pytest.fixture
 def trained_esd(tiny_pipe):
     import veil
 

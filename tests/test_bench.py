@@ -8,6 +8,8 @@ import torch
 import veil
 from veil import bench
 
+pytestmark = pytest.mark.usefixtures("world1")  # the bench's bookkeeping, with stand-in scorers (world 2's: its own tests)
+
 
 def test_bench_refuses_an_earlier_bench_or_resumes_it(tmp_path):
     protocol = {"model": "tiny", "seeds": [0], "num_inference_steps": 1, "guidance_scale": 3.0}

@@ -45,12 +45,13 @@ def runs_db(tmp_path, monkeypatch):
 
 def fake_classify(images):
     """A stand-in for the shapes classifier: deterministic labels from the image bytes."""
-    labels = {"shape": [], "colour": [], "background": []}
+    labels = {"shape": [], "colour": [], "background": [], "style": []}  # style: read on world-2 prompts only
     for image in images:
         rng = random.Random(image.tobytes())
         labels["shape"].append(rng.choice(["circle", "square", "triangle"]))
         labels["colour"].append(rng.choice(["red", "green", "blue"]))
         labels["background"].append(rng.choice(["plain", "striped"]))
+        labels["style"].append(rng.choice(["filled", "hatched"]))
     return labels
 
 

@@ -203,7 +203,7 @@ def test_eval_scores_every_erased_concept(tmp_path, capsys):
     assert erased["nontarget_rate"] == pytest.approx(erased["rates"]["star"])
 
 
-def test_bench_scores_a_group_of_concepts_erased_together(tiny_pipe, tmp_path, monkeypatch):
+def test_bench_scores_a_group_of_concepts_erased_together(world1, tiny_pipe, tmp_path, monkeypatch):
     before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
     after_rates = {"circle": 0.2, "square": 0.4}
     seen = []
