@@ -42,14 +42,19 @@ def saved_and_reloaded(method, pipe, folder, original, edited):
     return artifact
 
 
-@pytest.fixture
-def world1(monkeypatch):
-    """World 1 as the bundled world: for the bench's bookkeeping tests, whose stand-in scorers return rates without
-    labels and whose counts are world 1's sets (a build folder keeps its own world)."""
+def bundle_world(monkeypatch, version):
+    """``version`` as the bundled world for this test; a build folder keeps its own."""
     import veil.shapes
 
     real = veil.shapes.world_version
-    monkeypatch.setattr(veil.shapes, "world_version", lambda model="shapes": 1 if str(model) == "shapes" else real(model))
+    monkeypatch.setattr(veil.shapes, "world_version", lambda model="shapes": version if str(model) == "shapes" else real(model))
+
+
+@pytest.fixture
+def world1(monkeypatch):
+    """World 1 as the bundled world: for the bench's bookkeeping tests, whose stand-in scorers return rates without
+    labels and whose counts are world 1's sets."""
+    bundle_world(monkeypatch, 1)
 
 
 @pytest.fixture

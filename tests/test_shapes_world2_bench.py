@@ -14,12 +14,7 @@ from veil.shapes import data as W1
 from veil.shapes import model_world
 from veil.shapes import world2 as W2
 
-
-def _bundle(monkeypatch, version):
-    """``version`` as the bundled world (world 2: as once its build is copied over the bundled weights); a build
-    folder keeps its own."""
-    real = veil.shapes.world_version
-    monkeypatch.setattr(veil.shapes, "world_version", lambda model="shapes": version if str(model) == "shapes" else real(model))
+from tests.conftest import bundle_world as _bundle
 
 
 @pytest.fixture
