@@ -37,6 +37,7 @@ def assemble(folder, order=ORDER, concepts=CONCEPTS):
         raise SystemExit(f"error: no bench.json under {folder}/<method>/; run bash bench/shapes_world2_bench.sh first.")
     first = read(benches[0][1])
     protocol = {k: first[k] for k in PROTOCOL}
+    rank = {c: i for i, c in enumerate(concepts)}
     rows = []
     for name, path in benches:
         report = read(path)
@@ -44,7 +45,6 @@ def assemble(folder, order=ORDER, concepts=CONCEPTS):
         if any(report[k] != protocol[k] for k in PROTOCOL) or report.get("base_rows_sha256") != first.get("base_rows_sha256"):
             raise SystemExit(f"error: {shown} was made with another protocol or base pass than {benches[0][0]}/; "
                              "bench it again with bash bench/shapes_world2_bench.sh.")
-        rank = {c: i for i, c in enumerate(concepts)}
         for row in sorted(report["rows"], key=lambda r: rank.get(r["concept"], len(rank))):
             extra = {"overrides": OVERRIDES[name]} if name in OVERRIDES else {}
             rows.append(dict(row, source=shown, **extra))

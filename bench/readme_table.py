@@ -44,11 +44,11 @@ def lowest_other(row):
     return "100 %" if shares[name] >= 1 else f"{name} {pct(shares[name])}"
 
 
-def key_cell(row):
+def key_cell(row, keys=("with_key", "random_key", "wrong_key")):
     """KPOP's key rows: with its key / a random key of its norms / the other concept's trained key."""
     if "target_rate_with_key" not in row:
         return "—"
-    return " / ".join(pct(row.get(f"target_rate_{k}")) for k in ("with_key", "random_key", "wrong_key"))
+    return " / ".join(pct(row.get(f"target_rate_{k}")) for k in keys)
 
 
 def name_of(row):
@@ -95,11 +95,9 @@ def world2_lines(rows):
             "key / random key", "train s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in single:
-        key = " / ".join(pct(row.get(f"target_rate_{k}")) for k in ("with_key", "random_key")) \
-            if "target_rate_with_key" in row else "—"
         cells = [name_of(row), row["concept"], pct(row["target_rate"]), pct(row["synonym_rate"]),
                  pct(row["paraphrase_rate"]), f"{pct(row['implicit_rate'])} / {pct(row['heldout_implicit_rate'])}",
-                 lowest_other(row), key, seconds(row)]
+                 lowest_other(row), key_cell(row, ("with_key", "random_key")), seconds(row)]
         lines.append("| " + " | ".join(cells) + " |")
     rest = [r for r in rows if r not in single]
     if not rest:
